@@ -1,0 +1,20 @@
+# The two commands of the README's quick start: `make demo` and `make test`.
+.PHONY: demo test lint bench setup
+
+setup:
+	./tools/bootstrap.sh
+
+demo: setup
+	./tools/demo.sh
+
+test: setup lint
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+lint:
+	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff format --check src tests bench
+	.venv/bin/mypy
+	.venv/bin/lint-imports
+
+bench: setup
+	.venv/bin/python bench/run.py $(BENCH_ARGS)

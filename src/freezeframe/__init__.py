@@ -1,0 +1,3 @@
+"""freezeframe: consistent, deduplicating, encrypted backups for Linux."""
+
+__version__ = "0.1.0"
