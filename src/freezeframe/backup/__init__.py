@@ -1,0 +1,1 @@
+"""Backup: walking the file system and turning it into snapshot trees."""

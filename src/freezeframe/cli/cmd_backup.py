@@ -1,0 +1,114 @@
+"""``freezeframe backup``: back up paths into a new snapshot."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
+from freezeframe.backup.files_cache import FilesCache
+from freezeframe.backup.progress import BackupProgress
+from freezeframe.cli.context import CommandContext
+from freezeframe.cli.output import human_bytes, human_duration
+from freezeframe.errors import EXIT_PARTIAL, UsageError
+from freezeframe.repository.locks import RepositoryLock
+
+HELP = "back up files and directories into a new snapshot"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="what to back up")
+    parser.add_argument(
+        "-e",
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out paths matching PATTERN (restic syntax; repeatable)",
+    )
+    parser.add_argument(
+        "--tag", action="append", default=[], metavar="TAG", help="tag the snapshot (repeatable)"
+    )
+    parser.add_argument(
+        "-x", "--one-file-system", action="store_true", help="do not cross into other file systems"
+    )
+    parser.add_argument("--host", default="", help="host name to record (default: this host)")
+
+
+def run(ctx: CommandContext) -> int:
+    sources = [_source(p) for p in ctx.args.paths]
+    repo = ctx.open_repository()
+    progress = BackupProgress()
+    try:
+        options = BackupOptions(
+            sources=sources,
+            excludes=ctx.args.exclude,
+            tags=ctx.args.tag,
+            host=ctx.args.host,
+            one_file_system=ctx.args.one_file_system,
+        )
+        archiver = Archiver(
+            repo, options, FilesCache.for_repository(repo.config.repository_id), progress
+        )
+        with RepositoryLock(repo, exclusive=False), ctx.out.live(lambda t: _render(progress, t)):
+            result = archiver.run()
+    finally:
+        repo.close()
+    for path, message in result.errors:
+        ctx.out.warn(f"{path}: {message}")
+    ctx.out.result(_json(result), lambda: _text(result))
+    return EXIT_PARTIAL if result.errors else 0
+
+
+def _source(path: str) -> SourcePath:
+    if not path:
+        raise UsageError("an empty path cannot be backed up")
+    absolute = os.fsencode(os.path.abspath(path))
+    return SourcePath(read_path=absolute, record_path=absolute)
+
+
+def _render(p: BackupProgress, elapsed: float) -> str:
+    rate = p.bytes_done / elapsed if elapsed > 0 else 0
+    line = (
+        f"[{human_duration(elapsed)}] {p.files_done} files, {human_bytes(p.bytes_done)}"
+        f" ({human_bytes(rate)}/s), {human_bytes(p.bytes_added)} new"
+    )
+    if p.total_bytes:
+        share = min(p.bytes_done / p.total_bytes, 1.0)
+        line += f", {share:.0%} of {human_bytes(p.total_bytes)}"
+        if p.scan_finished and rate > 0:
+            line += f", ETA {human_duration((p.total_bytes - p.bytes_done) / rate)}"
+    if p.errors:
+        line += f", {p.errors} errors"
+    return f"{line}\n{p.current_path[-100:]}"
+
+
+def _json(result: BackupResult) -> dict[str, object]:
+    snap = result.snapshot
+    return {
+        "snapshot_id": snap.id,
+        "time": snap.time.isoformat(),
+        "paths": snap.paths,
+        "summary": snap.summary,
+        "consistency": snap.to_json()["consistency"],
+        "errors": [{"path": path, "error": message} for path, message in result.errors],
+    }
+
+
+def _text(result: BackupResult) -> str:
+    s = result.snapshot.summary
+    lines = [
+        f"Files: {s['files_new']} new, {s['files_changed']} changed, "
+        f"{s['files_unmodified']} unmodified; {s['dirs']} directories",
+        f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}, added "
+        f"{human_bytes(s['bytes_added'])} ({human_bytes(s['bytes_stored'])} stored) "
+        f"in {human_duration(s['duration_seconds'])}",
+        f"Consistency: {result.snapshot.consistency.achieved}",
+    ]
+    changed = result.snapshot.consistency.changed_during_read
+    if changed:
+        lines.append(f"{len(changed)} files changed while they were read (listed in the snapshot)")
+    if result.errors:
+        lines.append(f"{len(result.errors)} files could not be read (exit status 3)")
+    lines.append(f"snapshot {result.snapshot.short_id} saved")
+    return "\n".join(lines)

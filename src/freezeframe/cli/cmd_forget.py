@@ -1,0 +1,123 @@
+"""``freezeframe forget``: remove snapshots by a retention policy, optionally pruning."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from freezeframe.cli.context import CommandContext
+from freezeframe.cli.output import table
+from freezeframe.cli.snapshot_view import SNAPSHOT_HEADERS, snapshot_row
+from freezeframe.errors import UsageError
+from freezeframe.repository.locks import RepositoryLock
+from freezeframe.repository.prune import execute_prune, plan_prune
+from freezeframe.repository.retention import (
+    RetentionPolicy,
+    apply_policy,
+    group_by,
+    parse_duration,
+)
+from freezeframe.repository.snapshot import Snapshot, delete_snapshot, list_snapshots
+
+HELP = "remove snapshots according to a retention policy"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        parser.add_argument(
+            f"--keep-{unit}",
+            type=_count,
+            metavar="N",
+            help=f"keep the {unit} N snapshots (-1 or `unlimited`: all)"
+            if unit != "last"
+            else "keep the N latest snapshots",
+        )
+    parser.add_argument(
+        "--keep-within",
+        type=_duration,
+        metavar="DURATION",
+        help="keep snapshots newer than DURATION (e.g. 1y2m3d4h) before the latest",
+    )
+    parser.add_argument("--host", help="only consider snapshots of this host")
+    parser.add_argument("--prune", action="store_true", help="run prune afterwards")
+    parser.add_argument("-n", "--dry-run", action="store_true", help="only show what would go")
+
+
+def _count(text: str) -> int:
+    if text == "unlimited":
+        return -1
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError("counts are -1 (unlimited) or more")
+    return value
+
+
+def _duration(text: str) -> Any:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def run(ctx: CommandContext) -> int:
+    a = ctx.args
+    policy = RetentionPolicy(
+        a.keep_last,
+        a.keep_hourly,
+        a.keep_daily,
+        a.keep_weekly,
+        a.keep_monthly,
+        a.keep_yearly,
+        a.keep_within,
+    )
+    if policy.is_empty():
+        raise UsageError(
+            "no policy given: nothing would be kept, so nothing is removed (use --keep-* options)"
+        )
+    repo = ctx.open_repository()
+    try:
+        with RepositoryLock(repo, exclusive=True):
+            snapshots = [s for s in list_snapshots(repo) if a.host is None or s.host == a.host]
+            groups = group_by(snapshots, lambda s: (s.host, tuple(sorted(s.paths))))
+            report = []
+            removed: list[Snapshot] = []
+            for (host, paths), members in groups.items():
+                decisions = apply_policy(members, policy, lambda s: s.time.astimezone())
+                report.append(
+                    {
+                        "host": host,
+                        "paths": list(paths),
+                        "keep": [
+                            {"id": d.item.id, "reasons": list(d.reasons)}
+                            for d in decisions
+                            if d.keep
+                        ],
+                        "remove": [d.item.id for d in decisions if not d.keep],
+                    }
+                )
+                removed += [d.item for d in decisions if not d.keep]
+            if not a.dry_run:
+                for snapshot in removed:
+                    delete_snapshot(repo, snapshot.id)
+            prune_stats = None
+            if a.prune and not a.dry_run and removed:
+                prune_stats = execute_prune(repo, plan_prune(repo))
+    finally:
+        repo.close()
+    verb = "would remove" if a.dry_run else "removed"
+    ctx.out.result(
+        {
+            "groups": report,
+            "removed": [s.id for s in removed],
+            "dry_run": a.dry_run,
+            "prune": prune_stats.to_json() if prune_stats is not None else None,
+        },
+        lambda: (
+            (table(SNAPSHOT_HEADERS, [snapshot_row(s) for s in removed]) + "\n" if removed else "")
+            + f"{verb} {len(removed)} snapshots ({policy.describe()})"
+        ),
+    )
+    return 0

@@ -1,0 +1,68 @@
+"""``freezeframe restore``: write a snapshot's files under a target directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from freezeframe.cli.context import CommandContext
+from freezeframe.cli.output import human_bytes, human_duration
+from freezeframe.errors import EXIT_PARTIAL
+from freezeframe.repository.locks import RepositoryLock
+from freezeframe.repository.snapshot import find_snapshot
+from freezeframe.restore.restorer import RestoreProgress, restore_snapshot
+
+HELP = "restore a snapshot under a target directory (original absolute paths kept)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("snapshot", help="snapshot id (prefix) or `latest`")
+    parser.add_argument("-t", "--target", required=True, help="directory to restore into")
+    parser.add_argument(
+        "-i",
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="restore only this absolute path of the snapshot (repeatable)",
+    )
+
+
+def run(ctx: CommandContext) -> int:
+    repo = ctx.open_repository()
+    progress = RestoreProgress()
+    try:
+        snapshot = find_snapshot(repo, ctx.args.snapshot)
+        target = Path(ctx.args.target)
+        with RepositoryLock(repo, exclusive=False), ctx.out.live(lambda t: _render(progress, t)):
+            result = restore_snapshot(
+                repo, snapshot, target, includes=ctx.args.include, progress=progress
+            )
+    finally:
+        repo.close()
+    for path, message in result.errors:
+        ctx.out.warn(f"{path}: {message}")
+    ctx.out.result(
+        {
+            "snapshot_id": snapshot.id,
+            "target": str(target),
+            "files": result.files,
+            "dirs": result.dirs,
+            "bytes": result.bytes,
+            "errors": [{"path": p, "error": m} for p, m in result.errors],
+        },
+        f"restored {result.files} files ({human_bytes(result.bytes)}) of snapshot "
+        f"{snapshot.short_id} to {target}"
+        + (f"; {len(result.errors)} errors" if result.errors else ""),
+    )
+    return EXIT_PARTIAL if result.errors else 0
+
+
+def _render(p: RestoreProgress, elapsed: float) -> str:
+    rate = p.bytes_done / elapsed if elapsed > 0 else 0
+    line = f"[{human_duration(elapsed)}] {p.files_done} files, {human_bytes(p.bytes_done)}"
+    if p.total_bytes:
+        line += f" of {human_bytes(p.total_bytes)} ({human_bytes(rate)}/s)"
+        if rate > 0:
+            line += f", ETA {human_duration((p.total_bytes - p.bytes_done) / rate)}"
+    return line

@@ -1,0 +1,30 @@
+"""``freezeframe unlock``: remove stale locks (or all locks)."""
+
+from __future__ import annotations
+
+import argparse
+
+from freezeframe.cli.context import CommandContext
+from freezeframe.repository.locks import remove_locks
+
+HELP = "remove stale locks left by crashed processes"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--remove-all",
+        action="store_true",
+        help="also remove locks of live processes (only when sure none runs)",
+    )
+
+
+def run(ctx: CommandContext) -> int:
+    repo = ctx.open_repository(load_index=False)
+    removed = remove_locks(repo, include_live=ctx.args.remove_all)
+    ctx.out.result(
+        {"removed": [lock.name for lock in removed]},
+        "\n".join(
+            [f"removed {lock.describe()}" for lock in removed] + [f"{len(removed)} locks removed"]
+        ),
+    )
+    return 0

@@ -1,0 +1,35 @@
+"""What every command needs: the repository location, the password, the output."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from freezeframe.cli.output import Output
+from freezeframe.errors import UsageError
+from freezeframe.repository.password import resolve_password
+from freezeframe.repository.repository import Repository
+from freezeframe.storage.local import LocalStorage
+
+
+@dataclass
+class CommandContext:
+    args: argparse.Namespace
+    out: Output
+
+    @property
+    def location(self) -> str:
+        location = self.args.repo or os.environ.get("FREEZEFRAME_REPOSITORY")
+        if not location:
+            raise UsageError("no repository given: use --repo or FREEZEFRAME_REPOSITORY")
+        return str(location)
+
+    def storage(self) -> LocalStorage:
+        return LocalStorage(self.location)
+
+    def password(self, *, confirm: bool = False) -> bytes:
+        return resolve_password(self.args.password_file, confirm=confirm)
+
+    def open_repository(self, *, load_index: bool = True) -> Repository:
+        return Repository.open(self.storage(), self.password(), load_index=load_index)

@@ -1,0 +1,150 @@
+"""The ``freezeframe`` command: parses arguments, runs one command, maps errors to exit codes.
+
+Exit codes: 0 success; 1 fatal error (wrong password, no repository, lock held, damage found...);
+2 bad usage; 3 backup finished but some files could not be read; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from types import ModuleType
+
+from freezeframe import __version__
+from freezeframe.cli import (
+    cmd_backup,
+    cmd_check,
+    cmd_diff,
+    cmd_forget,
+    cmd_init,
+    cmd_key,
+    cmd_ls,
+    cmd_prune,
+    cmd_restore,
+    cmd_snapshots,
+    cmd_stats,
+    cmd_unlock,
+)
+from freezeframe.cli.context import CommandContext
+from freezeframe.cli.output import Output
+from freezeframe.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, FreezeframeError
+
+COMMANDS: dict[str, ModuleType] = {
+    "init": cmd_init,
+    "backup": cmd_backup,
+    "snapshots": cmd_snapshots,
+    "ls": cmd_ls,
+    "restore": cmd_restore,
+    "diff": cmd_diff,
+    "check": cmd_check,
+    "forget": cmd_forget,
+    "prune": cmd_prune,
+    "stats": cmd_stats,
+    "key": cmd_key,
+    "unlock": cmd_unlock,
+}
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Global options are accepted before and after the command name."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "-r",
+        "--repo",
+        default=default(None),
+        help="repository location (default: $FREEZEFRAME_REPOSITORY)",
+    )
+    parser.add_argument(
+        "--password-file",
+        default=default(None),
+        metavar="FILE",
+        help="read the password from the first line of FILE",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print one JSON document on stdout",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="print only errors"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", default=default(False), help="no progress display"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default(False),
+        help="show tracebacks of unexpected errors",
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become exceptions, so ``main`` returns a status instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _ArgumentError(f"{self.prog}: {message}")
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="freezeframe", description="Consistent, deduplicating, encrypted backups for Linux."
+    )
+    parser.add_argument("--version", action="version", version=f"freezeframe {__version__}")
+    _add_global_options(parser, suppress=False)
+    common = _Parser(add_help=False)
+    _add_global_options(common, suppress=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    for name, module in COMMANDS.items():
+        sub = commands.add_parser(name, parents=[common], help=module.HELP, description=module.HELP)
+        module.configure(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status and never raises."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _ArgumentError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0)
+    out = Output(json_mode=args.json, quiet=args.quiet, progress=not args.no_progress)
+    ctx = CommandContext(args=args, out=out)
+    try:
+        return int(COMMANDS[args.command].run(ctx))
+    except FreezeframeError as exc:
+        out.error(str(exc), exc.code)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        out.error("interrupted", "interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_FATAL
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a trace
+        if args.debug:
+            traceback.print_exc()
+        out.error(
+            f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)", "internal"
+        )
+        return EXIT_FATAL
+
+
+def entry_point() -> None:
+    """The console script: SIGTERM is treated like Ctrl-C so a run stops cleanly."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.exit(main())

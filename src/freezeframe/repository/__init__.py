@@ -1,0 +1,1 @@
+"""The repository format: keys, blobs, packs, index, trees, snapshots, locks."""

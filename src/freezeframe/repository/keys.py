@@ -1,0 +1,160 @@
+"""Master keys wrapped by passwords: several passwords (key files) can open one repository.
+
+A key file is plaintext JSON holding the Argon2id parameters, a salt, and the master key material
+encrypted with the key derived from the password. Changing or adding a password rewrites only a
+key file; data never needs re-encryption.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from argon2.low_level import Type, hash_secret_raw
+
+from freezeframe.errors import IntegrityError, UnsupportedFormat, WrongPassword
+from freezeframe.repository.crypto import KEY_SIZE, Cipher
+
+KEY_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """Argon2id cost. Defaults follow RFC 9106's second recommendation (64 MiB, 3 passes)."""
+
+    time_cost: int = 3
+    memory_kib: int = 64 * 1024
+    parallelism: int = 2
+
+    def derive(self, password: bytes, salt: bytes) -> bytes:
+        return hash_secret_raw(
+            password,
+            salt,
+            time_cost=self.time_cost,
+            memory_cost=self.memory_kib,
+            parallelism=self.parallelism,
+            hash_len=KEY_SIZE,
+            type=Type.ID,
+        )
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """The secrets of a repository: one random value each, created once at ``init``."""
+
+    repository_id: str
+    encryption_key: bytes
+    id_key: bytes
+    chunker_seed: int
+
+    @classmethod
+    def generate(cls, repository_id: str) -> MasterKey:
+        return cls(
+            repository_id=repository_id,
+            encryption_key=os.urandom(KEY_SIZE),
+            id_key=os.urandom(KEY_SIZE),
+            chunker_seed=int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF,
+        )
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "repository_id": self.repository_id,
+                "encryption_key": _b64(self.encryption_key),
+                "id_key": _b64(self.id_key),
+                "chunker_seed": self.chunker_seed,
+            }
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MasterKey:
+        doc = json.loads(data)
+        return cls(
+            repository_id=doc["repository_id"],
+            encryption_key=_unb64(doc["encryption_key"]),
+            id_key=_unb64(doc["id_key"]),
+            chunker_seed=int(doc["chunker_seed"]),
+        )
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """One password's wrapping of the master key, as stored in ``keys/<name>``."""
+
+    kdf: KdfParams
+    salt: bytes
+    wrapped: bytes
+    host: str
+    user: str
+    created: str
+
+    @classmethod
+    def wrap(cls, master: MasterKey, password: bytes, kdf: KdfParams) -> KeyFile:
+        salt = os.urandom(16)
+        wrapping = Cipher(kdf.derive(password, salt))
+        return cls(
+            kdf=kdf,
+            salt=salt,
+            wrapped=wrapping.encrypt(master.to_bytes(), b"freezeframe-key"),
+            host=socket.gethostname(),
+            user=getpass.getuser(),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+
+    def unwrap(self, password: bytes) -> MasterKey:
+        wrapping = Cipher(self.kdf.derive(password, self.salt))
+        try:
+            return MasterKey.from_bytes(wrapping.decrypt(self.wrapped, b"freezeframe-key"))
+        except IntegrityError as exc:
+            raise WrongPassword(
+                "wrong password, or no key of this repository opens with it"
+            ) from exc
+
+    def to_bytes(self) -> bytes:
+        doc: dict[str, Any] = {
+            "version": KEY_FORMAT_VERSION,
+            "kdf": {
+                "algorithm": "argon2id",
+                "time_cost": self.kdf.time_cost,
+                "memory_kib": self.kdf.memory_kib,
+                "parallelism": self.kdf.parallelism,
+                "salt": _b64(self.salt),
+            },
+            "data": _b64(self.wrapped),
+            "host": self.host,
+            "user": self.user,
+            "created": self.created,
+        }
+        return json.dumps(doc, indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str) -> KeyFile:
+        try:
+            doc = json.loads(data)
+            if doc.get("version") != KEY_FORMAT_VERSION or doc["kdf"]["algorithm"] != "argon2id":
+                raise UnsupportedFormat(f"key {name} has an unknown format; upgrade freezeframe")
+            kdf = doc["kdf"]
+            return cls(
+                kdf=KdfParams(kdf["time_cost"], kdf["memory_kib"], kdf["parallelism"]),
+                salt=_unb64(kdf["salt"]),
+                wrapped=_unb64(doc["data"]),
+                host=doc.get("host", ""),
+                user=doc.get("user", ""),
+                created=doc.get("created", ""),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"key {name} is damaged: {exc}") from exc
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)

@@ -1,0 +1,141 @@
+"""Repository locks: shared for backup, restore and check; exclusive for prune and forget.
+
+A lock is an encrypted file in ``locks/``, refreshed every few minutes while its holder lives.
+A lock is stale when it has not been refreshed for 30 minutes, or when it belongs to this host and
+its process is gone; stale locks are ignored and removed by ``unlock``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+from freezeframe.errors import FreezeframeError, RepositoryLocked
+from freezeframe.repository.repository import Repository
+from freezeframe.storage.base import Kind
+
+LOCK_AAD = b"freezeframe-lock"
+REFRESH_SECONDS = 5 * 60
+STALE_SECONDS = 30 * 60
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    name: str
+    time: float
+    exclusive: bool
+    host: str
+    pid: int
+    user: str
+
+    def is_stale(self, now: float) -> bool:
+        if now - self.time > STALE_SECONDS:
+            return True
+        return self.host == socket.gethostname() and not _process_exists(self.pid)
+
+    def describe(self) -> str:
+        kind = "an exclusive" if self.exclusive else "a shared"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
+        return f"{kind} lock by PID {self.pid} on {self.host} ({self.user}) since {when}"
+
+
+def read_locks(repo: Repository) -> list[LockInfo]:
+    locks = []
+    for name in repo.list_names(Kind.LOCKS):
+        try:
+            doc = json.loads(repo.load_file(Kind.LOCKS, name, LOCK_AAD))
+        except FreezeframeError:
+            continue  # removed while listing, or written by another key's holder mid-way
+        locks.append(
+            LockInfo(name, doc["time"], doc["exclusive"], doc["host"], doc["pid"], doc["user"])
+        )
+    return locks
+
+
+def remove_locks(repo: Repository, *, include_live: bool) -> list[LockInfo]:
+    """Remove stale locks (all locks with ``include_live``); returns what was removed."""
+    now = time.time()
+    removed = []
+    for lock in read_locks(repo):
+        if include_live or lock.is_stale(now):
+            repo.storage.delete(Kind.LOCKS, lock.name)
+            removed.append(lock)
+    return removed
+
+
+class RepositoryLock:
+    """A held lock as a context manager; a background thread keeps it fresh."""
+
+    def __init__(self, repo: Repository, *, exclusive: bool) -> None:
+        self._repo = repo
+        self._exclusive = exclusive
+        self._name: str | None = None
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    def __enter__(self) -> RepositoryLock:
+        self._name = self._write()
+        conflict = self._conflict()
+        if conflict is not None:
+            self._repo.storage.delete(Kind.LOCKS, self._name)
+            raise RepositoryLocked(
+                f"the repository is locked: {conflict.describe()}; if that process is gone, "
+                "run `freezeframe unlock`"
+            )
+        self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
+        self._refresher.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join()
+        if self._name is not None:
+            self._repo.storage.delete(Kind.LOCKS, self._name)
+
+    def _conflict(self) -> LockInfo | None:
+        now = time.time()
+        for lock in read_locks(self._repo):
+            if lock.name == self._name or lock.is_stale(now):
+                continue
+            if self._exclusive or lock.exclusive:
+                return lock
+        return None
+
+    def _write(self) -> str:
+        doc = {
+            "time": time.time(),
+            "exclusive": self._exclusive,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "user": getpass.getuser(),
+        }
+        return self._repo.save_file(Kind.LOCKS, json.dumps(doc).encode(), LOCK_AAD)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(REFRESH_SECONDS):
+            old = self._name
+            self._name = self._write()
+            if old is not None:
+                self._repo.storage.delete(Kind.LOCKS, old)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

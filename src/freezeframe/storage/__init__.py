@@ -1,0 +1,1 @@
+"""Storage backends: named objects, atomic writes; nothing above knows which backend."""

@@ -1,0 +1,55 @@
+"""The storage interface: named objects grouped by kind, with atomic puts.
+
+Everything above this layer is backend-agnostic, so an S3-compatible backend only has to implement
+this Protocol (restic's backend and kopia's blob.Storage are the models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class Kind(StrEnum):
+    """The kinds of objects a repository stores; each kind is its own namespace."""
+
+    CONFIG = "config"
+    KEYS = "keys"
+    DATA = "data"
+    INDEX = "index"
+    SNAPSHOTS = "snapshots"
+    LOCKS = "locks"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A listed object: its name and size, so callers can plan reads without opening it."""
+
+    name: str
+    size: int
+
+
+class Storage(Protocol):
+    """Named objects of a kind. A put is atomic: readers see the whole object or none of it."""
+
+    location: str
+
+    def put(self, kind: Kind, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name``; fails if it cannot be made durable."""
+
+    def get(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read an object, or ``length`` bytes of it from ``offset``; NotFound if absent."""
+
+    def list(self, kind: Kind) -> Iterator[ObjectInfo]:
+        """Every object of a kind, in no particular order."""
+
+    def delete(self, kind: Kind, name: str) -> None:
+        """Remove an object; removing an absent object is not an error."""
+
+    def exists(self, kind: Kind, name: str) -> bool:
+        """Whether an object is present."""
+
+    def close(self) -> None:
+        """Release cached handles."""

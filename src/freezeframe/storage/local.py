@@ -1,0 +1,175 @@
+"""The local-directory backend: one file per object, written atomically and durably.
+
+Data objects are spread over 256 subdirectories by the first two hex digits of their name so that
+no directory grows to hundreds of thousands of entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+from freezeframe.errors import NotFound, StorageError
+from freezeframe.storage.base import Kind, ObjectInfo
+
+_OPEN_FILES_CACHED = 64
+
+
+class LocalStorage:
+    """A repository in a directory of the local file system."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.location = str(self.root)
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fds_lock = threading.Lock()
+
+    def create_layout(self) -> None:
+        """Create the directory tree of an empty repository."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for kind in Kind:
+                if kind is not Kind.CONFIG:
+                    (self.root / kind.value).mkdir(exist_ok=True)
+            for prefix in range(256):
+                (self.root / Kind.DATA.value / f"{prefix:02x}").mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        except OSError as exc:
+            raise StorageError(f"cannot create repository at {self.root}: {exc.strerror}") from exc
+
+    def path_of(self, kind: Kind, name: str) -> Path:
+        """Where an object lives; names are checked so nothing escapes the repository."""
+        if not name or "/" in name or name.startswith("."):
+            raise StorageError(f"invalid object name {name!r}")
+        if kind is Kind.CONFIG:
+            return self.root / "config"
+        if kind is Kind.DATA:
+            return self.root / kind.value / name[:2] / name
+        return self.root / kind.value / name
+
+    def put(self, kind: Kind, name: str, data: bytes) -> None:
+        path = self.path_of(kind, name)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+
+    def get(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self.path_of(kind, name)
+        try:
+            if kind is Kind.DATA and (offset or length is not None):
+                fd = self._cached_fd(path)
+                try:
+                    size = length if length is not None else os.fstat(fd).st_size - offset
+                    data = os.pread(fd, size, offset)
+                finally:
+                    os.close(fd)
+            else:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read() if length is None else f.read(length)
+        except FileNotFoundError as exc:
+            raise NotFound(f"{kind.value}/{name} is missing from the repository") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+        if length is not None and len(data) != length:
+            raise StorageError(f"{kind.value}/{name} is shorter than expected")
+        return data
+
+    def list(self, kind: Kind) -> Iterator[ObjectInfo]:
+        if kind is Kind.CONFIG:
+            if (self.root / "config").exists():
+                yield ObjectInfo("config", (self.root / "config").stat().st_size)
+            return
+        base = self.root / kind.value
+        dirs = sorted(p for p in base.iterdir() if p.is_dir()) if kind is Kind.DATA else [base]
+        for directory in dirs:
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                yield ObjectInfo(entry.name, entry.stat(follow_symlinks=False).st_size)
+
+    def delete(self, kind: Kind, name: str) -> None:
+        path = self.path_of(kind, name)
+        self._forget_fd(str(path))
+        try:
+            path.unlink()
+            _fsync_dir(path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}: {exc.strerror}") from exc
+
+    def exists(self, kind: Kind, name: str) -> bool:
+        return self.path_of(kind, name).exists()
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files left by a crashed writer; returns how many."""
+        removed = 0
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and ".tmp-" in name:
+                    _unlink_quietly(Path(directory) / name)
+                    removed += 1
+        return removed
+
+    def close(self) -> None:
+        with self._fds_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def _cached_fd(self, path: Path) -> int:
+        """A private duplicate of a cached descriptor; the caller closes it, so eviction by
+        another thread can never close a descriptor in use."""
+        key = str(path)
+        with self._fds_lock:
+            fd = self._fds.get(key)
+            if fd is not None:
+                self._fds.move_to_end(key)
+                return os.dup(fd)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fds[key] = fd
+            if len(self._fds) > _OPEN_FILES_CACHED:
+                _old, old_fd = self._fds.popitem(last=False)
+                os.close(old_fd)
+            return os.dup(fd)
+
+    def _forget_fd(self, key: str) -> None:
+        with self._fds_lock:
+            fd = self._fds.pop(key, None)
+            if fd is not None:
+                os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
