@@ -15,6 +15,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,7 +120,9 @@ class Archiver:
         self._root_device = 0
         self._now_ns = time.time_ns()
 
-    def run(self) -> BackupResult:
+    def run(self, before_commit: Callable[[], None] | None = None) -> BackupResult:
+        """Back up and save the snapshot. ``before_commit`` runs after the data is durable and
+        before the snapshot is written: the caller verifies there that it still holds its lock."""
         started = datetime.now(UTC)
         t0 = time.monotonic()
         for source in self.options.sources:
@@ -156,6 +159,8 @@ class Archiver:
             summary=self._summary(time.monotonic() - t0),
             consistency=report,
         )
+        if before_commit is not None:
+            before_commit()
         save_snapshot(self.repo, snapshot)
         try:
             self.files_cache.save()

@@ -50,8 +50,9 @@ def run(ctx: CommandContext) -> int:
         archiver = Archiver(
             repo, options, FilesCache.for_repository(repo.config.repository_id), progress
         )
-        with RepositoryLock(repo, exclusive=False), ctx.out.live(lambda t: _render(progress, t)):
-            result = archiver.run()
+        lock = RepositoryLock(repo, exclusive=False)
+        with lock, ctx.out.live(lambda t: _render(progress, t)):
+            result = archiver.run(before_commit=lock.ensure_held)
     finally:
         repo.close()
     for path, message in result.errors:

@@ -35,10 +35,11 @@ class Output:
     def result(self, doc: Any, text: str | Callable[[], str] | None = None) -> None:
         """The command's result: ``doc`` as JSON, or the human text (built lazily)."""
         if self.json_mode:
-            json.dump(doc, self.stdout, indent=2, default=str, ensure_ascii=False)
+            # ASCII escapes keep names that are not UTF-8 (surrogate-escaped) valid JSON.
+            json.dump(doc, self.stdout, indent=2, default=str)
             self.stdout.write("\n")
         elif text is not None and not self.quiet:
-            rendered = text() if callable(text) else text
+            rendered = _printable(text() if callable(text) else text)
             if rendered:
                 self.stdout.write(rendered if rendered.endswith("\n") else rendered + "\n")
         self.stdout.flush()
@@ -50,10 +51,10 @@ class Output:
 
     def warn(self, message: str) -> None:
         if not self.quiet:
-            self.stderr.write(f"freezeframe: warning: {message}\n")
+            self.stderr.write(_printable(f"freezeframe: warning: {message}\n"))
 
     def error(self, message: str, code: str) -> None:
-        self.stderr.write(f"freezeframe: error: {message}\n")
+        self.stderr.write(_printable(f"freezeframe: error: {message}\n"))
         if self.json_mode:
             json.dump({"error": {"code": code, "message": message}}, self.stdout)
             self.stdout.write("\n")
@@ -81,6 +82,12 @@ class Output:
             finally:
                 stop.set()
                 ticker.join()
+
+
+def _printable(text: str) -> str:
+    """Bytes of file names that are not UTF-8 arrive as surrogates; show them as escapes
+    instead of failing to print."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def human_bytes(n: float) -> str:

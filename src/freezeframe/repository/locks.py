@@ -78,6 +78,7 @@ class RepositoryLock:
         self._name: str | None = None
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
 
     def __enter__(self) -> RepositoryLock:
         self._name = self._write()
@@ -104,6 +105,16 @@ class RepositoryLock:
         if self._name is not None:
             self._repo.storage.delete(Kind.LOCKS, self._name)
 
+    def ensure_held(self) -> None:
+        """Fail if our lock has vanished (removed as stale while this process was suspended):
+        a prune may have run meanwhile, so nothing that relies on the index may be committed."""
+        self._refresh()
+        if self._name is None or not self._repo.storage.exists(Kind.LOCKS, self._name):
+            raise RepositoryLocked(
+                "this process lost its repository lock (it was removed as stale); "
+                "nothing was committed, run the command again"
+            )
+
     def _conflict(self) -> LockInfo | None:
         now = time.time()
         for lock in read_locks(self._repo):
@@ -125,10 +136,16 @@ class RepositoryLock:
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Rewrite the lock with a fresh time, unless it was taken away from us."""
+        with self._refresh_lock:
             old = self._name
+            if old is None or not self._repo.storage.exists(Kind.LOCKS, old):
+                return
             self._name = self._write()
-            if old is not None:
-                self._repo.storage.delete(Kind.LOCKS, old)
+            self._repo.storage.delete(Kind.LOCKS, old)
 
 
 def _process_exists(pid: int) -> bool:

@@ -1,0 +1,1 @@
+"""Restoring snapshots into a directory without ever writing outside it."""
