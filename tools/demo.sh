@@ -34,6 +34,7 @@ os.link(f"{root}/docs/note-001.txt", f"{root}/hardlink-to-note")
 open(os.fsencode(root) + b"/odd name \n\t \xff.txt", "wb").write(b"odd names survive\n")
 os.mkfifo(f"{root}/a-fifo")
 PY
+sleep 2  # the files cache trusts only files untouched for 2 s
 setfattr -n user.demo -v "xattrs survive" "$work/source/docs/note-002.txt" 2>/dev/null || true
 
 echo "== init"

@@ -327,8 +327,8 @@ class Archiver:
         if extents is None:
             node.size = reader.bytes_read
 
-    def _submit(self, chunk: bytes) -> bytes:
-        """Hash a chunk; if the repository lacks it, hand it to a worker. Returns its id."""
+    def _submit(self, chunk: bytes | memoryview) -> bytes:
+        """Hash a chunk; if the repository lacks it, hand a copy to a worker. Returns its id."""
         self.stats["bytes_read"] += len(chunk)
         blob_id = self.repo.blob_id(chunk)
         if not self.repo.claim_blob(blob_id):
@@ -337,7 +337,7 @@ class Archiver:
             raise self._failure
         self.progress.bytes_added += len(chunk)
         self._budget.acquire(len(chunk))
-        future = self._workers.submit(self._store, blob_id, chunk)
+        future = self._workers.submit(self._store, blob_id, bytes(chunk))
         with self._futures_lock:
             self._futures.add(future)
         future.add_done_callback(self._done)

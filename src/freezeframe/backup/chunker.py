@@ -1,7 +1,9 @@
 """Content-defined chunking (FastCDC) with the repository's secret seed.
 
 The seed varies the cut points per repository, so chunk sizes do not leak which known files a
-repository holds.
+repository holds. Data is read in large segments and cut in memory (cheaper than pyfastcdc's
+stream reader); the tail after the last cut moves to the next segment, so cut points are the
+same as if the whole file had been cut at once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Protocol
 from pyfastcdc import FastCDC
 
 from freezeframe.repository.config import ChunkerParams
+
+SEGMENT_SIZE = 16 * 1024 * 1024
 
 
 class Readable(Protocol):
@@ -31,7 +35,31 @@ class Chunker:
             seed=seed,
         )
 
-    def chunks(self, reader: Readable) -> Iterator[bytes]:
-        """Chunks as independent ``bytes`` (the chunker reuses its buffer between chunks)."""
-        for chunk in self._cdc.cut_stream(reader):
-            yield bytes(chunk.data)
+    def chunks(self, reader: Readable) -> Iterator[memoryview]:
+        """Chunks as views into a segment; a view is valid until the next one is requested,
+        so a consumer that keeps a chunk copies it."""
+        carry = b""
+        segment_size = max(SEGMENT_SIZE, 2 * self.params.max_size)
+        while True:
+            buffer = bytearray(segment_size)
+            view = memoryview(buffer)
+            view[: len(carry)] = carry
+            filled = len(carry)
+            eof = False
+            while filled < segment_size:
+                n = reader.readinto(view[filled:])
+                if n == 0:
+                    eof = True
+                    break
+                filled += n
+            data = view[:filled]
+            if not data:
+                return
+            cuts = list(self._cdc.cut_buf(data))
+            last = len(cuts) if eof else len(cuts) - 1
+            for chunk in cuts[:last]:
+                yield data[chunk.offset : chunk.offset + chunk.length]
+            if eof:
+                return
+            tail = cuts[-1]
+            carry = bytes(data[tail.offset :])
