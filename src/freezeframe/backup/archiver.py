@@ -41,6 +41,8 @@ from freezeframe.repository.snapshot import ConsistencyReport, Snapshot, save_sn
 from freezeframe.repository.tree import Node, encode_tree
 
 IN_FLIGHT_BYTES = 96 * 1024 * 1024
+BATCH_BYTES = 1024 * 1024
+BATCH_BLOBS = 256
 # Files modified this recently are not cached: a later write within the same timestamp tick
 # would otherwise go unnoticed.
 CACHE_SETTLE_NS = 2_000_000_000
@@ -114,6 +116,8 @@ class Archiver:
         self.stats.update(bytes_read=0, bytes_total=0, symlinks=0, special=0)
         self._workers = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2))
         self._budget = _ByteBudget(IN_FLIGHT_BYTES)
+        self._batch: list[tuple[bytes, bytes]] = []
+        self._batch_bytes = 0
         self._failure: BaseException | None = None
         self._futures: set[Future[None]] = set()
         self._futures_lock = threading.Lock()
@@ -236,7 +240,7 @@ class Archiver:
             return None  # sockets are recreated by their programs, never restored
         try:
             if kind == "file":
-                return self._save_file(read, record, name)
+                return self._save_file(read, record, name, st)
             node = node_from_stat(name, kind, st)
             node.xattrs = self._xattrs(read)
             if kind == "dir":
@@ -281,7 +285,26 @@ class Archiver:
         blob_id, _ = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))
         return blob_id
 
-    def _save_file(self, read: bytes, record: bytes, name: bytes) -> Node | None:
+    def _save_file(
+        self, read: bytes, record: bytes, name: bytes, st: os.stat_result
+    ) -> Node | None:
+        """A file unchanged since the last backup (files cache) is not even opened."""
+        self.progress.current_path = os.fsdecode(record)
+        self.stats["bytes_total"] += st.st_size
+        cached = self.files_cache.lookup(record, st, self.options.cache_checks_device)
+        if cached is not None and all(c in self.repo.index for c in cached.content):
+            node = node_from_stat(name, "file", st)
+            node.xattrs = self._xattrs(read)
+            node.content = list(cached.content)
+            self.files_cache.remember(record, st, node.content)
+            self.stats["files_unmodified"] += 1
+        else:
+            node = self._read_file(read, record, name)
+        self.progress.files_done += 1
+        self.progress.bytes_done += node.size
+        return node
+
+    def _read_file(self, read: bytes, record: bytes, name: bytes) -> Node:
         fd = open_for_backup(read)
         try:
             before = os.fstat(fd)
@@ -289,24 +312,14 @@ class Archiver:
                 raise OSError(errno.EAGAIN, "replaced by another kind of file while read")
             node = node_from_stat(name, "file", before)
             node.xattrs = self._xattrs(read)
-            self.progress.current_path = os.fsdecode(record)
-            self.stats["bytes_total"] += before.st_size
-            cached = self.files_cache.lookup(record, before, self.options.cache_checks_device)
-            if cached is not None and all(c in self.repo.index for c in cached.content):
-                node.content = list(cached.content)
+            known = self.files_cache.knows(record)
+            self.stats["files_changed" if known else "files_new"] += 1
+            self._read_content(fd, before, node)
+            after = os.fstat(fd)
+            if _changed(before, after):
+                self.changed_during_read.append(os.fsdecode(record))
+            elif self._now_ns - max(before.st_mtime_ns, before.st_ctime_ns) > CACHE_SETTLE_NS:
                 self.files_cache.remember(record, before, node.content)
-                self.stats["files_unmodified"] += 1
-            else:
-                known = self.files_cache.knows(record)
-                self.stats["files_changed" if known else "files_new"] += 1
-                self._read_content(fd, before, node)
-                after = os.fstat(fd)
-                if _changed(before, after):
-                    self.changed_during_read.append(os.fsdecode(record))
-                elif self._now_ns - max(before.st_mtime_ns, before.st_ctime_ns) > CACHE_SETTLE_NS:
-                    self.files_cache.remember(record, before, node.content)
-            self.progress.files_done += 1
-            self.progress.bytes_done += before.st_size
             return node
         finally:
             os.close(fd)
@@ -328,7 +341,9 @@ class Archiver:
             node.size = reader.bytes_read
 
     def _submit(self, chunk: bytes | memoryview) -> bytes:
-        """Hash a chunk; if the repository lacks it, hand a copy to a worker. Returns its id."""
+        """Hash a chunk; if the repository lacks it, hand a copy to a worker. Returns its id.
+        Small chunks travel in batches: one hand-off per small file would cost more than
+        compressing it."""
         self.stats["bytes_read"] += len(chunk)
         blob_id = self.repo.blob_id(chunk)
         if not self.repo.claim_blob(blob_id):
@@ -336,18 +351,29 @@ class Archiver:
         if self._failure is not None:
             raise self._failure
         self.progress.bytes_added += len(chunk)
-        self._budget.acquire(len(chunk))
-        future = self._workers.submit(self._store, blob_id, bytes(chunk))
+        self._batch.append((blob_id, bytes(chunk)))
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_BLOBS:
+            self._send_batch()
+        return blob_id
+
+    def _send_batch(self) -> None:
+        if not self._batch:
+            return
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        self._budget.acquire(size)
+        future = self._workers.submit(self._store, batch, size)
         with self._futures_lock:
             self._futures.add(future)
         future.add_done_callback(self._done)
-        return blob_id
 
-    def _store(self, blob_id: bytes, chunk: bytes) -> None:
+    def _store(self, batch: list[tuple[bytes, bytes]], size: int) -> None:
         try:
-            self.repo.store_claimed_blob(BlobType.DATA, blob_id, chunk)
+            for blob_id, chunk in batch:
+                self.repo.store_claimed_blob(BlobType.DATA, blob_id, chunk)
         finally:
-            self._budget.release(len(chunk))
+            self._budget.release(size)
 
     def _done(self, future: Future[None]) -> None:
         with self._futures_lock:
@@ -356,6 +382,7 @@ class Archiver:
             self._failure = future.exception()
 
     def _drain(self) -> None:
+        self._send_batch()
         while True:
             with self._futures_lock:
                 pending = list(self._futures)

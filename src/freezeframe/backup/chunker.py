@@ -34,15 +34,17 @@ class Chunker:
             normalized_chunking=1,
             seed=seed,
         )
+        # One buffer for every file: allocating (and page-faulting) 16 MiB per file would cost
+        # more than cutting it.
+        self._buffer = bytearray(max(SEGMENT_SIZE, 2 * params.max_size))
 
     def chunks(self, reader: Readable) -> Iterator[memoryview]:
         """Chunks as views into a segment; a view is valid until the next one is requested,
         so a consumer that keeps a chunk copies it."""
         carry = b""
-        segment_size = max(SEGMENT_SIZE, 2 * self.params.max_size)
+        view = memoryview(self._buffer)
+        segment_size = len(self._buffer)
         while True:
-            buffer = bytearray(segment_size)
-            view = memoryview(buffer)
             view[: len(carry)] = carry
             filled = len(carry)
             eof = False

@@ -21,9 +21,9 @@ FORMAT_VERSION = 1
 class ChunkerParams:
     """FastCDC sizes in bytes; the mean chunk is about ``min + avg``."""
 
-    min_size: int = 512 * 1024
-    avg_size: int = 1024 * 1024
-    max_size: int = 8 * 1024 * 1024
+    min_size: int = 256 * 1024
+    avg_size: int = 512 * 1024
+    max_size: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
