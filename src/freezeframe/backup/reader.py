@@ -15,15 +15,15 @@ def open_for_backup(path: bytes) -> int:
 
 
 def read_small(fd: int, size_hint: int) -> bytes:
-    """The whole content of a small file, however its size changed since the stat."""
-    parts = []
+    """The whole content of a small file, however its size changed since the stat. A regular
+    file returns short reads only at its end, so one read usually suffices."""
     want = size_hint + 1
-    while True:
-        part = os.read(fd, max(want, 65536))
-        if not part:
-            break
+    first = os.read(fd, want)
+    if len(first) < want:
+        return first
+    parts = [first]
+    while part := os.read(fd, 1 << 20):
         parts.append(part)
-        want = 65536
     return b"".join(parts)
 
 
