@@ -8,6 +8,7 @@ in flight, which bounds memory whatever the size of the files.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import getpass
 import os
@@ -15,7 +16,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from freezeframe.backup.metadata import (
     node_type,
     read_xattrs,
 )
+from freezeframe.backup.prefetch import SMALL_FILE, WINDOW, Prefetcher
 from freezeframe.backup.progress import BackupProgress
 from freezeframe.backup.reader import ExtentReader, open_for_backup, read_small
 from freezeframe.backup.scanner import scan_totals
@@ -117,6 +119,7 @@ class Archiver:
         self._workers = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2))
         self._budget = _ByteBudget(IN_FLIGHT_BYTES)
         self._batch: list[tuple[bytes, bytes]] = []
+        self._prefetcher = Prefetcher()
         self._batch_bytes = 0
         self._failure: BaseException | None = None
         self._futures: set[Future[None]] = set()
@@ -148,6 +151,7 @@ class Archiver:
             raise
         finally:
             stop_scan.set()
+            self._prefetcher.close()
             self._workers.shutdown(wait=True, cancel_futures=True)
         report = self.options.consistency
         report.changed_during_read = sorted(self.changed_during_read)
@@ -262,11 +266,24 @@ class Archiver:
 
     def _save_dir_tree(self, read: bytes, record: bytes) -> bytes:
         nodes = []
+        for entry, child_record, st in self._list_dir(read, record):
+            node = self._save_entry(entry.path, child_record, entry.name, st)
+            if node is not None:
+                nodes.append(node)
+        return self._save_dirlist(nodes)
+
+    def _list_dir(
+        self, read: bytes, record: bytes
+    ) -> Iterator[tuple[os.DirEntry[bytes], bytes, os.stat_result]]:
+        """A directory's entries in name order, excludes applied, with the small files to be
+        read warmed in the page cache a window ahead."""
         try:
-            entries = sorted(os.scandir(read), key=lambda e: e.name)
+            with os.scandir(read) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
         except OSError as exc:
             self._error(record, exc)
-            entries = []
+            return
+        listed = []
         for entry in entries:
             child_record = record + b"/" + entry.name
             try:
@@ -276,10 +293,21 @@ class Archiver:
                 continue
             if self.excludes and self.excludes.excludes(child_record, stat.S_ISDIR(st.st_mode)):
                 continue
-            node = self._save_entry(entry.path, child_record, entry.name, st)
-            if node is not None:
-                nodes.append(node)
-        return self._save_dirlist(nodes)
+            listed.append((entry, child_record, st))
+        to_read = [
+            i
+            for i, (_e, child_record, st) in enumerate(listed)
+            if stat.S_ISREG(st.st_mode)
+            and 0 < st.st_size <= SMALL_FILE
+            and self.files_cache.lookup(child_record, st, self.options.cache_checks_device) is None
+        ]
+        warmed = 0
+        for position, item in enumerate(listed):
+            if warmed < len(to_read) and to_read[warmed] <= position + WINDOW:
+                upto = bisect.bisect_right(to_read, position + 2 * WINDOW)
+                self._prefetcher.warm([listed[i][0].path for i in to_read[warmed:upto]])
+                warmed = upto
+            yield item
 
     def _save_dirlist(self, nodes: list[Node]) -> bytes:
         blob_id, _ = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))
