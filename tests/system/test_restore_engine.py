@@ -172,6 +172,37 @@ def test_includes_restore_only_those_subtrees_and_their_parents(
         assert (got.st_mode, got.st_mtime_ns) == (st.st_mode, st.st_mtime_ns)
 
 
+def test_hard_links_of_every_kind_and_across_includes(
+    repository: Repository, tmp_path: Path
+) -> None:
+    """Hard-linked files, symlinks and fifos come back as one inode each; a name whose first
+    link lies outside the includes becomes the first name itself."""
+    source = tmp_path / "links"
+    (source / "a").mkdir(parents=True)
+    (source / "b").mkdir()
+    write(source / "a" / "file", b"shared\n")
+    os.link(source / "a" / "file", source / "b" / "file")
+    os.symlink("target", source / "a" / "sym")
+    os.link(source / "a" / "sym", source / "b" / "sym", follow_symlinks=False)
+    os.mkfifo(source / "a" / "fifo")
+    os.link(source / "a" / "fifo", source / "b" / "fifo")
+    snapshot = backup(repository, tmp_path, source)
+
+    whole = tmp_path / "whole"
+    assert restore_snapshot(repository, snapshot, whole).errors == []
+    assert_same_tree(source, restored_path(whole, source))
+    for name in ("file", "sym", "fifo"):
+        a, b = (restored_path(whole, source / d / name).lstat() for d in "ab")
+        assert (a.st_ino, a.st_nlink) == (b.st_ino, 2), name
+
+    part = tmp_path / "part"
+    result = restore_snapshot(repository, snapshot, part, includes=[str(source / "b")])
+    assert result.errors == []
+    assert restored_path(part, source / "b" / "file").read_bytes() == b"shared\n"
+    assert restored_path(part, source / "b" / "file").stat().st_nlink == 1
+    assert not restored_path(part, source / "a").exists()
+
+
 def test_an_include_missing_from_the_snapshot_writes_nothing(
     repository: Repository, odd_tree: Path, tmp_path: Path
 ) -> None:
@@ -249,8 +280,9 @@ def _snapshot_of(repo: Repository, root: bytes) -> Snapshot:
 
 
 def test_a_hostile_tree_cannot_escape_the_target(repository: Repository, tmp_path: Path) -> None:
-    """Names like ``..``, ``a/b`` or NUL, duplicates, and content placed beyond a file's size
-    are refused one by one; the rest is restored and nothing lands outside the target."""
+    """Names like ``..``, ``a/b`` or NUL, duplicates, content placed beyond a file's size and
+    impossible times are refused one by one; the rest is restored and nothing lands outside
+    the target."""
     blob, _ = repository.save_blob(BlobType.DATA, b"payload\n")
     payload = {"content": [blob], "size": 8}
     escape = _save_tree(repository, [_node(b"escaped", "file", **payload)])
@@ -267,6 +299,8 @@ def test_a_hostile_tree_cannot_escape_the_target(repository: Repository, tmp_pat
         _node(b"holey", "file", content=[blob], size=8, sparse_map=[(1 << 30, 8)]),
         _node(b"missing", "file", content=[b"\x01" * 32], size=8),
         _node(b"ok", "file", **payload),
+        _node(b"far-future", "file", mtime_ns=10**40, **payload),
+        _node(b"far-future-fifo", "fifo", mtime_ns=10**40),
     ]
     snapshot = _snapshot_of(repository, _save_tree(repository, nodes))
     jail = tmp_path / "jail"
@@ -278,26 +312,27 @@ def test_a_hostile_tree_cannot_escape_the_target(repository: Repository, tmp_pat
 
     refused = sorted(path for path, _ in result.errors)
     bad_names = ["/..", "/.", "/../../escaped-too", "//abs", "/", "/nul\0name", "/twice"]
-    assert refused == sorted([*bad_names, "/holey", "/missing"])
+    odd_values = ["/far-future", "/far-future-fifo"]
+    assert refused == sorted([*bad_names, "/holey", "/missing", *odd_values])
     assert (target / "ok").read_bytes() == b"payload\n"
     assert os.readlink(target / "twice") == str(tmp_path)
     assert os.readlink(target / "link") == "../../../.."
-    assert sorted(os.listdir(target)) == ["link", "ok", "twice"]
+    assert sorted(os.listdir(target)) == ["far-future", "far-future-fifo", "link", "ok", "twice"]
     after = listing(tmp_path)
     assert sorted(set(after) - set(before)) == [
-        "jail/target/link",
-        "jail/target/ok",
-        "jail/target/twice",
+        f"jail/target/{name}" for name in sorted(os.listdir(target))
     ]
 
 
-def test_damaged_and_missing_content_is_reported_per_file(
-    repository: Repository, tmp_path: Path
+@pytest.mark.parametrize("size", [3_000, 300_000], ids=["small", "large"])
+def test_damaged_content_is_reported_per_file(
+    repository: Repository, tmp_path: Path, size: int
 ) -> None:
-    """A blob that fails authentication spoils only the files that use it."""
+    """A blob that fails authentication spoils only the files that use it (small blobs are
+    written by the walk thread, large ones by workers: both paths report it)."""
     source = tmp_path / "src"
     source.mkdir()
-    write(source / "a-first", os.urandom(100_000))
+    write(source / "a-first", os.urandom(size))
     backup(repository, tmp_path, source)  # a-first gets a pack of its own
     write(source / "b-second", b"fine\n")
     snapshot = backup(repository, tmp_path, source)

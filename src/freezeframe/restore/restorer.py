@@ -22,44 +22,47 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from freezeframe.errors import FreezeframeError, IntegrityError, NotFound
+from freezeframe.errors import FreezeframeError, IntegrityError
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot
 from freezeframe.repository.tree import Node
-from freezeframe.repository.walk import find_node, load_tree, walk_tree
-from freezeframe.restore.content import ContentWriter, FileJob, plan_file, sparse_extents
-from freezeframe.restore.metadata import apply_at, apply_to_fd, clear_default_acl
+from freezeframe.repository.walk import load_tree
+from freezeframe.restore.content import ContentWriter
+from freezeframe.restore.filejob import FileJob, plan_file, sparse_extents
+from freezeframe.restore.links import HardLinks, is_linked
+from freezeframe.restore.metadata import (
+    Fresh,
+    apply_at,
+    apply_to_fd,
+    clear_default_acl,
+    creation_mode,
+    read_umask,
+)
+from freezeframe.restore.progress import RestoreProgress, count_totals
 from freezeframe.restore.safepath import (
     UnsafeName,
     check_name,
     create_entry,
     create_file,
     make_dir,
-    open_dir_path,
     open_target,
-    parse_include,
 )
+from freezeframe.restore.selection import Selection, narrow, select
+
+__all__ = ["RestoreProgress", "RestoreResult", "restore_snapshot"]
 
 _DEVICE_KINDS = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
 
 
 @dataclass
-class RestoreProgress:
-    """Counters a progress display reads while the restore runs (totals may arrive late)."""
-
-    files_done: int = 0
-    bytes_done: int = 0
-    total_files: int = 0
-    total_bytes: int = 0
-    errors: int = 0
-
-
-@dataclass
 class RestoreResult:
+    """What was restored: regular files (every name, hard links included), directories,
+    bytes of file content (each inode once, holes included), and what could not be."""
+
     files: int
     dirs: int
     bytes: int
-    errors: list[tuple[str, str]]  # (path as recorded in the snapshot, message)
+    errors: list[tuple[str, str]]  # (path as recorded in the snapshot, message), sorted
 
 
 def restore_snapshot(
@@ -73,23 +76,13 @@ def restore_snapshot(
 ) -> RestoreResult:
     """Restore ``snapshot`` under ``target``, or only the ``includes`` (absolute paths as
     recorded) and the directories above them. NotFound before anything is written if an
-    include is not in the snapshot."""
-    wanted = [parse_include(path) for path in includes]
-    for path, components in zip(includes, wanted, strict=True):
-        if components and find_node(repo, snapshot.tree, components) is None:
-            raise NotFound(
-                f"{path} is not in snapshot {snapshot.short_id}; "
-                f"`freezeframe ls {snapshot.short_id}` shows what it holds"
-            )
-    selection = None if not wanted or any(not c for c in wanted) else wanted
+    include is not in the snapshot.
+
+    ``workers`` threads open and write large blobs; small files are written by the calling
+    thread, where threads would only contend for the GIL (see ``content``)."""
+    selection = select(repo, snapshot, includes)
     progress = progress or RestoreProgress()
-    stop = threading.Event()
-    if not _totals_from_summary(snapshot, selection, progress):
-        threading.Thread(
-            target=_count_totals,
-            args=(repo, snapshot.tree, selection, progress, stop),
-            daemon=True,
-        ).start()
+    stop = count_totals(repo, snapshot, selection, progress)
     try:
         return _Restorer(repo, progress, workers).run(snapshot.tree, Path(target), selection)
     finally:
@@ -108,18 +101,9 @@ class _Dir:
     path: bytes  # as recorded, b"" for the root
     rel: tuple[bytes, ...]  # names from the target down
     nodes: Iterator[Node]
-    wanted: list[tuple[bytes, ...]] | None  # None: everything below
+    wanted: Selection  # None: everything below
+    setgid: bool  # new entries take the directory's group, not ours
     seen: set[bytes] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class _FirstLink:
-    """Where the first name of a hard-linked inode was restored."""
-
-    rel: tuple[bytes, ...]
-    name: bytes
-    path: bytes
-    identity: tuple[int, int]  # (st_dev, st_ino) of what we created
 
 
 class _Restorer:
@@ -132,16 +116,19 @@ class _Restorer:
         self.dirs = 0
         self.bytes = 0
         self._lock = threading.Lock()
-        self._links: dict[tuple[int, int], _FirstLink] = {}
         self._writer = ContentWriter(repo, workers, self._file_done, self._bytes_written)
-        self._root_fd = -1
+        self._root_fd = -1  # both set once the target is open
+        self._links = HardLinks(-1)
+        umask = read_umask()
+        self._umask = umask if umask is not None else -1
+        self._fresh: dict[int, Fresh] = {}  # by creation mode
 
-    def run(
-        self, tree: bytes, target: Path, selection: list[tuple[bytes, ...]] | None
-    ) -> RestoreResult:
+    def run(self, tree: bytes, target: Path, selection: Selection) -> RestoreResult:
         root_nodes = load_tree(self.repo, tree)
         self._root_fd = open_target(target)
-        stack = [_Dir(self._root_fd, None, b"", (), iter(root_nodes), selection)]
+        self._links = HardLinks(self._root_fd)
+        setgid = bool(os.fstat(self._root_fd).st_mode & stat.S_ISGID)
+        stack = [_Dir(self._root_fd, None, b"", (), iter(root_nodes), selection, setgid)]
         try:
             while stack:
                 current = stack[-1]
@@ -161,7 +148,8 @@ class _Restorer:
             raise
         finally:
             os.close(self._root_fd)
-        return RestoreResult(self.files, self.dirs, self.bytes, self.errors)
+        # Workers finish files in any order; sorted, the report reads like the tree.
+        return RestoreResult(self.files, self.dirs, self.bytes, sorted(self.errors))
 
     def _visit(self, parent: _Dir, node: Node) -> _Dir | None:
         path = parent.path + b"/" + node.name
@@ -173,7 +161,7 @@ class _Restorer:
             self._error(path, str(exc))
             return None
         parent.seen.add(node.name)
-        selected, wanted = _narrow(parent.wanted, node.name)
+        selected, wanted = narrow(parent.wanted, node.name)
         if not selected:
             return None
         if node.type == "dir":
@@ -184,18 +172,17 @@ class _Restorer:
 
     # -- directories ------------------------------------------------------------------------
 
-    def _enter_dir(
-        self, parent: _Dir, node: Node, path: bytes, wanted: list[tuple[bytes, ...]] | None
-    ) -> _Dir | None:
+    def _enter_dir(self, parent: _Dir, node: Node, path: bytes, wanted: Selection) -> _Dir | None:
         try:
             fd, created = make_dir(parent.fd, node.name)
         except OSError as exc:
             self._error(path, f"cannot create the directory: {exc.strerror or exc}")
             return None
         nodes: list[Node] = []
+        setgid = parent.setgid  # mkdir in a setgid directory makes a setgid directory
         try:
-            if not created and not self.owner:
-                _make_writable(fd)
+            if not created:
+                setgid = _reuse(fd, self.owner)
             clear_default_acl(fd)
             if node.subtree is None:
                 raise IntegrityError("the directory has no recorded contents")
@@ -206,7 +193,7 @@ class _Restorer:
             self._error(path, f"contents not restored: {exc.strerror or exc}")
         with self._lock:
             self.dirs += 1
-        return _Dir(fd, node, path, (*parent.rel, node.name), iter(nodes), wanted)
+        return _Dir(fd, node, path, (*parent.rel, node.name), iter(nodes), wanted, setgid)
 
     def _leave_dir(self, done: _Dir) -> None:
         if done.node is None:
@@ -221,7 +208,7 @@ class _Restorer:
 
     def _restore_leaf(self, parent: _Dir, node: Node, path: bytes) -> None:
         try:
-            if node.links > 1 and node.inode and self._link(parent, node, path):
+            if is_linked(node) and self._link(parent, node, path):
                 return
             if node.type == "file":
                 self._restore_file(parent, node, path)
@@ -239,21 +226,32 @@ class _Restorer:
             self._error(path, str(exc))
         except OSError as exc:
             self._error(path, f"cannot restore: {exc.strerror or exc}")
+        except (ValueError, OverflowError) as exc:  # impossible values in a damaged tree
+            self._error(path, f"cannot restore: {exc}")
 
     def _restore_file(self, parent: _Dir, node: Node, path: bytes) -> None:
         writes, data_bytes = plan_file(self.repo, node)
         extents = sparse_extents(node) if node.sparse_map is not None else None
-        fd = create_file(parent.fd, node.name)
-        job = FileJob(fd, node, os.fsdecode(path), writes, extents, data_bytes)
+        mode = creation_mode(node)
+        fd = create_file(parent.fd, node.name, mode)
+        job = FileJob(fd, node, path, writes, extents, data_bytes)
+        if parent.node is not None and not parent.setgid:
+            # Created by us in a directory without a default ACL (cleared on entry) or setgid
+            # bit: its owner, mode and (absent) xattrs are known without asking.
+            job.fresh = self._fresh.get(mode) or self._fresh.setdefault(mode, self._known(mode))
         try:
             if extents is not None or len(writes) > 1:
                 os.ftruncate(fd, node.size)  # the final size up front; holes stay holes
-            if node.links > 1 and node.inode:
-                self._remember_link(parent, node, path, os.fstat(fd))
+            if is_linked(node):
+                self._links.remember(node, parent.rel, path, os.fstat(fd))
         except BaseException:
             os.close(fd)
             raise
         self._writer.add(job)
+
+    def _known(self, mode: int) -> Fresh:
+        known_mode = mode & ~self._umask if self._umask >= 0 else None
+        return Fresh(os.geteuid(), os.getegid(), known_mode)
 
     def _restore_symlink(self, parent: _Dir, node: Node, path: bytes) -> None:
         link_target = node.linktarget
@@ -278,43 +276,22 @@ class _Restorer:
         self._created_at(parent, node, path)
 
     def _created_at(self, parent: _Dir, node: Node, path: bytes) -> None:
-        if node.links > 1 and node.inode:
+        if is_linked(node):
             st = os.stat(node.name, dir_fd=parent.fd, follow_symlinks=False)
-            self._remember_link(parent, node, path, st)
+            self._links.remember(node, parent.rel, path, st)
         for problem in apply_at(parent.fd, node.name, node, owner=self.owner):
             self._error(path, problem)
 
     # -- hard links -------------------------------------------------------------------------
 
-    def _remember_link(self, parent: _Dir, node: Node, path: bytes, st: os.stat_result) -> None:
-        first = _FirstLink(parent.rel, node.name, path, (st.st_dev, st.st_ino))
-        self._links.setdefault((node.device, node.inode), first)
-
     def _link(self, parent: _Dir, node: Node, path: bytes) -> bool:
         """Restore ``node`` as another name of an inode restored earlier in this run; False
         when it is the first name (or linking failed: then it is restored as a copy)."""
-        first = self._links.get((node.device, node.inode))
+        first = self._links.first(node)
         if first is None:
             return False
         try:
-            source_fd = open_dir_path(self._root_fd, first.rel)
-            try:
-                st = os.stat(first.name, dir_fd=source_fd, follow_symlinks=False)
-                if (st.st_dev, st.st_ino) != first.identity:
-                    raise OSError(errno.ESTALE, "its first name was replaced during the restore")
-                create_entry(
-                    parent.fd,
-                    node.name,
-                    lambda: os.link(
-                        first.name,
-                        node.name,
-                        src_dir_fd=source_fd,
-                        dst_dir_fd=parent.fd,
-                        follow_symlinks=False,
-                    ),
-                )
-            finally:
-                os.close(source_fd)
+            self._links.link(first, parent.fd, node.name)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             self._error(
@@ -334,7 +311,7 @@ class _Restorer:
     def _file_done(self, job: FileJob) -> None:
         problems = [job.error] if job.error is not None else []
         if job.error is None:
-            problems += apply_to_fd(job.fd, job.node, owner=self.owner)
+            problems += apply_to_fd(job.fd, job.node, owner=self.owner, fresh=job.fresh)
         try:
             os.close(job.fd)
         except OSError as exc:
@@ -346,7 +323,7 @@ class _Restorer:
             self.progress.files_done += 1
             self.progress.bytes_done += max(0, job.node.size - job.data_bytes)
             for problem in problems:
-                self.errors.append((job.path, problem))
+                self.errors.append((os.fsdecode(job.path), problem))
                 self.progress.errors += 1
 
     def _bytes_written(self, count: int) -> None:
@@ -359,70 +336,12 @@ class _Restorer:
             self.progress.errors += 1
 
 
-def _narrow(
-    wanted: list[tuple[bytes, ...]] | None, name: bytes
-) -> tuple[bool, list[tuple[bytes, ...]] | None]:
-    """Whether ``name`` is selected, and the selection below it (None: all of it)."""
-    if wanted is None:
-        return True, None
-    below = [path[1:] for path in wanted if path[0] == name]
-    if not below:
-        return False, None
-    if any(not path for path in below):
-        return True, None
-    return True, below
+def _reuse(fd: int, root: bool) -> bool:
+    """Prepare a directory kept from an earlier restore; returns whether it is setgid.
 
-
-def _make_writable(fd: int) -> None:
-    """Let a non-root user add entries to a directory kept from an earlier restore (it may
-    carry a read-only recorded mode); the recorded mode is applied again afterwards."""
+    A non-root user may need to add entries to it although it carries a read-only recorded
+    mode: it gets u+rwx until its recorded mode is applied again, after its contents."""
     st = os.fstat(fd)
-    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o700 != 0o700:
+    if not root and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o700 != 0o700:
         os.chmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
-
-
-# -- totals for the progress display ---------------------------------------------------------
-
-
-def _totals_from_summary(
-    snapshot: Snapshot, selection: list[tuple[bytes, ...]] | None, progress: RestoreProgress
-) -> bool:
-    summary = snapshot.summary
-    if selection is not None or "bytes_total" not in summary:
-        return False
-    counts = ("files_new", "files_changed", "files_unmodified")
-    progress.total_files = sum(int(summary.get(key, 0)) for key in counts)
-    progress.total_bytes = int(summary["bytes_total"])
-    return True
-
-
-def _count_totals(
-    repo: Repository,
-    tree: bytes,
-    selection: list[tuple[bytes, ...]] | None,
-    progress: RestoreProgress,
-    stop: threading.Event,
-) -> None:
-    """Walk the selected trees in the background and fill in the totals; only progress
-    depends on it, so a damaged tree just leaves the totals short."""
-    try:
-        roots: list[tuple[Node | None, bytes | None]] = []
-        if selection is None:
-            roots.append((None, tree))
-        for components in selection or ():
-            found = find_node(repo, tree, components)
-            roots.append((found, found.subtree if found and found.type == "dir" else None))
-        for found, subtree in roots:
-            if found is not None and found.type == "file":
-                progress.total_files += 1
-                progress.total_bytes += found.size
-            if subtree is None:
-                continue
-            for _path, node in walk_tree(repo, subtree):
-                if stop.is_set():
-                    return
-                if node.type == "file":
-                    progress.total_files += 1
-                    progress.total_bytes += node.size
-    except FreezeframeError:
-        return
+    return bool(st.st_mode & stat.S_ISGID)

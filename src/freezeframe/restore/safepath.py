@@ -73,14 +73,14 @@ def clear_way(dir_fd: int, name: bytes) -> None:
             raise
 
 
-def create_file(dir_fd: int, name: bytes) -> int:
+def create_file(dir_fd: int, name: bytes, mode: int = NEW_FILE_MODE) -> int:
     """A new, empty regular file opened for writing. Whatever was at ``name`` is unlinked first
     (a planted symlink or a hard link to a file outside the target is never written through)."""
     try:
-        return os.open(name, FILE_FLAGS, NEW_FILE_MODE, dir_fd=dir_fd)
+        return os.open(name, FILE_FLAGS, mode, dir_fd=dir_fd)
     except FileExistsError:
         clear_way(dir_fd, name)
-        return os.open(name, FILE_FLAGS, NEW_FILE_MODE, dir_fd=dir_fd)
+        return os.open(name, FILE_FLAGS, mode, dir_fd=dir_fd)
 
 
 def create_entry(dir_fd: int, name: bytes, make: Callable[[], None]) -> None:
