@@ -105,7 +105,12 @@ class Archiver:
         files_cache: FilesCache,
         progress: BackupProgress | None = None,
         workers: int | None = None,
+        *,
+        estimate_totals: bool = False,
     ) -> None:
+        """``estimate_totals`` pre-scans the sources for an ETA; only worth its lstat calls when
+        someone watches the progress."""
+        self.estimate_totals = estimate_totals
         self.repo = repo
         self.options = options
         self.files_cache = files_cache
@@ -136,12 +141,12 @@ class Archiver:
             if not os.path.lexists(source.read_path):
                 raise NotFound(f"{os.fsdecode(source.record_path)} does not exist")
         stop_scan = threading.Event()
-        scanner = threading.Thread(
-            target=scan_totals,
-            args=([s.read_path for s in self.options.sources], self.progress, stop_scan),
-            daemon=True,
-        )
-        scanner.start()
+        if self.estimate_totals:
+            threading.Thread(
+                target=scan_totals,
+                args=([s.read_path for s in self.options.sources], self.progress, stop_scan),
+                daemon=True,
+            ).start()
         try:
             root = self._save_root()
             self._drain()

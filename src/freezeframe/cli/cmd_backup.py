@@ -13,8 +13,6 @@ from freezeframe.cli.output import human_bytes, human_duration
 from freezeframe.errors import EXIT_PARTIAL, UsageError
 from freezeframe.repository.locks import RepositoryLock
 
-HELP = "back up files and directories into a new snapshot"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="what to back up")
@@ -48,7 +46,11 @@ def run(ctx: CommandContext) -> int:
             one_file_system=ctx.args.one_file_system,
         )
         archiver = Archiver(
-            repo, options, FilesCache.for_repository(repo.config.repository_id), progress
+            repo,
+            options,
+            FilesCache.for_repository(repo.config.repository_id),
+            progress,
+            estimate_totals=ctx.out.show_progress,
         )
         lock = RepositoryLock(repo, exclusive=False)
         with lock, ctx.out.live(lambda t: _render(progress, t)):

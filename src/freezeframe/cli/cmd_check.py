@@ -9,8 +9,6 @@ from freezeframe.errors import EXIT_FATAL, UsageError
 from freezeframe.repository.check import check_repository
 from freezeframe.repository.locks import RepositoryLock
 
-HELP = "check the repository for errors"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()

@@ -8,8 +8,6 @@ from freezeframe.cli.context import CommandContext
 from freezeframe.repository.diff import diff_snapshots
 from freezeframe.repository.snapshot import find_snapshot
 
-HELP = "show the differences between two snapshots"
-
 _MARKS = {"added": "+", "removed": "-", "modified": "M", "type": "T", "metadata": "U"}
 
 

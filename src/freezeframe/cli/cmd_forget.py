@@ -19,8 +19,6 @@ from freezeframe.repository.retention import (
 )
 from freezeframe.repository.snapshot import Snapshot, delete_snapshot, list_snapshots
 
-HELP = "remove snapshots according to a retention policy"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):

@@ -8,8 +8,6 @@ from freezeframe.cli.context import CommandContext
 from freezeframe.repository.keys import KdfParams
 from freezeframe.repository.repository import Repository
 
-HELP = "create a new repository"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     defaults = KdfParams()

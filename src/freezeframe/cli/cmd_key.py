@@ -13,8 +13,6 @@ from freezeframe.repository.password import prompt_password, resolve_password
 from freezeframe.repository.repository import add_key
 from freezeframe.storage.base import Kind
 
-HELP = "list, add, remove or change the passwords of the repository"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")

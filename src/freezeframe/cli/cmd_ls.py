@@ -13,8 +13,6 @@ from freezeframe.repository.snapshot import find_snapshot
 from freezeframe.repository.tree import Node
 from freezeframe.repository.walk import walk_tree
 
-HELP = "list the files in a snapshot"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("snapshot", help="snapshot id (prefix) or `latest`")

@@ -8,8 +8,6 @@ from freezeframe.cli.context import CommandContext
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.prune import execute_prune, plan_prune
 
-HELP = "remove unreferenced data from the repository"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--dry-run", action="store_true", help="only show what would go")

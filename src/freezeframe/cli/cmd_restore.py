@@ -12,8 +12,6 @@ from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.snapshot import find_snapshot
 from freezeframe.restore.restorer import RestoreProgress, restore_snapshot
 
-HELP = "restore a snapshot under a target directory (original absolute paths kept)"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("snapshot", help="snapshot id (prefix) or `latest`")

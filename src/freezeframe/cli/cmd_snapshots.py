@@ -9,8 +9,6 @@ from freezeframe.cli.output import table
 from freezeframe.cli.snapshot_view import SNAPSHOT_HEADERS, snapshot_json, snapshot_row
 from freezeframe.repository.snapshot import list_snapshots
 
-HELP = "list snapshots"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="only snapshots of this host")

@@ -8,8 +8,6 @@ from freezeframe.cli.context import CommandContext
 from freezeframe.repository.snapshot import list_snapshots
 from freezeframe.repository.stats import repository_stats, restore_size
 
-HELP = "show repository statistics"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

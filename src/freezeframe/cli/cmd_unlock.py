@@ -7,8 +7,6 @@ import argparse
 from freezeframe.cli.context import CommandContext
 from freezeframe.repository.locks import remove_locks
 
-HELP = "remove stale locks left by crashed processes"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

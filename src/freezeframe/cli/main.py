@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
+import importlib
 import signal
 import sys
 import traceback
@@ -16,39 +16,27 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from freezeframe import __version__
-from freezeframe.cli import (
-    cmd_backup,
-    cmd_check,
-    cmd_diff,
-    cmd_forget,
-    cmd_init,
-    cmd_key,
-    cmd_ls,
-    cmd_prune,
-    cmd_restore,
-    cmd_snapshots,
-    cmd_stats,
-    cmd_unlock,
-)
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import Output
 from freezeframe.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, FreezeframeError
 
 _M_ARENA_MAX = -8
 
-COMMANDS: dict[str, ModuleType] = {
-    "init": cmd_init,
-    "backup": cmd_backup,
-    "snapshots": cmd_snapshots,
-    "ls": cmd_ls,
-    "restore": cmd_restore,
-    "diff": cmd_diff,
-    "check": cmd_check,
-    "forget": cmd_forget,
-    "prune": cmd_prune,
-    "stats": cmd_stats,
-    "key": cmd_key,
-    "unlock": cmd_unlock,
+# Command name -> help. Each command's module (freezeframe.cli.cmd_<name>) is imported only
+# when that command runs, so `backup` does not pay for importing restore, prune or check.
+COMMANDS: dict[str, str] = {
+    "init": "create a new repository",
+    "backup": "back up files and directories into a new snapshot",
+    "snapshots": "list snapshots",
+    "ls": "list the files in a snapshot",
+    "restore": "restore a snapshot under a target directory (original absolute paths kept)",
+    "diff": "show the differences between two snapshots",
+    "check": "check the repository for errors",
+    "forget": "remove snapshots according to a retention policy",
+    "prune": "remove unreferenced data from the repository",
+    "stats": "show repository statistics",
+    "key": "list, add, remove or change the passwords of the repository",
+    "unlock": "remove stale locks left by crashed processes",
 }
 
 
@@ -101,7 +89,7 @@ class _ArgumentError(Exception):
     pass
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="freezeframe", description="Consistent, deduplicating, encrypted backups for Linux."
     )
@@ -111,17 +99,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(common, suppress=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for name, module in COMMANDS.items():
-        sub = commands.add_parser(name, parents=[common], help=module.HELP, description=module.HELP)
-        module.configure(sub)
+    for name, help_text in COMMANDS.items():
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+        if name == selected:
+            _command_module(name).configure(sub)
     return parser
+
+
+def _command_module(name: str) -> ModuleType:
+    return importlib.import_module(f"freezeframe.cli.cmd_{name}")
+
+
+def _selected_command(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (the first word that is one), found before parsing so that
+    only its module is imported."""
+    return next((word for word in argv if word in COMMANDS), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status and never raises."""
-    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    selected = _selected_command(arguments)
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = build_parser(selected).parse_args(arguments)
+        if args.command != selected:  # a global option's value looked like a command name
+            args = build_parser(args.command).parse_args(arguments)
     except _ArgumentError as exc:
         sys.stderr.write(f"{exc}\n")
         return EXIT_USAGE
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Output(json_mode=args.json, quiet=args.quiet, progress=not args.no_progress)
     ctx = CommandContext(args=args, out=out)
     try:
-        return int(COMMANDS[args.command].run(ctx))
+        return int(_command_module(args.command).run(ctx))
     except FreezeframeError as exc:
         out.error(str(exc), exc.code)
         return exc.exit_status
@@ -152,7 +154,7 @@ def _limit_malloc_arenas() -> None:
     """glibc gives each thread its own malloc arena and keeps freed chunk buffers in each;
     two arenas cut peak memory by a third at no measurable cost in speed."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the symbols already loaded, glibc among them
         libc.mallopt(_M_ARENA_MAX, 2)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune

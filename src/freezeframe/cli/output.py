@@ -11,10 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
-
 
 class Output:
     def __init__(
@@ -66,6 +62,10 @@ class Output:
         if not self.show_progress:
             yield
             return
+        from rich.console import Console  # noqa: PLC0415 - only a terminal pays for rich
+        from rich.live import Live  # noqa: PLC0415
+        from rich.text import Text  # noqa: PLC0415
+
         console = Console(file=self.stderr)
         start = time.monotonic()
         stop = threading.Event()

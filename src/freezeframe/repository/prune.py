@@ -34,7 +34,7 @@ repository again before using it further.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
@@ -46,6 +46,7 @@ from freezeframe.repository.packer import Packer
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import list_snapshots
 from freezeframe.repository.tree import Node, decode_tree
+from freezeframe.repository.walk import reachable_blobs
 from freezeframe.storage.base import Kind
 
 Progress = Callable[[str, int, int], None]
@@ -131,31 +132,6 @@ class PruneStats:
 
     def to_json(self) -> dict[str, int]:
         return {**asdict(self), "bytes_freed": self.bytes_freed}
-
-
-# -- reachability ----------------------------------------------------------------------------
-
-
-def reachable_blobs(
-    roots: Iterable[bytes], load_tree: Callable[[bytes], list[Node]]
-) -> tuple[set[bytes], set[bytes]]:
-    """(tree ids, data ids) reachable from ``roots``. Each tree is loaded once, a level of the
-    breadth-first walk at a time in parallel, since a repository's trees are many small reads."""
-    trees: set[bytes] = set()
-    data: set[bytes] = set()
-    frontier = list(dict.fromkeys(roots))
-    trees.update(frontier)
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        while frontier:
-            next_frontier: list[bytes] = []
-            for nodes in pool.map(load_tree, frontier):
-                for node in nodes:
-                    data.update(node.content)
-                    if node.subtree is not None and node.subtree not in trees:
-                        trees.add(node.subtree)
-                        next_frontier.append(node.subtree)
-            frontier = next_frontier
-    return trees, data
 
 
 # -- planning --------------------------------------------------------------------------------

@@ -9,10 +9,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from freezeframe.repository.pack import BlobType
-from freezeframe.repository.prune import reachable_blobs
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot, list_snapshots
-from freezeframe.repository.walk import load_tree, walk_tree
+from freezeframe.repository.walk import load_tree, reachable_blobs, walk_tree
 from freezeframe.storage.base import Kind
 
 

@@ -6,7 +6,8 @@ repository layer, rather than in any one command.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from freezeframe.repository.pack import BlobType
 from freezeframe.repository.repository import Repository
@@ -53,3 +54,25 @@ def find_node(repo: Repository, tree_id: bytes, components: Sequence[bytes]) -> 
             return None
         current = found.subtree if found.type == "dir" else None
     return found
+
+
+def reachable_blobs(
+    roots: Iterable[bytes], load_tree: Callable[[bytes], list[Node]]
+) -> tuple[set[bytes], set[bytes]]:
+    """(tree ids, data ids) reachable from ``roots``. Each tree is loaded once, a level of the
+    breadth-first walk at a time in parallel, since a repository's trees are many small reads."""
+    trees: set[bytes] = set()
+    data: set[bytes] = set()
+    frontier = list(dict.fromkeys(roots))
+    trees.update(frontier)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        while frontier:
+            next_frontier: list[bytes] = []
+            for nodes in pool.map(load_tree, frontier):
+                for node in nodes:
+                    data.update(node.content)
+                    if node.subtree is not None and node.subtree not in trees:
+                        trees.add(node.subtree)
+                        next_frontier.append(node.subtree)
+            frontier = next_frontier
+    return trees, data
