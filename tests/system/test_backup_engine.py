@@ -168,3 +168,21 @@ def test_bad_snapshot_references_are_usage_errors(
     out = cli("restore", bad, "--target", tmp_path / "t", expect=None)
     assert cli.status in (1, 2)
     assert "error" in out
+
+
+def test_an_xattr_added_later_is_backed_up(repo: Path, cli: Cli, tmp_path: Path) -> None:
+    """Unchanged files are not asked for xattrs again; setting one changes the ctime, so the
+    next backup must notice it."""
+    src = tmp_path / "src"
+    _write(src / "f", b"content")
+    _settle()
+    cli("backup", src)
+    try:
+        os.setxattr(src / "f", "user.note", b"added later")
+    except OSError as exc:
+        pytest.skip(f"user xattrs unsupported here: {exc}")
+    _settle()
+    cli("backup", src)
+    cli("restore", "latest", "--target", tmp_path / "out")
+    restored = tmp_path / "out" / str(src / "f").lstrip("/")
+    assert os.getxattr(restored, "user.note") == b"added later"

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from freezeframe import __version__
 from freezeframe.backup.chunker import Chunker
 from freezeframe.backup.excludes import ExcludeMatcher
-from freezeframe.backup.files_cache import FilesCache
+from freezeframe.backup.files_cache import CachedFile, FilesCache
 from freezeframe.backup.metadata import (
     data_extents,
     may_be_sparse,
@@ -235,12 +235,18 @@ class Archiver:
     def _save_source(self, source: SourcePath, name: bytes) -> Node | None:
         st = os.lstat(source.read_path)
         self._root_device = st.st_dev
-        return self._save_entry(source.read_path, source.record_path, name, st)
+        cached = self._unchanged(source.record_path, st) if stat.S_ISREG(st.st_mode) else None
+        return self._save_entry(source.read_path, source.record_path, name, st, cached)
 
     # -- the walk ----------------------------------------------------------------------------
 
     def _save_entry(
-        self, read: bytes, record: bytes, name: bytes, st: os.stat_result
+        self,
+        read: bytes,
+        record: bytes,
+        name: bytes,
+        st: os.stat_result,
+        cached: CachedFile | None = None,
     ) -> Node | None:
         if self._failure is not None:
             raise self._failure
@@ -249,7 +255,7 @@ class Archiver:
             return None  # sockets are recreated by their programs, never restored
         try:
             if kind == "file":
-                return self._save_file(read, record, name, st)
+                return self._save_file(read, record, name, st, cached)
             node = node_from_stat(name, kind, st)
             node.xattrs = self._xattrs(read)
             if kind == "dir":
@@ -271,17 +277,18 @@ class Archiver:
 
     def _save_dir_tree(self, read: bytes, record: bytes) -> bytes:
         nodes = []
-        for entry, child_record, st in self._list_dir(read, record):
-            node = self._save_entry(entry.path, child_record, entry.name, st)
+        for entry, child_record, st, cached in self._list_dir(read, record):
+            node = self._save_entry(entry.path, child_record, entry.name, st, cached)
             if node is not None:
                 nodes.append(node)
         return self._save_dirlist(nodes)
 
     def _list_dir(
         self, read: bytes, record: bytes
-    ) -> Iterator[tuple[os.DirEntry[bytes], bytes, os.stat_result]]:
-        """A directory's entries in name order, excludes applied, with the small files to be
-        read warmed in the page cache a window ahead."""
+    ) -> Iterator[tuple[os.DirEntry[bytes], bytes, os.stat_result, CachedFile | None]]:
+        """A directory's entries in name order, excludes applied, each regular file with its
+        files-cache entry when unchanged; the small files to be read are warmed in the page
+        cache a window ahead."""
         try:
             with os.scandir(read) as scan:
                 entries = sorted(scan, key=lambda e: e.name)
@@ -298,13 +305,13 @@ class Archiver:
                 continue
             if self.excludes and self.excludes.excludes(child_record, stat.S_ISDIR(st.st_mode)):
                 continue
-            listed.append((entry, child_record, st))
+            regular = stat.S_ISREG(st.st_mode)
+            cached = self._unchanged(child_record, st) if regular else None
+            listed.append((entry, child_record, st, cached))
         to_read = [
             i
-            for i, (_e, child_record, st) in enumerate(listed)
-            if stat.S_ISREG(st.st_mode)
-            and 0 < st.st_size <= SMALL_FILE
-            and self.files_cache.lookup(child_record, st, self.options.cache_checks_device) is None
+            for i, (_e, _r, st, cached) in enumerate(listed)
+            if cached is None and stat.S_ISREG(st.st_mode) and 0 < st.st_size <= SMALL_FILE
         ]
         warmed = 0
         for position, item in enumerate(listed):
@@ -318,18 +325,31 @@ class Archiver:
         blob_id, _ = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))
         return blob_id
 
+    def _unchanged(self, record: bytes, st: os.stat_result) -> CachedFile | None:
+        """The files-cache entry of a file that looks unchanged and whose chunks are all still
+        in the index, else None."""
+        cached = self.files_cache.lookup(record, st, self.options.cache_checks_device)
+        if cached is None or not all(c in self.repo.index for c in cached.content):
+            return None
+        return cached
+
     def _save_file(
-        self, read: bytes, record: bytes, name: bytes, st: os.stat_result
+        self,
+        read: bytes,
+        record: bytes,
+        name: bytes,
+        st: os.stat_result,
+        cached: CachedFile | None,
     ) -> Node | None:
-        """A file unchanged since the last backup (files cache) is not even opened."""
+        """A file unchanged since the last backup (files cache) is not even opened, and its
+        xattrs are read only if it had some: changing an xattr changes the ctime."""
         self.progress.current_path = os.fsdecode(record)
         self.stats["bytes_total"] += st.st_size
-        cached = self.files_cache.lookup(record, st, self.options.cache_checks_device)
-        if cached is not None and all(c in self.repo.index for c in cached.content):
+        if cached is not None:
             node = node_from_stat(name, "file", st)
-            node.xattrs = self._xattrs(read)
+            node.xattrs = self._xattrs(read) if cached.has_xattrs else {}
             node.content = list(cached.content)
-            self.files_cache.remember(record, st, node.content)
+            self.files_cache.remember(record, st, node.content, bool(node.xattrs))
             self.stats["files_unmodified"] += 1
         else:
             node = self._read_file(read, record, name)
@@ -352,7 +372,7 @@ class Archiver:
             if _changed(before, after):
                 self.changed_during_read.append(os.fsdecode(record))
             elif self._now_ns - max(before.st_mtime_ns, before.st_ctime_ns) > CACHE_SETTLE_NS:
-                self.files_cache.remember(record, before, node.content)
+                self.files_cache.remember(record, before, node.content, bool(node.xattrs))
             return node
         finally:
             os.close(fd)

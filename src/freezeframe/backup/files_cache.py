@@ -19,11 +19,12 @@ from pathlib import Path
 import blake3
 import zstandard
 
-_MAGIC = b"FFFC2"
+_MAGIC = b"FFFC3"
 _KEY = 16
 _ID = 32
-# device, inode, size, mtime_ns, ctime_ns, age, number of ids; then the ids
-_HEAD = struct.Struct("<QQQqqBI")
+# device, inode, size, mtime_ns, ctime_ns, age, flags, number of ids; then the ids
+_HEAD = struct.Struct("<QQQqqBBI")
+_HAS_XATTRS = 1
 # Entries of files not seen for this many backups are dropped.
 MAX_AGE = 10
 
@@ -36,13 +37,14 @@ class CachedFile:
     mtime_ns: int
     ctime_ns: int
     content: tuple[bytes, ...]
+    has_xattrs: bool
     age: int = 0
 
     @classmethod
     def unpack(cls, value: bytes) -> CachedFile:
-        device, inode, size, mtime, ctime, age, count = _HEAD.unpack_from(value)
+        device, inode, size, mtime, ctime, age, flags, count = _HEAD.unpack_from(value)
         ids = tuple(value[_HEAD.size + i * _ID : _HEAD.size + (i + 1) * _ID] for i in range(count))
-        return cls(device, inode, size, mtime, ctime, ids, age)
+        return cls(device, inode, size, mtime, ctime, ids, bool(flags & _HAS_XATTRS), age)
 
     def matches(self, st: os.stat_result, check_device: bool) -> bool:
         return (
@@ -59,9 +61,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "freezeframe"
 
 
-def _pack(st: os.stat_result, content: list[bytes], age: int = 0) -> bytes:
+def _pack(st: os.stat_result, content: list[bytes], has_xattrs: bool) -> bytes:
+    flags = _HAS_XATTRS if has_xattrs else 0
     head = _HEAD.pack(
-        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, age, len(content)
+        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, 0, flags, len(content)
     )
     return head + b"".join(content)
 
@@ -101,8 +104,10 @@ class FilesCache:
     def knows(self, path: bytes) -> bool:
         return self._key(path) in self._old
 
-    def remember(self, path: bytes, st: os.stat_result, content: list[bytes]) -> None:
-        self._new[self._key(path)] = _pack(st, content)
+    def remember(
+        self, path: bytes, st: os.stat_result, content: list[bytes], has_xattrs: bool
+    ) -> None:
+        self._new[self._key(path)] = _pack(st, content, has_xattrs)
 
     def load(self) -> None:
         """Read the cache; a missing or unreadable cache is simply empty."""

@@ -20,7 +20,7 @@ def _stat(tmp_path: Path, name: str = "f", data: bytes = b"data") -> tuple[bytes
 def test_entries_survive_a_save_and_load(tmp_path: Path) -> None:
     path, st = _stat(tmp_path)
     cache = FilesCache(tmp_path / "cache" / "files")
-    cache.remember(path, st, IDS)
+    cache.remember(path, st, IDS, False)
     cache.save()
     loaded = FilesCache(tmp_path / "cache" / "files")
     loaded.load()
@@ -32,7 +32,7 @@ def test_entries_survive_a_save_and_load(tmp_path: Path) -> None:
 def test_any_changed_field_is_a_miss(tmp_path: Path) -> None:
     path, st = _stat(tmp_path)
     cache = FilesCache(tmp_path / "files")
-    cache.remember(path, st, IDS)
+    cache.remember(path, st, IDS, False)
     cache.save()
     cache.load()
     fields = ["st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns"]
@@ -48,7 +48,7 @@ def test_any_changed_field_is_a_miss(tmp_path: Path) -> None:
 def test_unseen_entries_age_out(tmp_path: Path) -> None:
     path, st = _stat(tmp_path)
     cache = FilesCache(tmp_path / "files")
-    cache.remember(path, st, IDS)
+    cache.remember(path, st, IDS, False)
     cache.save()
     for _ in range(MAX_AGE):
         cache = FilesCache(tmp_path / "files")
