@@ -186,3 +186,26 @@ def test_an_xattr_added_later_is_backed_up(repo: Path, cli: Cli, tmp_path: Path)
     cli("restore", "latest", "--target", tmp_path / "out")
     restored = tmp_path / "out" / str(src / "f").lstrip("/")
     assert os.getxattr(restored, "user.note") == b"added later"
+
+
+def test_an_unchanged_sparse_file_keeps_its_holes_in_the_next_snapshot(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """The files cache holds no hole map: a second backup of an unchanged sparse file must
+    still record it as sparse, and restore it byte for byte."""
+    src = tmp_path / "src"
+    src.mkdir()
+    sparse = src / "disk.img"
+    with open(sparse, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+        f.seek(32 * 1024 * 1024)
+        f.write(b"in the middle")
+    if os.stat(sparse).st_blocks * 512 >= 1024 * 1024:
+        pytest.skip("this file system does not keep holes")
+    _settle()
+    cli("backup", src)
+    cli("backup", src)
+    cli("restore", "latest", "--target", tmp_path / "out")
+    restored = tmp_path / "out" / str(sparse).lstrip("/")
+    assert restored.read_bytes() == sparse.read_bytes()
+    assert os.stat(restored).st_blocks * 512 < 1024 * 1024

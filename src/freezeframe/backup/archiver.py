@@ -333,6 +333,12 @@ class Archiver:
             return None
         return cached
 
+    def _cacheable(self, st: os.stat_result, node: Node) -> bool:
+        """Sparse files are not cached (the cache holds no hole map, and reading only their data
+        is cheap); nor are files touched too recently for their timestamps to be trusted."""
+        settled = self._now_ns - max(st.st_mtime_ns, st.st_ctime_ns) > CACHE_SETTLE_NS
+        return settled and node.sparse_map is None
+
     def _save_file(
         self,
         read: bytes,
@@ -371,7 +377,7 @@ class Archiver:
             after = os.fstat(fd)
             if _changed(before, after):
                 self.changed_during_read.append(os.fsdecode(record))
-            elif self._now_ns - max(before.st_mtime_ns, before.st_ctime_ns) > CACHE_SETTLE_NS:
+            elif self._cacheable(before, node):
                 self.files_cache.remember(record, before, node.content, bool(node.xattrs))
             return node
         finally:
