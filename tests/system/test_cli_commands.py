@@ -144,3 +144,10 @@ def test_missing_repository_is_one_clear_error(cli: Cli, tmp_path: Path) -> None
     out = cli("snapshots", expect=1)
     assert out["error"]["code"] == "repository_not_found"
     assert cli.stderr.count("\n") == 1
+
+
+def test_prune_removes_temporaries_left_by_crashed_writers(repo: Path, cli: Cli) -> None:
+    leftover = repo / "data" / "ab" / ".abcd.tmp-999-1"
+    leftover.write_bytes(b"half a pack")
+    cli("prune")
+    assert not leftover.exists()

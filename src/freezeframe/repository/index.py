@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import zstandard
@@ -76,9 +76,6 @@ class Index:
         """Packs that hold at least one indexed blob."""
         used = {entry[0] for entry in self._blobs.values()}
         return {self._pack_names[n] for n in used}
-
-    def blob_ids(self) -> Iterator[bytes]:
-        return iter(list(self._blobs))
 
     def by_pack(self) -> dict[str, list[PackEntry]]:
         """Every pack with the blobs the index places in it, sorted by offset."""

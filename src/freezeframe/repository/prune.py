@@ -283,6 +283,10 @@ def execute_prune(
     """Carry out ``plan`` in the crash-safe order of the module docstring."""
     report = progress or _no_progress
     stats = PruneStats(packs_kept=len(plan.keep), blobs_removed=plan.blobs_removed)
+    # Under the exclusive lock no writer is running: temporaries are leftovers of crashes.
+    remove_temporaries = getattr(repo.storage, "remove_stale_temporaries", None)
+    if remove_temporaries is not None:
+        remove_temporaries()
     if plan.nothing_to_do:
         return stats
     if set(repo.list_names(Kind.INDEX)) != set(plan.index_files):

@@ -103,9 +103,6 @@ class Repository:
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return self.hasher.blob_id(data)
 
-    def has_blob(self, blob_id: bytes) -> bool:
-        return blob_id in self.index or blob_id in self._pending
-
     def claim_blob(self, blob_id: bytes) -> bool:
         """Reserve a blob for storing; False when it is stored or being stored already."""
         with self._pending_lock:
