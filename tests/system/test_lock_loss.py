@@ -17,13 +17,17 @@ from freezeframe.repository.snapshot import list_snapshots
 from freezeframe.storage.local import LocalStorage
 
 
-def test_backup_without_its_lock_commits_nothing(tmp_path: Path) -> None:
+def _repository_and_archiver(tmp_path: Path) -> tuple[Repository, Archiver]:
     repo = Repository.init(LocalStorage(tmp_path / "repo"), b"pw", KdfParams(1, 8192, 1))
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"data")
     source = SourcePath(bytes(src), bytes(src))
-    archiver = Archiver(repo, BackupOptions(sources=[source]), FilesCache(tmp_path / "fc"))
+    return repo, Archiver(repo, BackupOptions(sources=[source]), FilesCache(tmp_path / "fc"))
+
+
+def test_backup_without_its_lock_commits_nothing(tmp_path: Path) -> None:
+    repo, archiver = _repository_and_archiver(tmp_path)
     with RepositoryLock(repo, exclusive=False) as lock:
 
         def lose_lock_then_verify() -> None:
@@ -36,12 +40,7 @@ def test_backup_without_its_lock_commits_nothing(tmp_path: Path) -> None:
 
 
 def test_backup_with_its_lock_commits(tmp_path: Path) -> None:
-    repo = Repository.init(LocalStorage(tmp_path / "repo"), b"pw", KdfParams(1, 8192, 1))
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "f").write_bytes(b"data")
-    source = SourcePath(bytes(src), bytes(src))
-    archiver = Archiver(repo, BackupOptions(sources=[source]), FilesCache(tmp_path / "fc"))
+    repo, archiver = _repository_and_archiver(tmp_path)
     with RepositoryLock(repo, exclusive=False) as lock:
         archiver.run(before_commit=lock.ensure_held)
     assert len(list_snapshots(repo)) == 1

@@ -9,24 +9,14 @@ import pwd
 import stat
 from functools import lru_cache
 
-from freezeframe.repository.tree import Node
+from freezeframe.repository.tree import TYPE_BITS, Node
+
+_TYPE_OF_BITS = {bits: name for name, bits in TYPE_BITS.items()}
 
 
 def node_type(mode: int) -> str | None:
     """The tree type for a file mode; None for what a backup skips (sockets)."""
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISCHR(mode):
-        return "chardev"
-    if stat.S_ISBLK(mode):
-        return "blockdev"
-    return None
+    return _TYPE_OF_BITS.get(stat.S_IFMT(mode))
 
 
 def node_from_stat(name: bytes, kind: str, st: os.stat_result) -> Node:

@@ -10,7 +10,7 @@ from typing import Any
 
 from freezeframe.cli.context import CommandContext
 from freezeframe.repository.snapshot import find_snapshot
-from freezeframe.repository.tree import Node
+from freezeframe.repository.tree import TYPE_BITS, Node
 from freezeframe.repository.walk import walk_tree
 
 
@@ -53,21 +53,11 @@ def _node_json(path: bytes, node: Node) -> dict[str, Any]:
     return doc
 
 
-_TYPE_BITS = {
-    "file": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "fifo": stat.S_IFIFO,
-    "chardev": stat.S_IFCHR,
-    "blockdev": stat.S_IFBLK,
-}
-
-
 def _line(path: bytes, node: Node, long: bool) -> str:
     shown = path.decode("utf-8", "backslashreplace").replace("\n", "\\n").replace("\t", "\\t")
     if not long:
         return shown
-    mode = stat.filemode(_TYPE_BITS[node.type] | node.mode)
+    mode = stat.filemode(TYPE_BITS[node.type] | node.mode)
     when = datetime.fromtimestamp(node.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
     owner = f"{node.user or node.uid}/{node.group or node.gid}"
     return f"{mode} {owner:>17} {node.size:>12} {when} {shown}"

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import base64
 import json
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from freezeframe.errors import IntegrityError
 
-NODE_TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev")
+# Node types and the file-type bits of st_mode they stand for (sockets are not backed up).
+TYPE_BITS = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "fifo": stat.S_IFIFO,
+    "chardev": stat.S_IFCHR,
+    "blockdev": stat.S_IFBLK,
+}
+NODE_TYPES = tuple(TYPE_BITS)
 
 
 @dataclass
