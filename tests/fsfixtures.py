@@ -1,0 +1,44 @@
+"""Real loop-backed file systems for tests: an image file, mkfs, `mount -o loop`, and always an
+unmount afterwards. Needs root and the mkfs tool; otherwise the test skips (or fails under
+FREEZEFRAME_TEST_PRIVILEGED=1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ffharness import is_root, privileged_required
+
+MKFS = {
+    "btrfs": ["mkfs.btrfs", "-q", "-f"],
+    "xfs": ["mkfs.xfs", "-q", "-f"],
+    "ext4": ["mkfs.ext4", "-q", "-F"],
+}
+
+
+@contextmanager
+def loop_filesystem(workdir: Path, fs_type: str, size_mib: int = 256) -> Iterator[Path]:
+    """A fresh ``fs_type`` file system mounted at ``workdir/<fs_type>-mnt``."""
+    if not is_root():
+        privileged_required(f"mounting a loop {fs_type} file system needs root")
+    tool = MKFS[fs_type]
+    if shutil.which(tool[0]) is None and not Path("/usr/sbin", tool[0]).exists():
+        privileged_required(f"{tool[0]} is not installed (make setup installs it)")
+    image = workdir / f"{fs_type}.img"
+    mount_point = workdir / f"{fs_type}-mnt"
+    mount_point.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(size_mib * 1024 * 1024)
+    subprocess.run([*tool, str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        result = subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        os.unlink(image)
