@@ -1,0 +1,1 @@
+"""Snapshot providers, one module per file system, found by name."""

@@ -1,0 +1,67 @@
+"""What every snapshot provider offers: whether it can snapshot a volume, and if so a read-only
+point-in-time view of it that it removes again, plus a way to find views left by crashed runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from freezeframe.capture.volumes import Volume
+
+LEFTOVER_PREFIX = "ff-"
+
+
+@dataclass(frozen=True)
+class ReadOnlyView:
+    """A snapshot of ``volume``: ``root`` shows, read-only, what ``origin`` held at
+    ``created_ns``; ``create_ms`` is how long taking it took."""
+
+    provider: str
+    volume: Volume
+    origin: str
+    root: str
+    created_ns: int
+    create_ms: float
+
+    def read_path(self, original: str) -> str:
+        """Where ``original`` (a path under ``origin``) is found in the view."""
+        relative = os.path.relpath(original, self.origin)
+        return self.root if relative == "." else os.path.join(self.root, relative)
+
+
+class SnapshotProvider(Protocol):
+    name: str
+
+    def unsupported_reason(self, volume: Volume) -> str | None:
+        """None when this provider can snapshot ``volume``, else why not (for `doctor`)."""
+
+    def create(self, volume: Volume, run_id: str) -> ReadOnlyView:
+        """Take the snapshot; its name carries ``run_id`` so a crashed run's is recognisable."""
+
+    def remove(self, view: ReadOnlyView) -> None:
+        """Delete the snapshot; removing one already gone is not an error."""
+
+    def find_leftovers(self, volume: Volume) -> list[str]:
+        """Snapshots on ``volume`` whose run is no longer alive."""
+
+
+def new_run_id() -> str:
+    """Unique per run, and naming the process, so leftovers of dead runs can be told apart."""
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def run_is_alive(run_id: str) -> bool:
+    """Whether the process named in a run id still exists (on this host)."""
+    try:
+        pid = int(run_id.split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
