@@ -1,0 +1,49 @@
+"""FIFREEZE/FITHAW: quiesce a file system (flush dirty data, block new writes) and release it.
+
+Always arm the watchdog before freezing: it thaws the file system if this process dies or the
+deadline passes. Never freeze a btrfs before snapshotting it (the snapshot would wait for the
+thaw); never freeze ``/`` unless asked.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from freezeframe.errors import FreezeframeError, UsageError
+
+# _IOWR('X', 119, int) and _IOWR('X', 120, int) from <linux/fs.h>
+FIFREEZE = 0xC0045877
+FITHAW = 0xC0045878
+
+
+def freeze(mount_point: str, *, allow_root: bool = False) -> None:
+    if os.path.realpath(mount_point) == "/" and not allow_root:
+        raise UsageError("refusing to freeze the root file system")
+    _ioctl(mount_point, FIFREEZE, "freeze")
+
+
+def thaw(mount_point: str) -> bool:
+    """Thaw; False when the file system was not frozen (thawing twice is harmless)."""
+    try:
+        _ioctl(mount_point, FITHAW, "thaw")
+    except _NotFrozen:
+        return False
+    return True
+
+
+class _NotFrozen(FreezeframeError):
+    pass
+
+
+def _ioctl(mount_point: str, request: int, what: str) -> None:
+    fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, request, 0)
+    except OSError as exc:
+        if request == FITHAW and exc.errno == errno.EINVAL:
+            raise _NotFrozen(f"{mount_point} is not frozen") from exc
+        raise FreezeframeError(f"cannot {what} {mount_point}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)

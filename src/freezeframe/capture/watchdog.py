@@ -1,0 +1,150 @@
+"""The watchdog: a separate process that holds the undo of every freeze while it lasts.
+
+The parent tells it what it is about to freeze and for how long *before* freezing. The watchdog
+thaws when the deadline passes, or at once when its stdin reaches end-of-file, which is what
+happens when the parent dies, SIGKILL included. So no crash of freezeframe leaves a file system
+frozen for longer than about a second. Protocol: one JSON object per line each way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from types import TracebackType
+from typing import IO, Any
+
+from freezeframe.capture import fsfreeze
+from freezeframe.errors import FreezeframeError
+
+
+class Watchdog:
+    """Parent side. Use as a context manager; leaving it releases everything still armed."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "freezeframe.capture.watchdog"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd="/",  # never hold a directory on a volume that gets frozen
+            start_new_session=True,  # a Ctrl-C to the run's process group must not kill it
+        )
+        self._next = 0
+        if self._read()["event"] != "ready":
+            raise FreezeframeError("the freeze watchdog did not start")
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def arm_freeze(self, mount_point: str, deadline_s: float) -> int:
+        """Make the watchdog responsible for thawing ``mount_point``; returns a token."""
+        self._next += 1
+        self._send(
+            {
+                "op": "arm",
+                "token": self._next,
+                "kind": "fsfreeze",
+                "target": mount_point,
+                "seconds": deadline_s,
+            }
+        )
+        reply = self._read()
+        if reply.get("event") != "armed":
+            raise FreezeframeError(f"the watchdog refused: {reply}")
+        return self._next
+
+    def disarm(self, token: int) -> bool:
+        """Hand the undo back; False when the deadline had already passed and the watchdog
+        undid it (the run must then fail or degrade)."""
+        self._send({"op": "disarm", "token": token})
+        return bool(self._read().get("in_time"))
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait(timeout=10)
+
+    def __enter__(self) -> Watchdog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(message) + "\n")
+        self._process.stdin.flush()
+
+    def _read(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise FreezeframeError("the freeze watchdog died")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+
+def _undo(kind: str, target: str) -> None:
+    if kind == "fsfreeze":
+        try:
+            fsfreeze.thaw(target)
+        except FreezeframeError as exc:
+            print(
+                json.dumps({"event": "undo_failed", "target": target, "error": str(exc)}),
+                file=sys.stderr,
+            )
+
+
+def serve(commands: IO[str], replies: IO[str]) -> None:
+    """The watchdog loop: arm/disarm requests, deadlines, and undo-all at end of input."""
+    armed: dict[int, tuple[str, str, float]] = {}
+
+    def reply(message: dict[str, Any]) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
+    reply({"event": "ready", "pid": os.getpid()})
+    buffer = ""
+    fd = commands.fileno()
+    while True:
+        now = time.monotonic()
+        for token, (kind, target, deadline) in list(armed.items()):
+            if deadline <= now:
+                _undo(kind, target)
+                armed[token] = (kind, target, -1.0)  # expired: remembered for disarm
+        live = [d for _k, _t, d in armed.values() if d > 0]
+        timeout = max(0.0, min(live) - now) if live else None
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536).decode()
+        if not chunk:  # the parent is gone: undo everything now
+            for kind, target, deadline in armed.values():
+                if deadline > 0:
+                    _undo(kind, target)
+            return
+        buffer += chunk
+        while "\n" in buffer:
+            line, buffer = buffer.split("\n", 1)
+            request = json.loads(line)
+            if request["op"] == "arm":
+                deadline = time.monotonic() + float(request["seconds"])
+                armed[request["token"]] = (request["kind"], request["target"], deadline)
+                reply({"event": "armed", "token": request["token"]})
+            elif request["op"] == "disarm":
+                _kind, _target, deadline = armed.pop(request["token"])
+                reply({"event": "disarmed", "in_time": deadline > 0})
+
+
+if __name__ == "__main__":
+    serve(sys.stdin, sys.stdout)
