@@ -1,4 +1,5 @@
-"""The watchdog: a separate process that holds the undo of every freeze while it lasts.
+"""The watchdog: a separate process that holds the undo of every freeze and pause while it
+lasts.
 
 The parent tells it what it is about to freeze and for how long *before* freezing. The watchdog
 thaws when the deadline passes, or at once when its stdin reaches end-of-file, which is what
@@ -17,7 +18,7 @@ import time
 from types import TracebackType
 from typing import IO, Any
 
-from freezeframe.capture import fsfreeze
+from freezeframe.capture import fsfreeze, pause
 from freezeframe.errors import FreezeframeError
 
 
@@ -50,6 +51,23 @@ class Watchdog:
                 "token": self._next,
                 "kind": "fsfreeze",
                 "target": mount_point,
+                "seconds": deadline_s,
+            }
+        )
+        reply = self._read()
+        if reply.get("event") != "armed":
+            raise FreezeframeError(f"the watchdog refused: {reply}")
+        return self._next
+
+    def arm_pause(self, cgroup: str, deadline_s: float) -> int:
+        """Make the watchdog responsible for resuming ``cgroup``; returns a token."""
+        self._next += 1
+        self._send(
+            {
+                "op": "arm",
+                "token": self._next,
+                "kind": "pause",
+                "target": cgroup,
                 "seconds": deadline_s,
             }
         )
@@ -95,14 +113,16 @@ class Watchdog:
 
 
 def _undo(kind: str, target: str) -> None:
-    if kind == "fsfreeze":
-        try:
+    try:
+        if kind == "fsfreeze":
             fsfreeze.thaw(target)
-        except FreezeframeError as exc:
-            print(
-                json.dumps({"event": "undo_failed", "target": target, "error": str(exc)}),
-                file=sys.stderr,
-            )
+        elif kind == "pause":
+            pause.resume(target)
+    except FreezeframeError as exc:
+        print(
+            json.dumps({"event": "undo_failed", "target": target, "error": str(exc)}),
+            file=sys.stderr,
+        )
 
 
 def serve(commands: IO[str], replies: IO[str]) -> None:
