@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "stats": "show repository statistics",
     "key": "list, add, remove or change the passwords of the repository",
     "unlock": "remove stale locks left by crashed processes",
+    "doctor": "show, per path, its volume and which consistency levels it can reach",
 }
 
 

@@ -1,0 +1,57 @@
+"""What each source path can reach: its volume, the provider that would snapshot it, and for
+every consistency level either "reachable" or the reason it is not."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from freezeframe.capture.providers.btrfs import BtrfsProvider
+from freezeframe.capture.volumes import Volume, resolve_volume
+
+LEVELS = ("application", "filesystem", "crash", "none")
+
+
+@dataclass
+class PathReport:
+    path: str
+    mount_point: str
+    fs_type: str
+    device: str
+    subvolume: str | None
+    provider: str
+    reachable: list[str] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+
+def examine(path: str | os.PathLike[str]) -> PathReport:
+    volume = resolve_volume(path)
+    report = PathReport(
+        path=volume.path,
+        mount_point=volume.mount.mount_point,
+        fs_type=volume.fs_type,
+        device=volume.mount.source,
+        subvolume=volume.subvolume,
+        provider="none",
+    )
+    snapshot_reason = _snapshot_unavailable(volume)
+    if snapshot_reason is None:
+        report.provider = BtrfsProvider.name
+        report.reachable += ["filesystem", "crash"]
+    else:
+        report.unreachable["filesystem"] = snapshot_reason
+        report.unreachable["crash"] = snapshot_reason
+    report.unreachable["application"] = (
+        "application quiescers are not available yet in this version"
+    )
+    report.reachable.append("none")
+    return report
+
+
+def _snapshot_unavailable(volume: Volume) -> str | None:
+    if volume.fs_type == "btrfs":
+        return BtrfsProvider().unsupported_reason(volume)
+    return (
+        f"no snapshot provider for {volume.fs_type}: freezeframe snapshots btrfs here; LVM "
+        "and ZFS need device-mapper or the ZFS module, which this kernel lacks"
+    )

@@ -1,0 +1,34 @@
+"""`doctor` tells, per path, which levels are reachable and why the others are not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ffharness import Cli
+from fsfixtures import loop_filesystem
+
+
+def test_btrfs_reaches_snapshot_levels_and_ext4_says_why_not(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        loop_filesystem(tmp_path / "a", "btrfs") as btrfs,
+        loop_filesystem(tmp_path / "b", "ext4", size_mib=64) as ext4,
+    ):
+        (btrfs / "data").mkdir()
+        on_btrfs, on_ext4 = cli("doctor", btrfs / "data", ext4)
+        assert on_btrfs["fs_type"] == "btrfs"
+        assert on_btrfs["provider"] == "btrfs"
+        assert on_btrfs["subvolume"] == str(btrfs)
+        assert set(on_btrfs["reachable"]) == {"filesystem", "crash", "none"}
+        assert "application" in on_btrfs["unreachable"]
+        assert on_ext4["provider"] == "none"
+        assert on_ext4["reachable"] == ["none"]
+        assert "no snapshot provider for ext4" in on_ext4["unreachable"]["crash"]
+        text = cli("doctor", ext4, json=False)
+        assert "crash        not reachable: no snapshot provider for ext4" in text
+
+
+def test_a_missing_path_is_one_clear_error(cli: Cli, tmp_path: Path) -> None:
+    out = cli("doctor", tmp_path / "nope", expect=1)
+    assert out["error"]["code"] == "not_found"
