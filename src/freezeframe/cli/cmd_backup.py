@@ -8,10 +8,12 @@ import os
 from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
 from freezeframe.backup.files_cache import FilesCache
 from freezeframe.backup.progress import BackupProgress
+from freezeframe.capture.session import Capture
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
 from freezeframe.errors import EXIT_PARTIAL, UsageError
 from freezeframe.repository.locks import RepositoryLock
+from freezeframe.repository.snapshot import ConsistencyReport
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,30 +33,54 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-x", "--one-file-system", action="store_true", help="do not cross into other file systems"
     )
     parser.add_argument("--host", default="", help="host name to record (default: this host)")
+    parser.add_argument(
+        "--consistency",
+        default="auto",
+        choices=["auto", "application", "filesystem", "crash", "none"],
+        help="level to reach (default: auto, the highest every source can reach)",
+    )
+    parser.add_argument(
+        "--fallback",
+        default="fail",
+        choices=["fail", "degrade"],
+        help="when the level cannot be reached: fail (default) or take the highest reachable",
+    )
 
 
 def run(ctx: CommandContext) -> int:
-    sources = [_source(p) for p in ctx.args.paths]
+    paths = [_source(p) for p in ctx.args.paths]
     repo = ctx.open_repository()
     progress = BackupProgress()
     try:
-        options = BackupOptions(
-            sources=sources,
-            excludes=ctx.args.exclude,
-            tags=ctx.args.tag,
-            host=ctx.args.host,
-            one_file_system=ctx.args.one_file_system,
-        )
-        archiver = Archiver(
-            repo,
-            options,
-            FilesCache.for_repository(repo.config.repository_id),
-            progress,
-            estimate_totals=ctx.out.show_progress,
-        )
         lock = RepositoryLock(repo, exclusive=False)
-        with lock, ctx.out.live(lambda t: _render(progress, t)):
-            result = archiver.run(before_commit=lock.ensure_held)
+        with lock, Capture(paths, ctx.args.consistency, ctx.args.fallback) as captured:
+            for warning in captured.warnings:
+                ctx.out.warn(warning)
+            options = BackupOptions(
+                sources=[
+                    SourcePath(os.fsencode(p.read_path), os.fsencode(p.original))
+                    for p in captured.paths
+                ],
+                excludes=ctx.args.exclude + captured.excludes,
+                tags=ctx.args.tag,
+                host=ctx.args.host,
+                one_file_system=ctx.args.one_file_system,
+                consistency=ConsistencyReport(
+                    requested=captured.requested,
+                    achieved=captured.achieved,
+                    volumes=captured.volumes,
+                ),
+                cache_checks_device=not captured.from_snapshot,
+            )
+            archiver = Archiver(
+                repo,
+                options,
+                FilesCache.for_repository(repo.config.repository_id),
+                progress,
+                estimate_totals=ctx.out.show_progress,
+            )
+            with ctx.out.live(lambda t: _render(progress, t)):
+                result = archiver.run(before_commit=lock.ensure_held)
     finally:
         repo.close()
     for path, message in result.errors:
@@ -63,11 +89,10 @@ def run(ctx: CommandContext) -> int:
     return EXIT_PARTIAL if result.errors else 0
 
 
-def _source(path: str) -> SourcePath:
+def _source(path: str) -> str:
     if not path:
         raise UsageError("an empty path cannot be backed up")
-    absolute = os.fsencode(os.path.abspath(path))
-    return SourcePath(read_path=absolute, record_path=absolute)
+    return os.path.abspath(path)
 
 
 def _render(p: BackupProgress, elapsed: float) -> str:

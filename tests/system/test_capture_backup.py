@@ -1,0 +1,94 @@
+"""Backups through the capture layer on a real loop btrfs: the level reached is recorded, the
+data comes from the snapshot, snapshots never outlive the run, and unreachable levels fail
+loudly or degrade when asked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from ffharness import Cli
+from freezeframe.capture.providers.btrfs import SNAPSHOT_DIR, BtrfsProvider
+from freezeframe.capture.volumes import resolve_volume
+from fsfixtures import loop_filesystem
+
+
+def _snapshots_left(subvolume: Path) -> list[str]:
+    directory = subvolume / SNAPSHOT_DIR
+    return os.listdir(directory) if directory.exists() else []
+
+
+def test_btrfs_backup_reaches_filesystem_and_records_the_volume(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    with loop_filesystem(tmp_path, "btrfs") as mnt:
+        (mnt / "data").mkdir()
+        (mnt / "data" / "log").write_bytes(b"line\n" * 1000)
+        result = cli("backup", mnt / "data")
+        record = result["consistency"]
+        assert (record["requested"], record["achieved"]) == ("auto", "filesystem")
+        (volume,) = record["volumes"]
+        assert volume["provider"] == "btrfs"
+        assert volume["fs_type"] == "btrfs"
+        assert volume["snapshot_ms"] >= 0
+        assert _snapshots_left(mnt) == []  # removed after the run
+        listed = {n["path"] for n in cli("ls", "latest")["nodes"]}
+        assert str(mnt / "data" / "log") in listed  # original paths, not the snapshot's
+        assert not [p for p in listed if SNAPSHOT_DIR in p]
+        cli("restore", "latest", "--target", tmp_path / "out")
+        restored = tmp_path / "out" / str(mnt / "data" / "log").lstrip("/")
+        assert restored.read_bytes() == b"line\n" * 1000
+        (snap,) = cli("snapshots")
+        assert snap["consistency"]["achieved"] == "filesystem"
+
+
+def test_crash_requested_on_btrfs_is_recorded_as_crash(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    with loop_filesystem(tmp_path, "btrfs") as mnt:
+        (mnt / "f").write_bytes(b"x")
+        record = cli("backup", mnt, "--consistency", "crash")["consistency"]
+        assert (record["requested"], record["achieved"]) == ("crash", "crash")
+
+
+def test_an_unreachable_level_fails_or_degrades_loudly(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    with loop_filesystem(tmp_path, "ext4", size_mib=64) as mnt:
+        (mnt / "f").write_bytes(b"x")
+        failed = cli("backup", mnt, "--consistency", "crash", expect=1)
+        assert failed["error"]["code"] == "consistency_unreachable"
+        assert "no snapshot provider for ext4" in failed["error"]["message"]
+        assert cli("snapshots") == []
+        degraded = cli("backup", mnt, "--consistency", "crash", "--fallback", "degrade")
+        assert degraded["consistency"]["achieved"] == "none"
+        assert "degraded to none" in cli.stderr
+
+
+def test_a_nested_subvolume_is_never_silently_left_out(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    with loop_filesystem(tmp_path, "btrfs") as mnt:
+        subprocess.run(
+            ["btrfs", "subvolume", "create", str(mnt / "inner")], check=True, capture_output=True
+        )
+        (mnt / "inner" / "f").write_bytes(b"inside")
+        failed = cli("backup", mnt, "--consistency", "crash", expect=1)
+        assert "nested btrfs subvolume" in failed["error"]["message"]
+        auto = cli("backup", mnt)  # auto reads live, and says so
+        assert auto["consistency"]["achieved"] == "none"
+        assert str(mnt / "inner" / "f") in {n["path"] for n in cli("ls", "latest")["nodes"]}
+
+
+def test_leftover_snapshots_of_a_dead_run_are_removed_by_the_next(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    with loop_filesystem(tmp_path, "btrfs") as mnt:
+        (mnt / "f").write_bytes(b"x")
+        child = subprocess.Popen(["true"])
+        child.wait()
+        BtrfsProvider().create(resolve_volume(mnt), f"20260101T000000-{child.pid}-abcdef")
+        assert len(_snapshots_left(mnt)) == 1
+        cli("backup", mnt)
+        assert _snapshots_left(mnt) == []
