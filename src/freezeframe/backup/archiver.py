@@ -271,6 +271,11 @@ class Archiver:
             else:
                 self.stats["special"] += 1
             return node
+        except FileNotFoundError:
+            # Deleted or renamed between the directory listing and now: a change during the
+            # read, not an unreadable file.
+            self.changed_during_read.append(os.fsdecode(record))
+            return None
         except OSError as exc:
             self._error(record, exc)
             return None
