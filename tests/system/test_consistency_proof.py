@@ -6,6 +6,7 @@ hold in every trial; at `none` the same workload shows it can break, and such sn
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -85,3 +86,66 @@ def test_a_live_read_can_break_it_and_says_none(repo: Path, cli: Cli, tmp_path: 
         (mnt / "db").mkdir()
         with _writer(mnt / "db"):
             assert _violations(cli, tmp_path, mnt / "db", "none") > 0
+
+
+# Workload (c): a large file rewritten in place, block after block, each block stamped with the
+# pass number. A single instant shows passes g+1 then g (one boundary at most); a writer faster
+# than a live reader laps it, so the reader sees later blocks newer than earlier ones.
+BLOCK = 4096
+BLOCKS = 32768  # 128 MiB: a live read takes several segments, the writer moves between them
+REWRITER = f"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+generation = 0
+while True:
+    generation += 1
+    run = (b"%016d" % generation) * ({BLOCK} // 16) * 64  # 64 blocks per call: fast passes
+    for i in range(0, {BLOCKS}, 64):
+        os.pwrite(fd, run, i * {BLOCK})
+"""
+
+
+def _stamps_consistent(data: bytes) -> bool:
+    stamps = [int(data[i : i + 16]) for i in range(0, len(data), BLOCK)]
+    steps = [a - b for a, b in itertools.pairwise(stamps)]
+    return all(step >= 0 for step in steps) and max(stamps) - min(stamps) <= 1
+
+
+def _rewrite_violations(cli: Cli, tmp_path: Path, source: Path, level: str) -> int:
+    broken = 0
+    for trial in range(TRIALS):
+        result = cli("backup", source, "--consistency", level)
+        assert result["consistency"]["achieved"] == level
+        target = tmp_path / f"rewrite-{level}-{trial}"
+        cli("restore", result["snapshot_id"][:12], "--target", target)
+        broken += not _stamps_consistent((target / str(source).lstrip("/") / "big").read_bytes())
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+    print(f"in-place rewrite, {level}: {broken} of {TRIALS} restores broke the invariant")
+    return broken
+
+
+@contextmanager
+def _rewriter(directory: Path) -> Iterator[None]:
+    (directory / "big").write_bytes((b"%016d" % 0) * (BLOCK // 16) * BLOCKS)
+    proc = subprocess.Popen([sys.executable, "-c", REWRITER, str(directory / "big")])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_in_place_rewrites_are_one_instant_at_crash_level(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    with loop_filesystem(tmp_path, "btrfs", size_mib=512) as mnt:
+        (mnt / "db").mkdir()
+        with _rewriter(mnt / "db"):
+            assert _rewrite_violations(cli, tmp_path, mnt / "db", "crash") == 0
+
+
+def test_in_place_rewrites_read_live_can_mix_passes(repo: Path, cli: Cli, tmp_path: Path) -> None:
+    with loop_filesystem(tmp_path, "btrfs", size_mib=512) as mnt:
+        (mnt / "db").mkdir()
+        with _rewriter(mnt / "db"):
+            assert _rewrite_violations(cli, tmp_path, mnt / "db", "none") > 0
