@@ -10,9 +10,11 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from ffharness import Cli
 from fsfixtures import loop_filesystem
@@ -56,38 +58,6 @@ def _writer(directory: Path) -> Iterator[None]:
         proc.wait()
 
 
-def _violations(cli: Cli, tmp_path: Path, source: Path, level: str) -> int:
-    broken = 0
-    for trial in range(TRIALS):
-        result = cli("backup", source, "--consistency", level)
-        assert result["consistency"]["achieved"] == level
-        target = tmp_path / f"restore-{level}-{trial}"
-        cli("restore", result["snapshot_id"][:12], "--target", target)
-        restored = target / str(source).lstrip("/")
-        log_size = (restored / "a.log").stat().st_size
-        committed = int((restored / "b.commit").read_text())
-        broken += committed > log_size
-        subprocess.run(["rm", "-rf", str(target)], check=True)
-    print(f"{level}: {broken} of {TRIALS} restores broke the invariant")
-    return broken
-
-
-def test_crash_level_keeps_the_commit_invariant_every_time(
-    repo: Path, cli: Cli, tmp_path: Path
-) -> None:
-    with loop_filesystem(tmp_path, "btrfs", size_mib=512) as mnt:
-        (mnt / "db").mkdir()
-        with _writer(mnt / "db"):
-            assert _violations(cli, tmp_path, mnt / "db", "crash") == 0
-
-
-def test_a_live_read_can_break_it_and_says_none(repo: Path, cli: Cli, tmp_path: Path) -> None:
-    with loop_filesystem(tmp_path, "btrfs", size_mib=512) as mnt:
-        (mnt / "db").mkdir()
-        with _writer(mnt / "db"):
-            assert _violations(cli, tmp_path, mnt / "db", "none") > 0
-
-
 # Workload (c): a large file rewritten in place, block after block, each block stamped with the
 # pass number. A single instant shows passes g+1 then g (one boundary at most); a writer faster
 # than a live reader laps it, so the reader sees later blocks newer than earlier ones.
@@ -111,19 +81,6 @@ def _stamps_consistent(data: bytes) -> bool:
     return all(step >= 0 for step in steps) and max(stamps) - min(stamps) <= 1
 
 
-def _rewrite_violations(cli: Cli, tmp_path: Path, source: Path, level: str) -> int:
-    broken = 0
-    for trial in range(TRIALS):
-        result = cli("backup", source, "--consistency", level)
-        assert result["consistency"]["achieved"] == level
-        target = tmp_path / f"rewrite-{level}-{trial}"
-        cli("restore", result["snapshot_id"][:12], "--target", target)
-        broken += not _stamps_consistent((target / str(source).lstrip("/") / "big").read_bytes())
-        subprocess.run(["rm", "-rf", str(target)], check=True)
-    print(f"in-place rewrite, {level}: {broken} of {TRIALS} restores broke the invariant")
-    return broken
-
-
 @contextmanager
 def _rewriter(directory: Path) -> Iterator[None]:
     (directory / "big").write_bytes((b"%016d" % 0) * (BLOCK // 16) * BLOCKS)
@@ -135,17 +92,50 @@ def _rewriter(directory: Path) -> Iterator[None]:
         proc.wait()
 
 
-def test_in_place_rewrites_are_one_instant_at_crash_level(
-    repo: Path, cli: Cli, tmp_path: Path
+def _commit_holds(restored: Path) -> bool:
+    """The commit file never vouches for more log than there is."""
+    return int((restored / "b.commit").read_text()) <= (restored / "a.log").stat().st_size
+
+
+def _stamps_hold(restored: Path) -> bool:
+    return _stamps_consistent((restored / "big").read_bytes())
+
+
+WORKLOADS = {
+    "log+commit": (_writer, _commit_holds),
+    "in-place rewrite": (_rewriter, _stamps_hold),
+}
+
+
+def _violations(
+    cli: Cli, tmp_path: Path, source: Path, level: str, holds: Callable[[Path], bool]
+) -> int:
+    """Back up ``source`` TRIALS times at ``level``; count restores breaking the invariant."""
+    broken = 0
+    for trial in range(TRIALS):
+        result = cli("backup", source, "--consistency", level)
+        assert result["consistency"]["achieved"] == level
+        target = tmp_path / f"restore-{level}-{trial}"
+        cli("restore", result["snapshot_id"][:12], "--target", target)
+        broken += not holds(target / str(source).lstrip("/"))
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+    return broken
+
+
+@pytest.mark.parametrize("workload", list(WORKLOADS))
+@pytest.mark.parametrize("level", ["crash", "none"])
+def test_invariants_hold_at_crash_and_can_break_when_read_live(
+    repo: Path, cli: Cli, tmp_path: Path, workload: str, level: str
 ) -> None:
+    """At `crash` every restore keeps the invariant; read live (`none`, and recorded so), the
+    same workload breaks it."""
+    start_workload, holds = WORKLOADS[workload]
     with loop_filesystem(tmp_path, "btrfs", size_mib=512) as mnt:
         (mnt / "db").mkdir()
-        with _rewriter(mnt / "db"):
-            assert _rewrite_violations(cli, tmp_path, mnt / "db", "crash") == 0
-
-
-def test_in_place_rewrites_read_live_can_mix_passes(repo: Path, cli: Cli, tmp_path: Path) -> None:
-    with loop_filesystem(tmp_path, "btrfs", size_mib=512) as mnt:
-        (mnt / "db").mkdir()
-        with _rewriter(mnt / "db"):
-            assert _rewrite_violations(cli, tmp_path, mnt / "db", "none") > 0
+        with start_workload(mnt / "db"):
+            broken = _violations(cli, tmp_path, mnt / "db", level, holds)
+    print(f"{workload}, {level}: {broken} of {TRIALS} restores broke the invariant")
+    if level == "crash":
+        assert broken == 0
+    else:
+        assert broken > 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from freezeframe.errors import FreezeframeError, RepositoryLocked
+from freezeframe.process import process_exists
 from freezeframe.repository.repository import Repository
 from freezeframe.storage.base import Kind
 
@@ -37,7 +38,7 @@ class LockInfo:
     def is_stale(self, now: float) -> bool:
         if now - self.time > STALE_SECONDS:
             return True
-        return self.host == socket.gethostname() and not _process_exists(self.pid)
+        return self.host == socket.gethostname() and not process_exists(self.pid)
 
     def describe(self) -> str:
         kind = "an exclusive" if self.exclusive else "a shared"
@@ -146,13 +147,3 @@ class RepositoryLock:
                 return
             self._name = self._write()
             self._repo.storage.delete(Kind.LOCKS, old)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

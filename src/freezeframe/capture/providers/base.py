@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from freezeframe.capture.volumes import Volume
+from freezeframe.process import process_exists
 
 LEFTOVER_PREFIX = "ff-"
 
@@ -58,10 +59,4 @@ def run_is_alive(run_id: str) -> bool:
         pid = int(run_id.split("-")[1])
     except (IndexError, ValueError):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_exists(pid)
