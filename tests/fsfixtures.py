@@ -21,15 +21,19 @@ MKFS = {
 
 
 @contextmanager
-def loop_filesystem(workdir: Path, fs_type: str, size_mib: int = 256) -> Iterator[Path]:
-    """A fresh ``fs_type`` file system mounted at ``workdir/<fs_type>-mnt``."""
+def loop_filesystem(
+    workdir: Path, fs_type: str, size_mib: int = 256, name: str | None = None
+) -> Iterator[Path]:
+    """A fresh ``fs_type`` file system mounted at ``workdir/<name>`` (default
+    ``<fs_type>-mnt``)."""
     if not is_root():
         privileged_required(f"mounting a loop {fs_type} file system needs root")
     tool = MKFS[fs_type]
     if shutil.which(tool[0]) is None and not Path("/usr/sbin", tool[0]).exists():
         privileged_required(f"{tool[0]} is not installed (make setup installs it)")
-    image = workdir / f"{fs_type}.img"
-    mount_point = workdir / f"{fs_type}-mnt"
+    name = name or f"{fs_type}-mnt"
+    image = workdir / f"{name}.img"
+    mount_point = workdir / name
     mount_point.mkdir()
     with open(image, "wb") as f:
         f.truncate(size_mib * 1024 * 1024)

@@ -66,7 +66,38 @@ def test_an_unreachable_level_fails_or_degrades_loudly(
         assert "degraded to none" in cli.stderr
 
 
-def test_a_nested_subvolume_is_never_silently_left_out(
+def test_a_nested_subvolume_is_captured_as_a_volume_of_its_own(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """A snapshot of the parent shows a nested subvolume as an empty directory; the backup
+    snapshots it too and reads its content there, recorded under the original path."""
+    with loop_filesystem(tmp_path, "btrfs") as mnt:
+        (mnt / "d").mkdir()
+        subprocess.run(
+            ["btrfs", "subvolume", "create", str(mnt / "d" / "inner")],
+            check=True,
+            capture_output=True,
+        )
+        (mnt / "d" / "inner" / "f").write_bytes(b"inside")
+        os.chmod(mnt / "d" / "inner", 0o750)
+        result = cli("backup", mnt, "--consistency", "crash")
+        record = result["consistency"]
+        assert record["achieved"] == "crash"
+        assert sorted(v["subvolume"] for v in record["volumes"]) == [
+            str(mnt),
+            str(mnt / "d" / "inner"),
+        ]
+        assert _snapshots_left(mnt) == [] and _snapshots_left(mnt / "d" / "inner") == []
+        nodes = {n["path"]: n for n in cli("ls", "latest")["nodes"]}
+        assert str(mnt / "d" / "inner" / "f") in nodes
+        assert not [p for p in nodes if SNAPSHOT_DIR in p]
+        cli("restore", "latest", "--target", tmp_path / "out")
+        inner = tmp_path / "out" / str(mnt / "d" / "inner").lstrip("/")
+        assert (inner / "f").read_bytes() == b"inside"
+        assert inner.stat().st_mode & 0o777 == 0o750  # the subvolume root's own metadata
+
+
+def test_one_file_system_leaves_nested_subvolumes_out_as_restic_does(
     repo: Path, cli: Cli, tmp_path: Path
 ) -> None:
     with loop_filesystem(tmp_path, "btrfs") as mnt:
@@ -74,11 +105,27 @@ def test_a_nested_subvolume_is_never_silently_left_out(
             ["btrfs", "subvolume", "create", str(mnt / "inner")], check=True, capture_output=True
         )
         (mnt / "inner" / "f").write_bytes(b"inside")
-        failed = cli("backup", mnt, "--consistency", "crash", expect=1)
-        assert "nested btrfs subvolume" in failed["error"]["message"]
-        auto = cli("backup", mnt)  # auto reads live, and says so
-        assert auto["consistency"]["achieved"] == "none"
-        assert str(mnt / "inner" / "f") in {n["path"] for n in cli("ls", "latest")["nodes"]}
+        record = cli("backup", mnt, "-x")["consistency"]
+        assert len(record["volumes"]) == 1
+        listed = {n["path"] for n in cli("ls", "latest")["nodes"]}
+        assert str(mnt / "inner") in listed and str(mnt / "inner" / "f") not in listed
+
+
+def test_a_mount_below_a_source_without_a_provider_limits_the_level(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """Another file system mounted inside a btrfs source would be an empty directory in the
+    snapshot: it is a volume of the backup, so the level is what it can reach, and it says why."""
+    with loop_filesystem(tmp_path, "btrfs") as mnt:
+        (mnt / "ext").mkdir()
+        with loop_filesystem(mnt / "ext", "ext4", size_mib=64, name="inner") as inner:
+            (inner / "f").write_bytes(b"on ext4")
+            failed = cli("backup", mnt, "--consistency", "crash", expect=1)
+            assert "no snapshot provider for ext4" in failed["error"]["message"]
+            auto = cli("backup", mnt)
+            assert auto["consistency"]["achieved"] == "none"
+            assert "ext4" in auto["consistency"]["reason"]
+            assert str(inner / "f") in {n["path"] for n in cli("ls", "latest")["nodes"]}
 
 
 def test_leftover_snapshots_of_a_dead_run_are_removed_by_the_next(

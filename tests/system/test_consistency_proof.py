@@ -1,21 +1,28 @@
-"""Proof under live writes, on a real loop btrfs: a writer appends records to a log, fsyncs it,
-then atomically replaces a commit file with the log length it vouches for. Invariant of every
-restore: the commit never points past the end of the log. At `crash` (btrfs snapshot) it must
-hold in every trial; at `none` the same workload shows it can break, and such snapshots say
-`none`. FREEZEFRAME_TORTURE_TRIALS sets the number of trials (default 20)."""
+"""Proof under live writes, on real loop btrfs file systems, with writers running flat out.
+
+(a) a writer appends records to a log, fsyncs it, then atomically replaces a commit file with the
+log length it vouches for; invariant of every restore: the commit never points past the end of
+the log. (b) the same with the log and the commit on two different file systems, so only a
+capture that pauses the writer around both snapshots keeps it. (c) a large file rewritten in
+place, block after block, each block stamped with its pass.
+
+At `crash` and `filesystem` the invariants must hold in every trial; at `none` the same workloads
+show they can break, and such snapshots say `none`. FREEZEFRAME_TORTURE_TRIALS sets the number of
+backups per case (default 20)."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from cgroupfixtures import own_cgroup
 from ffharness import Cli
 from fsfixtures import loop_filesystem
 
@@ -26,7 +33,7 @@ RECORD = 64
 # a file-by-file copy can catch a commit that points past the log it already read.
 WRITER = f"""
 import os, sys
-d = sys.argv[1]
+d, c = sys.argv[1], sys.argv[2]  # the log's directory and the commit's (maybe another volume)
 log = os.open(os.path.join(d, "a.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 size = os.fstat(log).st_size
 n = 0
@@ -36,106 +43,158 @@ while True:
     os.write(log, record)
     os.fsync(log)
     size += len(record)
-    tmp = os.path.join(d, ".commit.tmp")
+    tmp = os.path.join(c, ".commit.tmp")
     with open(tmp, "w") as f:
         f.write(str(size))
         f.flush()
         os.fsync(f.fileno())
-    os.rename(tmp, os.path.join(d, "b.commit"))
+    os.rename(tmp, os.path.join(c, "b.commit"))
 """
 
 
 @contextmanager
-def _writer(directory: Path) -> Iterator[None]:
-    # A head start of 32 MiB of records, so reading the log takes a while.
-    (directory / "a.log").write_bytes((b"x" * (RECORD - 1) + b"\n") * (32 * 1024 * 1024 // RECORD))
-    (directory / "b.commit").write_text(str((directory / "a.log").stat().st_size))
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(directory)])
+def _spawn(argv: list[str], cgroup: Path | None) -> Iterator[None]:
+    proc = subprocess.Popen([sys.executable, "-c", *argv])
+    if cgroup is not None:
+        (cgroup / "cgroup.procs").write_text(str(proc.pid))
     try:
         yield
+        # A writer that died mid-test would make every later trial a static copy.
+        assert proc.poll() is None, f"the writer exited early ({proc.returncode})"
     finally:
         proc.kill()
         proc.wait()
 
 
-# Workload (c): a large file rewritten in place, block after block, each block stamped with the
-# pass number. A single instant shows passes g+1 then g (one boundary at most); a writer faster
-# than a live reader laps it, so the reader sees later blocks newer than earlier ones.
+def _start_log_and_commit(dirs: list[Path], cgroup: Path | None) -> AbstractContextManager[None]:
+    log_dir, commit_dir = dirs[0], dirs[-1]
+    # A head start of 32 MiB of records, so reading the log takes a while.
+    (log_dir / "a.log").write_bytes((b"x" * (RECORD - 1) + b"\n") * (32 * 1024 * 1024 // RECORD))
+    (commit_dir / "b.commit").write_text(str((log_dir / "a.log").stat().st_size))
+    return _spawn([WRITER, str(log_dir), str(commit_dir)], cgroup)
+
+
+def _commit_holds(restored: list[Path]) -> bool:
+    """The commit file never vouches for more log than there is."""
+    log_dir, commit_dir = restored[0], restored[-1]
+    return int((commit_dir / "b.commit").read_text()) <= (log_dir / "a.log").stat().st_size
+
+
+# Workload (c): a large file rewritten in place like a database's page file: write n stamps a
+# run of RUN blocks at run position (n * STRIDE) % RUNS, scattered over the file, and is made
+# durable (fdatasync) before write n + 1 begins. A crash-consistent image therefore holds every
+# write up to some n = K and at most part of write K: each run's stamp is the last write to it
+# at or before K. A live read of a file being rewritten everywhere mixes several moments.
 BLOCK = 4096
-BLOCKS = 32768  # 128 MiB: a live read takes several segments, the writer moves between them
+RUN = 16
+RUNS = 2048  # 2048 runs of 16 blocks: 128 MiB
+STRIDE = 1237  # odd, so RUNS consecutive writes touch every run once
 REWRITER = f"""
 import os, sys
 fd = os.open(sys.argv[1], os.O_WRONLY)
-generation = 0
+n = 0
 while True:
-    generation += 1
-    run = (b"%016d" % generation) * ({BLOCK} // 16) * 64  # 64 blocks per call: fast passes
-    for i in range(0, {BLOCKS}, 64):
-        os.pwrite(fd, run, i * {BLOCK})
+    n += 1
+    os.pwrite(fd, (b"%016d" % n) * ({BLOCK} // 16) * {RUN}, (n * {STRIDE}) % {RUNS} * {RUN * BLOCK})
+    os.fdatasync(fd)
 """
+
+
+def _last_write(run: int, upto: int) -> int:
+    """The last write at or before ``upto`` that stamped ``run`` (0: the initial content)."""
+    first = run * pow(STRIDE, -1, RUNS) % RUNS
+    last = upto - (upto - first) % RUNS
+    return max(last, 0)
 
 
 def _stamps_consistent(data: bytes) -> bool:
     stamps = [int(data[i : i + 16]) for i in range(0, len(data), BLOCK)]
-    steps = [a - b for a, b in itertools.pairwise(stamps)]
-    return all(step >= 0 for step in steps) and max(stamps) - min(stamps) <= 1
+    newest = max(stamps)
+    partial = newest * STRIDE % RUNS  # the run of the newest write may be half written
+    for run in range(RUNS):
+        found = set(stamps[run * RUN : (run + 1) * RUN])
+        allowed = {_last_write(run, newest)}
+        if run == partial:
+            allowed.add(_last_write(run, newest - 1))
+        if not found <= allowed:
+            return False
+    return True
 
 
-@contextmanager
-def _rewriter(directory: Path) -> Iterator[None]:
-    (directory / "big").write_bytes((b"%016d" % 0) * (BLOCK // 16) * BLOCKS)
-    proc = subprocess.Popen([sys.executable, "-c", REWRITER, str(directory / "big")])
-    try:
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
+def _start_rewriter(dirs: list[Path], cgroup: Path | None) -> AbstractContextManager[None]:
+    (dirs[0] / "big").write_bytes((b"%016d" % 0) * (BLOCK // 16) * RUN * RUNS)
+    return _spawn([REWRITER, str(dirs[0] / "big")], cgroup)
 
 
-def _commit_holds(restored: Path) -> bool:
-    """The commit file never vouches for more log than there is."""
-    return int((restored / "b.commit").read_text()) <= (restored / "a.log").stat().st_size
+def _stamps_hold(restored: list[Path]) -> bool:
+    return _stamps_consistent((restored[0] / "big").read_bytes())
 
 
-def _stamps_hold(restored: Path) -> bool:
-    return _stamps_consistent((restored / "big").read_bytes())
+@dataclass(frozen=True)
+class Workload:
+    start: Callable[[list[Path], Path | None], AbstractContextManager[None]]
+    holds: Callable[[list[Path]], bool]
+    volumes: int
 
 
 WORKLOADS = {
-    "log+commit": (_writer, _commit_holds),
-    "in-place rewrite": (_rewriter, _stamps_hold),
+    "a: log+commit": Workload(_start_log_and_commit, _commit_holds, volumes=1),
+    "b: log+commit on two volumes": Workload(_start_log_and_commit, _commit_holds, volumes=2),
+    "c: in-place rewrite": Workload(_start_rewriter, _stamps_hold, volumes=1),
 }
 
 
-def _violations(
-    cli: Cli, tmp_path: Path, source: Path, level: str, holds: Callable[[Path], bool]
-) -> int:
-    """Back up ``source`` TRIALS times at ``level``; count restores breaking the invariant."""
+def _violations(cli: Cli, tmp_path: Path, sources: list[Path], level: str, work: Workload) -> int:
+    """Back up ``sources`` TRIALS times at ``level``; count restores breaking the invariant."""
     broken = 0
     for trial in range(TRIALS):
-        result = cli("backup", source, "--consistency", level)
-        assert result["consistency"]["achieved"] == level
+        result = cli("backup", *sources, "--consistency", level)
+        record = result["consistency"]
+        assert record["achieved"] == level
+        if level != "none" and len(sources) > 1:
+            assert record["pause"]["writers"], "the writer was not paused"
         target = tmp_path / f"restore-{level}-{trial}"
         cli("restore", result["snapshot_id"][:12], "--target", target)
-        broken += not holds(target / str(source).lstrip("/"))
+        broken += not work.holds([target / str(source).lstrip("/") for source in sources])
         subprocess.run(["rm", "-rf", str(target)], check=True)
     return broken
 
 
-@pytest.mark.parametrize("workload", list(WORKLOADS))
-@pytest.mark.parametrize("level", ["crash", "none"])
-def test_invariants_hold_at_crash_and_can_break_when_read_live(
-    repo: Path, cli: Cli, tmp_path: Path, workload: str, level: str
+CASES = [
+    # (workload, level, writer in a cgroup of its own: paused by the cgroup freezer, else SIGSTOP)
+    ("a: log+commit", "filesystem", False),
+    ("a: log+commit", "crash", False),
+    ("a: log+commit", "none", False),
+    ("b: log+commit on two volumes", "filesystem", False),
+    ("b: log+commit on two volumes", "crash", True),
+    ("b: log+commit on two volumes", "none", False),
+    ("c: in-place rewrite", "filesystem", False),
+    ("c: in-place rewrite", "crash", False),
+    ("c: in-place rewrite", "none", False),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case[0]}-{case[1]}")
+def test_invariants_hold_at_crash_and_filesystem_and_can_break_when_read_live(
+    repo: Path, cli: Cli, tmp_path: Path, case: tuple[str, str, bool]
 ) -> None:
-    """At `crash` every restore keeps the invariant; read live (`none`, and recorded so), the
-    same workload breaks it."""
-    start_workload, holds = WORKLOADS[workload]
-    with loop_filesystem(tmp_path, "btrfs", size_mib=512) as mnt:
-        (mnt / "db").mkdir()
-        with start_workload(mnt / "db"):
-            broken = _violations(cli, tmp_path, mnt / "db", level, holds)
+    """At `crash` and `filesystem` every restore keeps the invariant, across two volumes too;
+    read live (`none`, and recorded so), the same workload breaks it."""
+    workload, level, in_cgroup = case
+    work = WORKLOADS[workload]
+    with ExitStack() as stack:
+        sources = []
+        for index in range(work.volumes):
+            mnt = stack.enter_context(
+                loop_filesystem(tmp_path, "btrfs", size_mib=8192, name=f"vol{index}")
+            )
+            (mnt / "db").mkdir()
+            sources.append(mnt / "db")
+        cgroup = stack.enter_context(own_cgroup("proof")) if in_cgroup else None
+        stack.enter_context(work.start(sources, cgroup))
+        broken = _violations(cli, tmp_path, sources, level, work)
     print(f"{workload}, {level}: {broken} of {TRIALS} restores broke the invariant")
-    if level == "crash":
-        assert broken == 0
-    else:
+    if level == "none":
         assert broken > 0
+    else:
+        assert broken == 0

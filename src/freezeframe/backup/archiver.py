@@ -67,6 +67,9 @@ class BackupOptions:
     one_file_system: bool = False
     consistency: ConsistencyReport = field(default_factory=ConsistencyReport)
     cache_checks_device: bool = True
+    # Directories read from elsewhere: record path -> read path (a nested volume's snapshot,
+    # which its parent's snapshot shows as an empty directory).
+    grafts: dict[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -256,6 +259,9 @@ class Archiver:
         try:
             if kind == "file":
                 return self._save_file(read, record, name, st, cached)
+            if kind == "dir" and record in self.options.grafts:
+                read = self.options.grafts[record]
+                st = os.lstat(read)
             node = node_from_stat(name, kind, st)
             node.xattrs = self._xattrs(read)
             if kind == "dir":

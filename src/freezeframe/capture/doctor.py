@@ -34,7 +34,7 @@ def examine(path: str | os.PathLike[str]) -> PathReport:
         subvolume=volume.subvolume,
         provider="none",
     )
-    snapshot_reason = _snapshot_unavailable(volume)
+    snapshot_reason = snapshot_unavailable(volume)
     if snapshot_reason is None:
         report.provider = BtrfsProvider.name
         report.reachable += ["filesystem", "crash"]
@@ -48,7 +48,8 @@ def examine(path: str | os.PathLike[str]) -> PathReport:
     return report
 
 
-def _snapshot_unavailable(volume: Volume) -> str | None:
+def snapshot_unavailable(volume: Volume) -> str | None:
+    """None when a provider here can snapshot ``volume``, else why not."""
     if volume.fs_type == "btrfs":
         return BtrfsProvider().unsupported_reason(volume)
     return (

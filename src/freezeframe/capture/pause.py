@@ -19,7 +19,7 @@ SETTLE_TIMEOUT_S = 5.0
 def pause(cgroup: str, *, protected_pids: tuple[int, ...] = ()) -> None:
     """Freeze every process of ``cgroup`` and wait until the kernel reports it frozen."""
     path = Path(cgroup)
-    members = _members(path)
+    members = members_of(cgroup)
     forbidden = {1, os.getpid(), *protected_pids} & members
     if forbidden:
         raise UsageError(
@@ -58,10 +58,10 @@ def _write_state(path: Path, *, frozen: bool) -> None:
         raise FreezeframeError(f"cannot {'pause' if frozen else 'resume'} {path}: {exc}") from exc
 
 
-def _members(path: Path) -> set[int]:
+def members_of(cgroup: str) -> set[int]:
     """Every process in the cgroup and its descendants (all of them are frozen)."""
     pids: set[int] = set()
-    for directory, _dirs, files in os.walk(path):
+    for directory, _dirs, files in os.walk(cgroup):
         if "cgroup.procs" in files:
             text = (Path(directory) / "cgroup.procs").read_text()
             pids.update(int(line) for line in text.split())

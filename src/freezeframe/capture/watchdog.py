@@ -18,7 +18,8 @@ import time
 from types import TracebackType
 from typing import IO, Any
 
-from freezeframe.capture import fsfreeze, pause
+from freezeframe.capture import fsfreeze, pause, processes
+from freezeframe.capture.processes import Process
 from freezeframe.errors import FreezeframeError
 
 
@@ -44,33 +45,21 @@ class Watchdog:
 
     def arm_freeze(self, mount_point: str, deadline_s: float) -> int:
         """Make the watchdog responsible for thawing ``mount_point``; returns a token."""
-        self._next += 1
-        self._send(
-            {
-                "op": "arm",
-                "token": self._next,
-                "kind": "fsfreeze",
-                "target": mount_point,
-                "seconds": deadline_s,
-            }
-        )
-        reply = self._read()
-        if reply.get("event") != "armed":
-            raise FreezeframeError(f"the watchdog refused: {reply}")
-        return self._next
+        return self._arm("fsfreeze", mount_point, deadline_s)
 
     def arm_pause(self, cgroup: str, deadline_s: float) -> int:
         """Make the watchdog responsible for resuming ``cgroup``; returns a token."""
+        return self._arm("pause", cgroup, deadline_s)
+
+    def arm_stop(self, process: Process, deadline_s: float) -> int:
+        """Make the watchdog responsible for a SIGCONT to ``process`` (never to a later
+        process that reuses its pid); returns a token."""
+        return self._arm("sigstop", process.key, deadline_s)
+
+    def _arm(self, kind: str, target: str, deadline_s: float) -> int:
         self._next += 1
-        self._send(
-            {
-                "op": "arm",
-                "token": self._next,
-                "kind": "pause",
-                "target": cgroup,
-                "seconds": deadline_s,
-            }
-        )
+        request = {"op": "arm", "token": self._next, "kind": kind, "target": target}
+        self._send({**request, "seconds": deadline_s})
         reply = self._read()
         if reply.get("event") != "armed":
             raise FreezeframeError(f"the watchdog refused: {reply}")
@@ -118,7 +107,11 @@ def _undo(kind: str, target: str) -> None:
             fsfreeze.thaw(target)
         elif kind == "pause":
             pause.resume(target)
-    except FreezeframeError as exc:
+        elif kind == "sigstop":
+            pid, start_time = (int(part) for part in target.split(":"))
+            if processes.same_process(pid, start_time):
+                processes.cont(pid)
+    except (FreezeframeError, OSError) as exc:
         print(
             json.dumps({"event": "undo_failed", "target": target, "error": str(exc)}),
             file=sys.stderr,

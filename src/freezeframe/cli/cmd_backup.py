@@ -8,7 +8,7 @@ import os
 from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
 from freezeframe.backup.files_cache import FilesCache
 from freezeframe.backup.progress import BackupProgress
-from freezeframe.capture.session import Capture
+from freezeframe.capture.session import DEFAULT_PAUSE_CAP_S, Capture
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
 from freezeframe.errors import EXIT_PARTIAL, UsageError
@@ -45,6 +45,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=["fail", "degrade"],
         help="when the level cannot be reached: fail (default) or take the highest reachable",
     )
+    parser.add_argument(
+        "--pause-cap",
+        type=float,
+        default=DEFAULT_PAUSE_CAP_S,
+        metavar="SECONDS",
+        help="longest time writers may stay paused while several volumes are snapshotted "
+        f"(default {DEFAULT_PAUSE_CAP_S:g}); past it they are resumed and the run fails or "
+        "degrades",
+    )
 
 
 def run(ctx: CommandContext) -> int:
@@ -53,7 +62,14 @@ def run(ctx: CommandContext) -> int:
     progress = BackupProgress()
     try:
         lock = RepositoryLock(repo, exclusive=False)
-        with lock, Capture(paths, ctx.args.consistency, ctx.args.fallback) as captured:
+        capture = Capture(
+            paths,
+            ctx.args.consistency,
+            ctx.args.fallback,
+            one_file_system=ctx.args.one_file_system,
+            pause_cap_s=ctx.args.pause_cap,
+        )
+        with lock, capture as captured:
             for warning in captured.warnings:
                 ctx.out.warn(warning)
             options = BackupOptions(
@@ -69,8 +85,11 @@ def run(ctx: CommandContext) -> int:
                     requested=captured.requested,
                     achieved=captured.achieved,
                     volumes=captured.volumes,
+                    reason=captured.reason,
+                    pause=captured.pause,
                 ),
                 cache_checks_device=not captured.from_snapshot,
+                grafts={os.fsencode(g.original): os.fsencode(g.read_path) for g in captured.grafts},
             )
             archiver = Archiver(
                 repo,
@@ -131,7 +150,7 @@ def _text(result: BackupResult) -> str:
         f"Read {human_bytes(s['bytes_read'])} of {human_bytes(s['bytes_total'])}, added "
         f"{human_bytes(s['bytes_added'])} ({human_bytes(s['bytes_stored'])} stored) "
         f"in {human_duration(s['duration_seconds'])}",
-        f"Consistency: {result.snapshot.consistency.achieved}",
+        _consistency_line(result.snapshot.consistency),
     ]
     changed = result.snapshot.consistency.changed_during_read
     if changed:
@@ -140,3 +159,18 @@ def _text(result: BackupResult) -> str:
         lines.append(f"{len(result.errors)} files could not be read (exit status 3)")
     lines.append(f"snapshot {result.snapshot.short_id} saved")
     return "\n".join(lines)
+
+
+def _consistency_line(report: ConsistencyReport) -> str:
+    line = f"Consistency: {report.achieved}"
+    snapshotted = [v for v in report.volumes if v.get("provider") not in (None, "none")]
+    if snapshotted:
+        line += f" ({len(snapshotted)} volume{'s' if len(snapshotted) > 1 else ''} snapshotted"
+        if report.pause:
+            writers = len(report.pause["writers"])
+            line += f", {writers} writer{'s' if writers != 1 else ''} paused for "
+            line += f"{report.pause['window_ms']:.1f} ms"
+        line += ")"
+    if report.reason:
+        line += f"; not higher: {report.reason}"
+    return line

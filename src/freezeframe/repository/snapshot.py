@@ -26,6 +26,10 @@ class ConsistencyReport:
     achieved: str = "none"
     volumes: list[dict[str, Any]] = field(default_factory=list)
     changed_during_read: list[str] = field(default_factory=list)
+    # Why the level is not higher (empty when it is the highest there is or was asked for).
+    reason: str = ""
+    # Writers paused so that several volumes show one instant: window_ms, cap_s, writers.
+    pause: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

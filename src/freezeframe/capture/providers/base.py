@@ -47,6 +47,9 @@ class SnapshotProvider(Protocol):
     def find_leftovers(self, volume: Volume) -> list[str]:
         """Snapshots on ``volume`` whose run is no longer alive."""
 
+    def remove_leftover(self, path: str) -> None:
+        """Delete a snapshot that ``find_leftovers`` returned."""
+
 
 def new_run_id() -> str:
     """Unique per run, and naming the process, so leftovers of dead runs can be told apart."""

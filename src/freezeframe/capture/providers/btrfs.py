@@ -53,8 +53,11 @@ class BtrfsProvider:
         return ReadOnlyView(self.name, volume, volume.subvolume, target, created_ns, elapsed_ms)
 
     def remove(self, view: ReadOnlyView) -> None:
-        if os.path.lexists(view.root):
-            _btrfs("subvolume", "delete", view.root)
+        self.remove_leftover(view.root)
+
+    def remove_leftover(self, path: str) -> None:
+        if os.path.lexists(path):
+            _btrfs("subvolume", "delete", path)
 
     def find_leftovers(self, volume: Volume) -> list[str]:
         if volume.subvolume is None:

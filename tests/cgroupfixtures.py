@@ -1,0 +1,46 @@
+"""A cgroup v2 group of the test's own, to put writer processes in so they can be paused by
+the cgroup freezer in place; removed afterwards with every process still in it killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ffharness import is_root, privileged_required
+
+
+def cgroup2_root() -> Path | None:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" - ")
+        if len(fields) == 2 and fields[1].split()[0] == "cgroup2":
+            return Path(fields[0].split()[4])
+    return None
+
+
+@contextmanager
+def own_cgroup(label: str) -> Iterator[Path]:
+    if not is_root():
+        privileged_required("creating a cgroup needs root")
+    root = cgroup2_root()
+    if root is None:
+        privileged_required("no cgroup v2 hierarchy is mounted")
+    assert root is not None
+    path = root / f"ff-test-{label}-{os.getpid()}"
+    path.mkdir()
+    if not (path / "cgroup.freeze").exists():
+        path.rmdir()
+        privileged_required(f"{path} has no cgroup.freeze (kernel older than 5.2?)")
+    try:
+        yield path
+    finally:
+        (path / "cgroup.freeze").write_text("0")
+        for pid in (path / "cgroup.procs").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while (path / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        path.rmdir()
