@@ -1,5 +1,5 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
-.PHONY: demo test lint bench setup
+.PHONY: demo test lint bench bench-consistency setup
 
 setup:
 	./tools/bootstrap.sh
@@ -18,3 +18,6 @@ lint:
 
 bench: setup
 	.venv/bin/python bench/run.py $(BENCH_ARGS)
+
+bench-consistency: setup
+	.venv/bin/python bench/consistency.py $(BENCH_ARGS)

@@ -1,10 +1,7 @@
 """Proof under live writes, on real loop btrfs file systems, with writers running flat out.
 
-(a) a writer appends records to a log, fsyncs it, then atomically replaces a commit file with the
-log length it vouches for; invariant of every restore: the commit never points past the end of
-the log. (b) the same with the log and the commit on two different file systems, so only a
-capture that pauses the writer around both snapshots keeps it. (c) a large file rewritten in
-place, block after block, each block stamped with its pass.
+The workloads (tests/workloads.py): (a) a log and a commit file written after the log's fsync,
+(b) the same with log and commit on two file systems, (c) a large file rewritten in place.
 
 At `crash` and `filesystem` the invariants must hold in every trial; at `none` the same workloads
 show they can break, and such snapshots say `none`. FREEZEFRAME_TORTURE_TRIALS sets the number of
@@ -14,10 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -25,123 +19,9 @@ import pytest
 from cgroupfixtures import own_cgroup
 from ffharness import Cli
 from fsfixtures import loop_filesystem
+from workloads import WORKLOADS, Workload
 
 TRIALS = int(os.environ.get("FREEZEFRAME_TORTURE_TRIALS", "20"))
-RECORD = 64
-
-# Names chosen so a live read takes the log first and the commit afterwards: the order in which
-# a file-by-file copy can catch a commit that points past the log it already read.
-WRITER = f"""
-import os, sys
-d, c = sys.argv[1], sys.argv[2]  # the log's directory and the commit's (maybe another volume)
-log = os.open(os.path.join(d, "a.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-size = os.fstat(log).st_size
-n = 0
-while True:
-    n += 1
-    record = (b"%063d" % n)[:{RECORD} - 1] + b"\\n"
-    os.write(log, record)
-    os.fsync(log)
-    size += len(record)
-    tmp = os.path.join(c, ".commit.tmp")
-    with open(tmp, "w") as f:
-        f.write(str(size))
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, os.path.join(c, "b.commit"))
-"""
-
-
-@contextmanager
-def _spawn(argv: list[str], cgroup: Path | None) -> Iterator[None]:
-    proc = subprocess.Popen([sys.executable, "-c", *argv])
-    if cgroup is not None:
-        (cgroup / "cgroup.procs").write_text(str(proc.pid))
-    try:
-        yield
-        # A writer that died mid-test would make every later trial a static copy.
-        assert proc.poll() is None, f"the writer exited early ({proc.returncode})"
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def _start_log_and_commit(dirs: list[Path], cgroup: Path | None) -> AbstractContextManager[None]:
-    log_dir, commit_dir = dirs[0], dirs[-1]
-    # A head start of 32 MiB of records, so reading the log takes a while.
-    (log_dir / "a.log").write_bytes((b"x" * (RECORD - 1) + b"\n") * (32 * 1024 * 1024 // RECORD))
-    (commit_dir / "b.commit").write_text(str((log_dir / "a.log").stat().st_size))
-    return _spawn([WRITER, str(log_dir), str(commit_dir)], cgroup)
-
-
-def _commit_holds(restored: list[Path]) -> bool:
-    """The commit file never vouches for more log than there is."""
-    log_dir, commit_dir = restored[0], restored[-1]
-    return int((commit_dir / "b.commit").read_text()) <= (log_dir / "a.log").stat().st_size
-
-
-# Workload (c): a large file rewritten in place like a database's page file: write n stamps a
-# run of RUN blocks at run position (n * STRIDE) % RUNS, scattered over the file, and is made
-# durable (fdatasync) before write n + 1 begins. A crash-consistent image therefore holds every
-# write up to some n = K and at most part of write K: each run's stamp is the last write to it
-# at or before K. A live read of a file being rewritten everywhere mixes several moments.
-BLOCK = 4096
-RUN = 16
-RUNS = 2048  # 2048 runs of 16 blocks: 128 MiB
-STRIDE = 1237  # odd, so RUNS consecutive writes touch every run once
-REWRITER = f"""
-import os, sys
-fd = os.open(sys.argv[1], os.O_WRONLY)
-n = 0
-while True:
-    n += 1
-    os.pwrite(fd, (b"%016d" % n) * ({BLOCK} // 16) * {RUN}, (n * {STRIDE}) % {RUNS} * {RUN * BLOCK})
-    os.fdatasync(fd)
-"""
-
-
-def _last_write(run: int, upto: int) -> int:
-    """The last write at or before ``upto`` that stamped ``run`` (0: the initial content)."""
-    first = run * pow(STRIDE, -1, RUNS) % RUNS
-    last = upto - (upto - first) % RUNS
-    return max(last, 0)
-
-
-def _stamps_consistent(data: bytes) -> bool:
-    stamps = [int(data[i : i + 16]) for i in range(0, len(data), BLOCK)]
-    newest = max(stamps)
-    partial = newest * STRIDE % RUNS  # the run of the newest write may be half written
-    for run in range(RUNS):
-        found = set(stamps[run * RUN : (run + 1) * RUN])
-        allowed = {_last_write(run, newest)}
-        if run == partial:
-            allowed.add(_last_write(run, newest - 1))
-        if not found <= allowed:
-            return False
-    return True
-
-
-def _start_rewriter(dirs: list[Path], cgroup: Path | None) -> AbstractContextManager[None]:
-    (dirs[0] / "big").write_bytes((b"%016d" % 0) * (BLOCK // 16) * RUN * RUNS)
-    return _spawn([REWRITER, str(dirs[0] / "big")], cgroup)
-
-
-def _stamps_hold(restored: list[Path]) -> bool:
-    return _stamps_consistent((restored[0] / "big").read_bytes())
-
-
-@dataclass(frozen=True)
-class Workload:
-    start: Callable[[list[Path], Path | None], AbstractContextManager[None]]
-    holds: Callable[[list[Path]], bool]
-    volumes: int
-
-
-WORKLOADS = {
-    "a: log+commit": Workload(_start_log_and_commit, _commit_holds, volumes=1),
-    "b: log+commit on two volumes": Workload(_start_log_and_commit, _commit_holds, volumes=2),
-    "c: in-place rewrite": Workload(_start_rewriter, _stamps_hold, volumes=1),
-}
 
 
 def _violations(cli: Cli, tmp_path: Path, sources: list[Path], level: str, work: Workload) -> int:
