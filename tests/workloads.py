@@ -7,7 +7,8 @@ log length it vouches for; invariant: the commit never points past the end of th
 same with the log and the commit on two different file systems, so only a capture that pauses
 the writer around both snapshots keeps it. (c) a large file rewritten in place at scattered
 positions, each write made durable before the next; invariant: the file is the state after some
-write K (the last one possibly half done), never a mix of moments.
+write K (the last one possibly half done), never a mix of moments. (d) the same file rewritten
+with no sync at all; invariant: the page cache of one instant, which only `filesystem` promises.
 """
 
 from __future__ import annotations
@@ -122,6 +123,48 @@ def _stamps_hold(restored: list[Path]) -> bool:
     return _stamps_consistent((restored[0] / "big").read_bytes())
 
 
+# Workload (d): the same file rewritten pass after pass, backward from the last run to the first,
+# with no fsync at all: what a program that leaves write-back to the kernel does. The page
+# cache at any instant shows pass g+1 from some run boundary to the end and pass g before it.
+# Only a capture that stops the writer while the snapshot flushes (`filesystem`) is promised
+# that image; a snapshot alone (`crash`) may catch pages written back at different moments,
+# exactly as a power cut may.
+UNSYNCED_RUN = 64
+UNSYNCED_REWRITER = f"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+generation = 0
+while True:
+    generation += 1
+    run = (b"%016d" % generation) * ({BLOCK} // 16) * {UNSYNCED_RUN}
+    for i in range({RUN * RUNS} - {UNSYNCED_RUN}, -1, -{UNSYNCED_RUN}):
+        os.pwrite(fd, run, i * {BLOCK})
+"""
+
+
+def _one_pass_boundary(data: bytes) -> bool:
+    """Pass g, then pass g+1 from one run boundary on: one instant of the backward writer."""
+    stamps = [int(data[i : i + 16]) for i in range(0, len(data), BLOCK)]
+    changes = [i for i in range(1, len(stamps)) if stamps[i] != stamps[i - 1]]
+    if not changes:
+        return True
+    (boundary,) = changes if len(changes) == 1 else (None,)
+    return (
+        boundary is not None
+        and stamps[boundary] == stamps[boundary - 1] + 1
+        and boundary % UNSYNCED_RUN == 0
+    )
+
+
+def _start_unsynced_rewriter(dirs: list[Path], cgroup: Path | None) -> AbstractContextManager[None]:
+    (dirs[0] / "big").write_bytes((b"%016d" % 0) * (BLOCK // 16) * RUN * RUNS)
+    return _spawn([UNSYNCED_REWRITER, str(dirs[0] / "big")], cgroup)
+
+
+def _one_instant_holds(restored: list[Path]) -> bool:
+    return _one_pass_boundary((restored[0] / "big").read_bytes())
+
+
 @dataclass(frozen=True)
 class Workload:
     start: Callable[[list[Path], Path | None], AbstractContextManager[None]]
@@ -133,4 +176,7 @@ WORKLOADS = {
     "a: log+commit": Workload(_start_log_and_commit, _commit_holds, volumes=1),
     "b: log+commit on two volumes": Workload(_start_log_and_commit, _commit_holds, volumes=2),
     "c: in-place rewrite": Workload(_start_rewriter, _stamps_hold, volumes=1),
+    "d: in-place rewrite, never synced": Workload(
+        _start_unsynced_rewriter, _one_instant_holds, volumes=1
+    ),
 }

@@ -83,4 +83,5 @@ print(f"restored tree matches the source: {len(src)} entries, content and metada
 PY
 echo "== check --read-data"
 $ff check --read-data
+./tools/demo-capture.sh
 echo "demo: OK"

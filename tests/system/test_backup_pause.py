@@ -146,3 +146,32 @@ def test_backup_output_names_the_pause(repo: Path, cli: Cli, tmp_path: Path) -> 
     with _two_volumes(tmp_path) as (first, second), _appender(first / "log", None):
         text = cli("backup", first, second, json=False)
         assert "Consistency: filesystem (2 volumes snapshotted, 1 writer paused for" in text
+
+
+def test_filesystem_level_pauses_the_writers_of_a_single_volume_and_an_overrun_degrades_to_crash(
+    repo: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At `filesystem` nothing may be written while the snapshot flushes, one volume or many;
+    past the cap the single snapshot is still atomic, so `--fallback degrade` keeps it as
+    `crash`. At `crash`, one volume needs no pause at all."""
+    with loop_filesystem(tmp_path, "btrfs") as mnt, _appender(mnt / "log", None) as writer:
+        record = cli("backup", mnt, "--consistency", "filesystem")["consistency"]
+        assert [w["pid"] for w in record["pause"]["writers"]] == [writer.pid]
+        assert cli("backup", mnt, "--consistency", "crash")["consistency"]["pause"] == {}
+        monkeypatch.setenv("FREEZEFRAME_TEST_HOLD_PAUSE_S", "1.5")
+        failed = cli("backup", mnt, "--consistency", "filesystem", "--pause-cap", "0.3", expect=1)
+        assert failed["error"]["code"] == "consistency_unreachable"
+        assert os.listdir(mnt / SNAPSHOT_DIR) == []
+        degraded = cli(
+            "backup",
+            mnt,
+            "--consistency",
+            "filesystem",
+            "--pause-cap",
+            "0.3",
+            "--fallback",
+            "degrade",
+        )
+        assert degraded["consistency"]["achieved"] == "crash"
+        assert "degraded to crash" in cli.stderr
+        assert _advancing(mnt / "log")

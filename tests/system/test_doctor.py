@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from ffharness import Cli
@@ -32,3 +33,27 @@ def test_btrfs_reaches_snapshot_levels_and_ext4_says_why_not(cli: Cli, tmp_path:
 def test_a_missing_path_is_one_clear_error(cli: Cli, tmp_path: Path) -> None:
     out = cli("doctor", tmp_path / "nope", expect=1)
     assert out["error"]["code"] == "not_found"
+
+
+def test_volumes_below_a_path_are_listed_and_limit_its_levels(cli: Cli, tmp_path: Path) -> None:
+    with loop_filesystem(tmp_path, "btrfs") as btrfs:
+        subprocess.run(
+            ["btrfs", "subvolume", "create", str(btrfs / "nested")],
+            check=True,
+            capture_output=True,
+        )
+        (report,) = cli("doctor", btrfs)
+        (below,) = report["volumes_below"]
+        assert below == {
+            "path": str(btrfs / "nested"),
+            "fs_type": "btrfs",
+            "provider": "btrfs",
+            "why_not": None,
+        }
+        assert "crash" in report["reachable"]
+        (btrfs / "mnt").mkdir()
+        with loop_filesystem(btrfs / "mnt", "ext4", size_mib=64, name="ext"):
+            (report,) = cli("doctor", btrfs)
+            assert "crash" not in report["reachable"]
+            assert "ext4" in report["unreachable"]["crash"]
+            assert "below it" in report["unreachable"]["crash"]

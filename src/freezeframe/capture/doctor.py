@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from freezeframe.capture import layout
 from freezeframe.capture.providers.btrfs import BtrfsProvider
 from freezeframe.capture.volumes import Volume, resolve_volume
 
@@ -22,6 +23,8 @@ class PathReport:
     provider: str
     reachable: list[str] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
+    # Volumes mounted or nested below the path: each is captured too, or limits the level.
+    volumes_below: list[dict[str, str | None]] = field(default_factory=list)
 
 
 def examine(path: str | os.PathLike[str]) -> PathReport:
@@ -35,6 +38,18 @@ def examine(path: str | os.PathLike[str]) -> PathReport:
         provider="none",
     )
     snapshot_reason = snapshot_unavailable(volume)
+    for below in layout.plan([volume.path]).nested:
+        why = snapshot_unavailable(below)
+        report.volumes_below.append(
+            {
+                "path": below.subvolume or below.mount.mount_point,
+                "fs_type": below.fs_type,
+                "provider": "none" if why else BtrfsProvider.name,
+                "why_not": why,
+            }
+        )
+        if why is not None and snapshot_reason is None:
+            snapshot_reason = f"{below.path} below it: {why}"
     if snapshot_reason is None:
         report.provider = BtrfsProvider.name
         report.reachable += ["filesystem", "crash"]

@@ -2,10 +2,12 @@
 reach, take the snapshots, hand the backup read paths inside them, and always remove them.
 
 Volumes are the sources' own and every volume below a source (other mounts, nested btrfs
-subvolumes). One volume is captured by its snapshot alone. Several are captured one after the
-other while every process writing to them is paused (see ``writer_pause``), so together they
-show one instant; the watchdog resumes the writers if the cap passes or freezeframe dies.
-"""
+subvolumes). At `crash`, one volume is captured by its snapshot alone, which is atomic; several
+are snapshotted one after the other while every process writing to them is paused (see
+``writer_pause``), so together they show one instant. At `filesystem` the writers are paused
+even for one volume: nothing is written while the snapshot flushes and commits, so the image is
+the file system's whole state at that instant, written-back or not. The watchdog resumes the
+writers if the cap passes or freezeframe dies."""
 
 from __future__ import annotations
 
@@ -94,18 +96,22 @@ class Capture:
             for leftover in self.provider.find_leftovers(volume):
                 self.provider.remove_leftover(leftover)
         try:
-            pause = self._snapshot_all(plan.volumes)
+            pause = self._snapshot_all(plan.volumes, quiesce=achieved != "crash")
         except BaseException:
             self._remove_views()
             raise
         if pause is not None and not pause.in_time:
-            self._remove_views()
             message = (
                 f"the writers' pause overran its {self.pause_cap_s:g} s cap and the watchdog "
-                "resumed them, so the volumes' snapshots are not one instant"
+                "resumed them during the snapshots"
             )
             if self.fallback == "fail":
+                self._remove_views()
                 raise ConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
+            if len(self.views) == 1:  # one snapshot is atomic all the same
+                warnings.append(message + "; degraded to crash")
+                return self._outcome(plan, "crash", warnings, message, pause)
+            self._remove_views()
             return self._live(plan, [*warnings, message + "; degraded to none"], message)
         return self._outcome(plan, achieved, warnings, reason, pause)
 
@@ -117,10 +123,11 @@ class Capture:
     ) -> None:
         self._remove_views()
 
-    def _snapshot_all(self, volumes: list[Volume]) -> WriterPause | None:
-        """One snapshot per volume; with several, all taken while their writers are paused."""
+    def _snapshot_all(self, volumes: list[Volume], *, quiesce: bool) -> WriterPause | None:
+        """One snapshot per volume, taken while their writers are paused when there are several
+        or when ``quiesce`` asks for the file system's state at rest."""
         run_id = new_run_id()
-        if len(volumes) == 1:
+        if len(volumes) == 1 and not quiesce:
             self.views.append(self.provider.create(volumes[0], run_id))
             return None
         devices = {os.lstat(v.subvolume or v.mount.mount_point).st_dev for v in volumes}

@@ -27,6 +27,11 @@ def _text(report: PathReport) -> str:
     if report.subvolume is not None:
         lines.append(f"  subvolume: {report.subvolume}")
     lines.append(f"  provider: {report.provider}")
+    for below in report.volumes_below:
+        how = below["provider"] if below["why_not"] is None else f"none ({below['why_not']})"
+        lines.append(f"  below:    {below['path']} ({below['fs_type']}), provider {how}")
+    if report.volumes_below:
+        lines.append("            several volumes: writers are paused while all are snapshotted")
     for level in LEVELS:
         if level in report.reachable:
             lines.append(f"  {level:<12} reachable")
