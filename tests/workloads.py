@@ -70,7 +70,10 @@ def _start_log_and_commit(dirs: list[Path], cgroup: Path | None) -> AbstractCont
 def _commit_holds(restored: list[Path]) -> bool:
     """The commit file never vouches for more log than there is."""
     log_dir, commit_dir = restored[0], restored[-1]
-    return int((commit_dir / "b.commit").read_text()) <= (log_dir / "a.log").stat().st_size
+    commit, log = commit_dir / "b.commit", log_dir / "a.log"
+    if not (commit.exists() and log.exists()):
+        return False  # a copy that lost one of them lost the data
+    return int(commit.read_text()) <= log.stat().st_size
 
 
 # Workload (c): a large file rewritten in place like a database's page file: write n stamps a
@@ -120,7 +123,8 @@ def _start_rewriter(dirs: list[Path], cgroup: Path | None) -> AbstractContextMan
 
 
 def _stamps_hold(restored: list[Path]) -> bool:
-    return _stamps_consistent((restored[0] / "big").read_bytes())
+    big = restored[0] / "big"
+    return big.exists() and _stamps_consistent(big.read_bytes())
 
 
 # Workload (d): the same file rewritten pass after pass, backward from the last run to the first,
@@ -162,7 +166,8 @@ def _start_unsynced_rewriter(dirs: list[Path], cgroup: Path | None) -> AbstractC
 
 
 def _one_instant_holds(restored: list[Path]) -> bool:
-    return _one_pass_boundary((restored[0] / "big").read_bytes())
+    big = restored[0] / "big"
+    return big.exists() and _one_pass_boundary(big.read_bytes())
 
 
 @dataclass(frozen=True)
