@@ -22,17 +22,21 @@ MKFS = {
 
 @contextmanager
 def loop_filesystem(
-    workdir: Path, fs_type: str, size_mib: int = 256, name: str | None = None
+    workdir: Path,
+    fs_type: str,
+    size_mib: int = 256,
+    name: str | None = None,
+    image_dir: Path | None = None,
 ) -> Iterator[Path]:
     """A fresh ``fs_type`` file system mounted at ``workdir/<name>`` (default
-    ``<fs_type>-mnt``)."""
+    ``<fs_type>-mnt``), its image file in ``image_dir`` (default ``workdir``)."""
     if not is_root():
         privileged_required(f"mounting a loop {fs_type} file system needs root")
     tool = MKFS[fs_type]
     if shutil.which(tool[0]) is None and not Path("/usr/sbin", tool[0]).exists():
         privileged_required(f"{tool[0]} is not installed (make setup installs it)")
     name = name or f"{fs_type}-mnt"
-    image = workdir / f"{name}.img"
+    image = (image_dir or workdir) / f"{name}.img"
     mount_point = workdir / name
     mount_point.mkdir()
     with open(image, "wb") as f:

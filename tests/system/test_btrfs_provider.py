@@ -30,7 +30,7 @@ def test_snapshot_is_point_in_time_read_only_and_removed(tmp_path: Path) -> None
         volume = resolve_volume(mnt / "data")
         assert provider.unsupported_reason(volume) is None
         run_id = new_run_id()
-        view = provider.create(volume, run_id)
+        view = provider.take(volume, run_id)
         try:
             assert run_id in view.root
             with open(mnt / "data" / "log", "ab") as f:
@@ -56,7 +56,7 @@ def test_nested_subvolumes_are_not_in_the_parent_snapshot(tmp_path: Path) -> Non
             ["btrfs", "subvolume", "create", str(mnt / "inner")], check=True, capture_output=True
         )
         (mnt / "inner" / "f").write_bytes(b"x")
-        view = provider.create(resolve_volume(mnt), new_run_id())
+        view = provider.take(resolve_volume(mnt), new_run_id())
         try:
             assert os.listdir(view.read_path(str(mnt / "inner"))) == []
         finally:
@@ -67,8 +67,8 @@ def test_leftovers_of_dead_runs_are_found_and_live_ones_are_not(tmp_path: Path) 
     provider = BtrfsProvider()
     with loop_filesystem(tmp_path, "btrfs") as mnt:
         volume = resolve_volume(mnt)
-        dead = provider.create(volume, f"20260101T000000-{_dead_pid()}-abcdef")
-        live = provider.create(volume, new_run_id())
+        dead = provider.take(volume, f"20260101T000000-{_dead_pid()}-abcdef")
+        live = provider.take(volume, new_run_id())
         try:
             assert provider.find_leftovers(volume) == [dead.root]
         finally:

@@ -118,7 +118,10 @@ def test_a_mount_below_a_source_without_a_provider_limits_the_level(
     snapshot: it is a volume of the backup, so the level is what it can reach, and it says why."""
     with loop_filesystem(tmp_path, "btrfs") as mnt:
         (mnt / "ext").mkdir()
-        with loop_filesystem(mnt / "ext", "ext4", size_mib=64, name="inner") as inner:
+        # Its image lies on the test's own file system (no clones), so no provider serves it.
+        with loop_filesystem(
+            mnt / "ext", "ext4", size_mib=64, name="inner", image_dir=tmp_path
+        ) as inner:
             (inner / "f").write_bytes(b"on ext4")
             failed = cli("backup", mnt, "--consistency", "crash", expect=1)
             assert "no snapshot provider for ext4" in failed["error"]["message"]
@@ -135,7 +138,27 @@ def test_leftover_snapshots_of_a_dead_run_are_removed_by_the_next(
         (mnt / "f").write_bytes(b"x")
         child = subprocess.Popen(["true"])
         child.wait()
-        BtrfsProvider().create(resolve_volume(mnt), f"20260101T000000-{child.pid}-abcdef")
+        BtrfsProvider().take(resolve_volume(mnt), f"20260101T000000-{child.pid}-abcdef")
         assert len(_snapshots_left(mnt)) == 1
         cli("backup", mnt)
         assert _snapshots_left(mnt) == []
+
+
+def test_an_ext4_image_volume_below_a_btrfs_source_is_cloned_and_grafted(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """Its image lies on the btrfs, so the loop-clone provider serves it: two volumes, two
+    providers, one instant, the ext4 content read from its clone under the original path."""
+    with loop_filesystem(tmp_path, "btrfs", size_mib=1024) as mnt:
+        (mnt / "ext").mkdir()
+        with loop_filesystem(mnt / "ext", "ext4", size_mib=128, name="inner") as inner:
+            (inner / "f").write_bytes(b"on ext4")
+            record = cli("backup", mnt, "--consistency", "filesystem")["consistency"]
+            assert record["achieved"] == "filesystem"
+            assert sorted(v["provider"] for v in record["volumes"]) == ["btrfs", "loop-clone"]
+            nodes = {n["path"] for n in cli("ls", "latest")["nodes"]}
+            assert str(inner / "f") in nodes
+            assert not [p for p in nodes if ".freezeframe-snapshots" in p]
+            cli("restore", "latest", "--target", tmp_path / "out")
+            restored = tmp_path / "out" / str(inner / "f").lstrip("/")
+            assert restored.read_bytes() == b"on ext4"

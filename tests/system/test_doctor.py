@@ -52,7 +52,7 @@ def test_volumes_below_a_path_are_listed_and_limit_its_levels(cli: Cli, tmp_path
         }
         assert "crash" in report["reachable"]
         (btrfs / "mnt").mkdir()
-        with loop_filesystem(btrfs / "mnt", "ext4", size_mib=64, name="ext"):
+        with loop_filesystem(btrfs / "mnt", "ext4", size_mib=64, name="ext", image_dir=tmp_path):
             (report,) = cli("doctor", btrfs)
             assert "crash" not in report["reachable"]
             assert "ext4" in report["unreachable"]["crash"]

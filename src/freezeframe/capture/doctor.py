@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass, field
 
 from freezeframe.capture import layout
-from freezeframe.capture.providers.btrfs import BtrfsProvider
-from freezeframe.capture.volumes import Volume, resolve_volume
+from freezeframe.capture.providers.registry import provider_for
+from freezeframe.capture.volumes import resolve_volume
 
 LEVELS = ("application", "filesystem", "crash", "none")
 
@@ -37,37 +37,28 @@ def examine(path: str | os.PathLike[str]) -> PathReport:
         subvolume=volume.subvolume,
         provider="none",
     )
-    snapshot_reason = snapshot_unavailable(volume)
+    provider, snapshot_reason = provider_for(volume)
     for below in layout.plan([volume.path]).nested:
-        why = snapshot_unavailable(below)
+        below_provider, why = provider_for(below)
         report.volumes_below.append(
             {
                 "path": below.subvolume or below.mount.mount_point,
                 "fs_type": below.fs_type,
-                "provider": "none" if why else BtrfsProvider.name,
+                "provider": below_provider.name if below_provider else "none",
                 "why_not": why,
             }
         )
         if why is not None and snapshot_reason is None:
             snapshot_reason = f"{below.path} below it: {why}"
-    if snapshot_reason is None:
-        report.provider = BtrfsProvider.name
+    if snapshot_reason is None and provider is not None:
+        report.provider = provider.name
         report.reachable += ["filesystem", "crash"]
     else:
-        report.unreachable["filesystem"] = snapshot_reason
-        report.unreachable["crash"] = snapshot_reason
+        reason = snapshot_reason or "no snapshot provider"
+        report.unreachable["filesystem"] = reason
+        report.unreachable["crash"] = reason
     report.unreachable["application"] = (
         "application quiescers are not available yet in this version"
     )
     report.reachable.append("none")
     return report
-
-
-def snapshot_unavailable(volume: Volume) -> str | None:
-    """None when a provider here can snapshot ``volume``, else why not."""
-    if volume.fs_type == "btrfs":
-        return BtrfsProvider().unsupported_reason(volume)
-    return (
-        f"no snapshot provider for {volume.fs_type}: freezeframe snapshots btrfs here; LVM "
-        "and ZFS need device-mapper or the ZFS module, which this kernel lacks"
-    )

@@ -3,11 +3,11 @@ reach, take the snapshots, hand the backup read paths inside them, and always re
 
 Volumes are the sources' own and every volume below a source (other mounts, nested btrfs
 subvolumes). At `crash`, one volume is captured by its snapshot alone, which is atomic; several
-are snapshotted one after the other while every process writing to them is paused (see
-``writer_pause``), so together they show one instant. At `filesystem` the writers are paused
-even for one volume: nothing is written while the snapshot flushes and commits, so the image is
-the file system's whole state at that instant, written-back or not. The watchdog resumes the
-writers if the cap passes or freezeframe dies."""
+are snapshotted one after the other while every process writing to them is paused, so together
+they show one instant. At `filesystem` each file system is at rest while its snapshot is taken:
+frozen (FIFREEZE) where the provider needs it, or, on btrfs, which must not be frozen, with its
+writers paused while the snapshot flushes and commits. See ``instant`` for the mechanics.
+"""
 
 from __future__ import annotations
 
@@ -18,18 +18,18 @@ from types import TracebackType
 from typing import Any
 
 from freezeframe.capture import layout
-from freezeframe.capture.doctor import LEVELS, snapshot_unavailable
-from freezeframe.capture.providers.base import ReadOnlyView, new_run_id
-from freezeframe.capture.providers.btrfs import SNAPSHOT_DIR, BtrfsProvider
-from freezeframe.capture.volumes import Volume
-from freezeframe.capture.watchdog import Watchdog
-from freezeframe.capture.writer_pause import WriterPause
+from freezeframe.capture.doctor import LEVELS
+from freezeframe.capture.instant import FreezeFailed, Instant, take_all
+from freezeframe.capture.providers.base import ReadOnlyView, SnapshotProvider, new_run_id
+from freezeframe.capture.providers.registry import BY_NAME, provider_for
+from freezeframe.capture.volumes import Volume, resolve_volume
+from freezeframe.capture.writer_pause import WriterPauseFailed
 from freezeframe.errors import FreezeframeError, UsageError
 
 RANK = {level: rank for rank, level in enumerate(reversed(LEVELS))}  # none 0 ... application 3
-DEFAULT_PAUSE_CAP_S = 10.0  # writers paused across volumes (VSS holds its flush for 10 s)
-# Tests only: keep the writers paused this long, so a test can kill the run inside the window.
-HOLD_ENV = "FREEZEFRAME_TEST_HOLD_PAUSE_S"
+DEFAULT_PAUSE_CAP_S = 10.0  # writers paused for the snapshots (VSS holds its flush for 10 s)
+DEFAULT_FREEZE_CAP_S = 10.0  # one file system frozen for its snapshot (the same 10 s)
+MAX_CAP_S = 3600.0
 
 
 class ConsistencyUnreachable(FreezeframeError):
@@ -58,9 +58,21 @@ class CaptureOutcome:
     pause: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Caps:
+    pause_s: float = DEFAULT_PAUSE_CAP_S
+    freeze_s: float = DEFAULT_FREEZE_CAP_S
+
+    def __post_init__(self) -> None:
+        for name, value in (("pause", self.pause_s), ("freeze", self.freeze_s)):
+            if not 0 < value <= MAX_CAP_S:
+                raise UsageError(f"the {name} cap must be more than 0 and at most 3600 seconds")
+
+
 class Capture:
     """Context manager: ``with Capture(paths, "auto", "fail") as outcome:`` back up
-    ``outcome.paths``; the snapshots are removed on every way out."""
+    ``outcome.paths``; the snapshots are removed on every way out. ``never_freeze`` names
+    paths (the repository, the cache) whose file systems are never frozen."""
 
     def __init__(
         self,
@@ -69,51 +81,65 @@ class Capture:
         fallback: str = "fail",
         *,
         one_file_system: bool = False,
-        pause_cap_s: float = DEFAULT_PAUSE_CAP_S,
+        caps: Caps | None = None,
+        never_freeze: tuple[str, ...] = (),
     ) -> None:
         if requested != "auto" and requested not in RANK:
             raise UsageError(f"unknown consistency level {requested!r}")
         if fallback not in ("fail", "degrade"):
             raise UsageError(f"unknown fallback {fallback!r} (fail or degrade)")
-        if not 0 < pause_cap_s <= 3600:
-            raise UsageError("the pause cap must be more than 0 and at most 3600 seconds")
         self.paths = [os.path.abspath(p) for p in paths]
         self.requested = requested
         self.fallback = fallback
         self.one_file_system = one_file_system
-        self.pause_cap_s = pause_cap_s
-        self.provider = BtrfsProvider()
+        self.caps = caps or Caps()
+        self.never_freeze = never_freeze
         self.views: list[ReadOnlyView] = []
 
     def __enter__(self) -> CaptureOutcome:
         plan = layout.plan(self.paths, one_file_system=self.one_file_system)
-        reachable, reason = self._reachable(plan)
+        reachable, reason, targets = self._reachable(plan)
         achieved, warnings = self._decide(reachable, reason)
         reason = reason if achieved == reachable else ""
         if RANK[achieved] == 0:
             return self._live(plan, warnings, reason)
-        for volume in plan.volumes:
-            for leftover in self.provider.find_leftovers(volume):
-                self.provider.remove_leftover(leftover)
+        for volume, provider in targets:
+            for leftover in provider.find_leftovers(volume):
+                provider.remove_leftover(leftover)
         try:
-            pause = self._snapshot_all(plan.volumes, quiesce=achieved != "crash")
+            instant = take_all(
+                targets,
+                new_run_id(),
+                self.views,
+                at_rest=achieved != "crash",
+                pause_cap_s=self.caps.pause_s,
+                freeze_cap_s=self.caps.freeze_s,
+            )
+        except (WriterPauseFailed, FreezeFailed) as exc:
+            self._remove_views()
+            return self._degrade(plan, targets, warnings, str(exc), Instant())
         except BaseException:
             self._remove_views()
             raise
-        if pause is not None and not pause.in_time:
-            message = (
-                f"the writers' pause overran its {self.pause_cap_s:g} s cap and the watchdog "
-                "resumed them during the snapshots"
+        if not instant.pause_in_time:
+            return self._degrade(
+                plan,
+                targets,
+                warnings,
+                f"the writers' pause overran its {self.caps.pause_s:g} s cap and the watchdog "
+                "resumed them during the snapshots",
+                instant,
             )
-            if self.fallback == "fail":
-                self._remove_views()
-                raise ConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
-            if len(self.views) == 1:  # one snapshot is atomic all the same
-                warnings.append(message + "; degraded to crash")
-                return self._outcome(plan, "crash", warnings, message, pause)
-            self._remove_views()
-            return self._live(plan, [*warnings, message + "; degraded to none"], message)
-        return self._outcome(plan, achieved, warnings, reason, pause)
+        if not instant.freezes_in_time:
+            return self._degrade(
+                plan,
+                targets,
+                warnings,
+                f"a freeze overran its {self.caps.freeze_s:g} s cap and the watchdog thawed "
+                "the file system during its snapshot",
+                instant,
+            )
+        return self._outcome(plan, achieved, warnings, reason, instant)
 
     def __exit__(
         self,
@@ -123,27 +149,38 @@ class Capture:
     ) -> None:
         self._remove_views()
 
-    def _snapshot_all(self, volumes: list[Volume], *, quiesce: bool) -> WriterPause | None:
-        """One snapshot per volume, taken while their writers are paused when there are several
-        or when ``quiesce`` asks for the file system's state at rest."""
-        run_id = new_run_id()
-        if len(volumes) == 1 and not quiesce:
-            self.views.append(self.provider.create(volumes[0], run_id))
-            return None
-        devices = {os.lstat(v.subvolume or v.mount.mount_point).st_dev for v in volumes}
-        with Watchdog() as watchdog, WriterPause(devices, watchdog, self.pause_cap_s) as pause:
-            for volume in volumes:
-                self.views.append(self.provider.create(volume, run_id))
-            hold = float(os.environ.get(HOLD_ENV, "0") or 0)
-            if hold:
-                time.sleep(hold)
-        return pause
+    def _degrade(
+        self,
+        plan: layout.Layout,
+        targets: list[tuple[Volume, SnapshotProvider]],
+        warnings: list[str],
+        message: str,
+        instant: Instant,
+    ) -> CaptureOutcome:
+        """The volumes could not be held still: fail, or take what is left. Snapshots taken
+        while writers were still paused are one instant (`crash`), and so is one volume's
+        snapshot on its own; otherwise the volumes are read live."""
+        if self.fallback == "fail":
+            self._remove_views()
+            raise ConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
+        if self.views and instant.pause_in_time and len(self.views) == len(targets):
+            warnings.append(message + "; degraded to crash")
+            return self._outcome(plan, "crash", warnings, message, instant)
+        self._remove_views()
+        if len(targets) == 1:
+            volume, provider = targets[0]
+            view = provider.take(volume, new_run_id())
+            self.views.append(view)
+            provider.expose(view)
+            warnings.append(message + "; degraded to crash")
+            return self._outcome(plan, "crash", warnings, message, Instant())
+        return self._live(plan, [*warnings, message + "; degraded to none"], message)
 
     def _remove_views(self) -> None:
         errors = []
         for view in reversed(self.views):
             try:
-                self.provider.remove(view)
+                BY_NAME[view.provider].remove(view)
             except FreezeframeError as exc:
                 errors.append(str(exc))
         self.views.clear()
@@ -166,36 +203,37 @@ class Capture:
         achieved: str,
         warnings: list[str],
         reason: str,
-        pause: WriterPause | None,
+        instant: Instant,
     ) -> CaptureOutcome:
         view_of = {plan.key(view.volume): view for view in self.views}
+        pause_ms = round(instant.pause.pause_ms, 3) if instant.pause is not None else 0.0
         records = []
         for view in self.views:
-            record = _describe(view.volume, self.provider.name)
+            record = _describe(view.volume, view.provider)
             record.update(
                 snapshot_time=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(view.created_ns / 1e9))
                 + "Z",
                 snapshot_ms=round(view.create_ms, 3),
-                freeze_ms=0.0,
-                pause_ms=round(pause.pause_ms, 3) if pause is not None else 0.0,
+                freeze_ms=round(instant.freeze_ms.get(view.volume.mount.mount_point, 0.0), 3),
+                pause_ms=pause_ms,
             )
             records.append(record)
         paths = [
             CapturedPath(path, view_of[plan.key(volume)].read_path(os.path.realpath(path)))
             for path, volume in plan.sources
         ]
-        grafts = [
-            CapturedPath(view.origin, view.root)
-            for view in self.views
-            if view.volume in plan.nested
-        ]
+        nested = [view for view in self.views if view.volume in plan.nested]
+        grafts = [CapturedPath(view.origin, view.root) for view in nested]
         pause_record: dict[str, Any] = {}
-        if pause is not None:
+        if instant.pause is not None:
             pause_record = {
-                "window_ms": round(pause.pause_ms, 3),
-                "cap_s": self.pause_cap_s,
-                "writers": pause.report(),
+                "window_ms": pause_ms,
+                "cap_s": self.caps.pause_s,
+                "writers": instant.pause.report(),
             }
+        excludes = sorted(
+            {path for view in self.views for path in BY_NAME[view.provider].scratch_paths(view)}
+        )
         return CaptureOutcome(
             requested=self.requested,
             achieved=achieved,
@@ -203,21 +241,45 @@ class Capture:
             volumes=records,
             warnings=warnings,
             from_snapshot=True,
-            excludes=[
-                os.path.join(v.subvolume or v.mount.mount_point, SNAPSHOT_DIR) for v in plan.volumes
-            ],
+            excludes=excludes,
             grafts=grafts,
             reason=reason,
             pause=pause_record,
         )
 
-    def _reachable(self, plan: layout.Layout) -> tuple[str, str]:
-        """The highest level every volume reaches together, and why not higher."""
+    def _reachable(
+        self, plan: layout.Layout
+    ) -> tuple[str, str, list[tuple[Volume, SnapshotProvider]]]:
+        """The highest level every volume reaches together, why not higher, and the provider
+        of each volume."""
+        targets = []
         for volume in plan.volumes:
-            why = snapshot_unavailable(volume)
-            if why is not None:
-                return "none", f"{volume.path}: {why}"
-        return "filesystem", "application quiescers are not available yet"
+            provider, why = provider_for(volume)
+            if provider is None:
+                return "none", f"{volume.path}: {why}", []
+            targets.append((volume, provider))
+        protected = self._protected_mounts()
+        for volume, provider in targets:
+            if provider.needs_freeze and volume.mount.mount_point in protected:
+                return (
+                    "crash",
+                    f"{volume.mount.mount_point} holds the repository or freezeframe's cache, "
+                    "and freezeframe never freezes it",
+                    targets,
+                )
+        return "filesystem", "application quiescers are not available yet", targets
+
+    def _protected_mounts(self) -> set[str]:
+        mounts = {"/"}
+        for path in self.never_freeze:
+            existing = path
+            while not os.path.exists(existing) and existing not in ("/", ""):
+                existing = os.path.dirname(existing)
+            try:
+                mounts.add(resolve_volume(existing or "/").mount.mount_point)
+            except FreezeframeError:
+                continue
+        return mounts
 
     def _decide(self, reachable: str, reason: str) -> tuple[str, list[str]]:
         if self.requested == "auto" or RANK[self.requested] <= RANK[reachable]:

@@ -6,9 +6,9 @@ import argparse
 import os
 
 from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
-from freezeframe.backup.files_cache import FilesCache
+from freezeframe.backup.files_cache import FilesCache, default_cache_dir
 from freezeframe.backup.progress import BackupProgress
-from freezeframe.capture.session import DEFAULT_PAUSE_CAP_S, Capture
+from freezeframe.capture.session import DEFAULT_FREEZE_CAP_S, DEFAULT_PAUSE_CAP_S, Caps, Capture
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
 from freezeframe.errors import EXIT_PARTIAL, UsageError
@@ -50,9 +50,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_PAUSE_CAP_S,
         metavar="SECONDS",
-        help="longest time writers may stay paused while several volumes are snapshotted "
+        help="longest time writers may stay paused for the snapshots "
         f"(default {DEFAULT_PAUSE_CAP_S:g}); past it they are resumed and the run fails or "
         "degrades",
+    )
+    parser.add_argument(
+        "--freeze-cap",
+        type=float,
+        default=DEFAULT_FREEZE_CAP_S,
+        metavar="SECONDS",
+        help="longest time a file system may stay frozen for its snapshot "
+        f"(default {DEFAULT_FREEZE_CAP_S:g}); past it it is thawed and the run fails or degrades",
     )
 
 
@@ -67,7 +75,8 @@ def run(ctx: CommandContext) -> int:
             ctx.args.consistency,
             ctx.args.fallback,
             one_file_system=ctx.args.one_file_system,
-            pause_cap_s=ctx.args.pause_cap,
+            caps=Caps(pause_s=ctx.args.pause_cap, freeze_s=ctx.args.freeze_cap),
+            never_freeze=(os.path.abspath(ctx.location), str(default_cache_dir())),
         )
         with lock, capture as captured:
             for warning in captured.warnings:

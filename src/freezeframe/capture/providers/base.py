@@ -25,6 +25,7 @@ class ReadOnlyView:
     root: str
     created_ns: int
     create_ms: float
+    handle: str = ""  # provider-specific, e.g. the cloned image behind the mount at ``root``
 
     def read_path(self, original: str) -> str:
         """Where ``original`` (a path under ``origin``) is found in the view."""
@@ -34,15 +35,25 @@ class ReadOnlyView:
 
 class SnapshotProvider(Protocol):
     name: str
+    # Whether `filesystem` needs FIFREEZE around ``take`` (never for btrfs: a snapshot of a
+    # frozen btrfs waits for the thaw).
+    needs_freeze: bool
 
     def unsupported_reason(self, volume: Volume) -> str | None:
         """None when this provider can snapshot ``volume``, else why not (for `doctor`)."""
 
-    def create(self, volume: Volume, run_id: str) -> ReadOnlyView:
-        """Take the snapshot; its name carries ``run_id`` so a crashed run's is recognisable."""
+    def take(self, volume: Volume, run_id: str) -> ReadOnlyView:
+        """Take the snapshot, atomically and fast: writers may be paused and the file system
+        frozen meanwhile. Its name carries ``run_id`` so a crashed run's is recognisable."""
+
+    def expose(self, view: ReadOnlyView) -> None:
+        """Make ``view.root`` readable (mount it...), after writers are resumed and thawed."""
 
     def remove(self, view: ReadOnlyView) -> None:
         """Delete the snapshot; removing one already gone is not an error."""
+
+    def scratch_paths(self, view: ReadOnlyView) -> list[str]:
+        """Where this provider keeps its snapshots: never backed up themselves."""
 
     def find_leftovers(self, volume: Volume) -> list[str]:
         """Snapshots on ``volume`` whose run is no longer alive."""

@@ -1,0 +1,117 @@
+"""Taking the snapshots of one capture at one instant: the writers of all volumes paused when
+there are several (or when the file systems must be at rest), each file system that needs it
+frozen around its own snapshot, everything handed to the watchdog first, and the snapshots made
+readable only after the writers run again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from freezeframe.capture import fsfreeze
+from freezeframe.capture.providers.base import ReadOnlyView, SnapshotProvider
+from freezeframe.capture.volumes import Volume
+from freezeframe.capture.watchdog import Watchdog
+from freezeframe.capture.writer_pause import WriterPause
+from freezeframe.errors import FreezeframeError
+
+# Tests only: hold the pause, or a freeze, this long, so a test can kill the run inside it.
+HOLD_PAUSE_ENV = "FREEZEFRAME_TEST_HOLD_PAUSE_S"
+HOLD_FREEZE_ENV = "FREEZEFRAME_TEST_HOLD_FREEZE_S"
+
+
+class FreezeFailed(FreezeframeError):
+    code = "freeze_failed"
+
+
+@dataclass
+class Instant:
+    """What it took: the writers' pause (if any) and, per frozen mount point, the freeze in ms."""
+
+    pause: WriterPause | None = None
+    freeze_ms: dict[str, float] = field(default_factory=dict)
+    freezes_in_time: bool = True
+
+    @property
+    def pause_in_time(self) -> bool:
+        return self.pause is None or self.pause.in_time
+
+
+def take_all(
+    targets: list[tuple[Volume, SnapshotProvider]],
+    run_id: str,
+    views: list[ReadOnlyView],
+    *,
+    at_rest: bool,
+    pause_cap_s: float,
+    freeze_cap_s: float,
+) -> Instant:
+    """Snapshot every volume; each view is appended to ``views`` as soon as it exists, so the
+    caller removes it whatever happens next. ``at_rest`` asks for the `filesystem` level."""
+    freezing = at_rest and any(provider.needs_freeze for _v, provider in targets)
+    pausing = len(targets) > 1 or (
+        at_rest and any(not provider.needs_freeze for _v, provider in targets)
+    )
+    instant = Instant()
+    for volume, _provider in targets:
+        fsfreeze.write_back(_root(volume))
+    with ExitStack() as stack:
+        watchdog = stack.enter_context(Watchdog()) if pausing or freezing else None
+        if pausing:
+            assert watchdog is not None
+            devices = {os.lstat(_root(volume)).st_dev for volume, _p in targets}
+            instant.pause = stack.enter_context(WriterPause(devices, watchdog, pause_cap_s))
+        for volume, provider in targets:
+            if at_rest and provider.needs_freeze:
+                assert watchdog is not None
+                view = _frozen_take(
+                    volume, provider, run_id, watchdog=watchdog, cap_s=freeze_cap_s, instant=instant
+                )
+                views.append(view)
+            else:
+                views.append(provider.take(volume, run_id))
+        _hold(HOLD_PAUSE_ENV if pausing else "")
+    providers = {provider.name: provider for _v, provider in targets}
+    for view in views:
+        providers[view.provider].expose(view)
+    return instant
+
+
+def _frozen_take(
+    volume: Volume,
+    provider: SnapshotProvider,
+    run_id: str,
+    *,
+    watchdog: Watchdog,
+    cap_s: float,
+    instant: Instant,
+) -> ReadOnlyView:
+    mount_point = volume.mount.mount_point
+    token = watchdog.arm_freeze(mount_point, cap_s)
+    started = time.monotonic()
+    try:
+        fsfreeze.freeze(mount_point)
+    except FreezeframeError as exc:
+        watchdog.disarm(token)
+        raise FreezeFailed(str(exc)) from exc
+    try:
+        view = provider.take(volume, run_id)
+        _hold(HOLD_FREEZE_ENV)
+    finally:
+        fsfreeze.thaw(mount_point)
+        instant.freezes_in_time &= watchdog.disarm(token)
+        instant.freeze_ms[mount_point] = (time.monotonic() - started) * 1000
+    return view
+
+
+def _hold(variable: str) -> None:
+    seconds = float(os.environ.get(variable, "0") or 0) if variable else 0.0
+    if seconds:
+        time.sleep(seconds)
+
+
+def _root(volume: Volume) -> str:
+    return volume.subvolume or volume.mount.mount_point
