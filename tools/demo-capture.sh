@@ -13,6 +13,9 @@ if [ "$(id -u)" != 0 ]; then
     echo "== capture demo skipped: it needs root (loop mounts and btrfs snapshots)"
     exit 0
 fi
+for v in logs commits; do  # a previous run that was interrupted
+    if mountpoint -q "$work/$v"; then umount "$work/$v" || umount -l "$work/$v"; fi
+done
 rm -rf "$work"
 mkdir -p "$work"
 export FREEZEFRAME_REPOSITORY=$work/repository
@@ -20,8 +23,9 @@ export FREEZEFRAME_PASSWORD=demo-password-change-me
 export XDG_CACHE_HOME=$work/cache
 writer_pid=
 cleanup() {
-    [ -n "$writer_pid" ] && kill "$writer_pid" 2>/dev/null && wait "$writer_pid" 2>/dev/null
-    for v in logs commits; do umount "$work/$v" 2>/dev/null || true; done
+    set +e
+    if [ -n "$writer_pid" ]; then kill "$writer_pid" 2>/dev/null; wait "$writer_pid" 2>/dev/null; fi
+    for v in logs commits; do umount "$work/$v" 2>/dev/null; done
     rm -f "$work"/*.img
 }
 trap cleanup EXIT
@@ -74,13 +78,14 @@ for level in crash filesystem none; do
     broken=0
     for i in $(seq "$trials"); do
         json=$($ff --json backup "$work/logs" "$work/commits" --consistency "$level")
-        id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["snapshot_id"][:12])' <<<"$json")
-        python3 -c '
+        id=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["snapshot_id"][:12])' "$json")
+        python3 - "$json" <<'PY'
 import json, sys
-c = json.load(sys.stdin)["consistency"]
+c = json.loads(sys.argv[1])["consistency"]
 pause = c.get("pause") or {}
-extra = f", writer paused {pause[\"window_ms\"]:.1f} ms" if pause else ""
-print(f"   snapshot achieved {c[\"achieved\"]}{extra}")' <<<"$json"
+extra = f", writer paused {pause['window_ms']:.1f} ms" if pause else ""
+print(f"   snapshot achieved {c['achieved']}{extra}")
+PY
         check "$id" || broken=$((broken + 1))
     done
     echo "   $level: $broken of $trials restores broke the invariant"
