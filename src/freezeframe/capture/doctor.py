@@ -57,8 +57,9 @@ def examine(path: str | os.PathLike[str]) -> PathReport:
         reason = snapshot_reason or "no snapshot provider"
         report.unreachable["filesystem"] = reason
         report.unreachable["crash"] = reason
-    report.unreachable["application"] = (
-        "application quiescers are not available yet in this version"
+    report.unreachable["application"] = (  # reachable only with --quiesce, which doctor lacks
+        "needs a quiescer: backup --quiesce sqlite:DATABASE or script:EXECUTABLE (discovery of "
+        "running databases is not in this version)"
     )
     report.reachable.append("none")
     return report

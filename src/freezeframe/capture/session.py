@@ -13,23 +13,32 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from freezeframe.capture import layout
+from freezeframe.capture.application import ApplicationHold
 from freezeframe.capture.doctor import LEVELS
 from freezeframe.capture.instant import FreezeFailed, Instant, take_all
 from freezeframe.capture.providers.base import ReadOnlyView, SnapshotProvider, new_run_id
 from freezeframe.capture.providers.registry import BY_NAME, provider_for
 from freezeframe.capture.volumes import Volume, resolve_volume
+from freezeframe.capture.watchdog import Watchdog
 from freezeframe.capture.writer_pause import WriterPauseFailed
 from freezeframe.errors import FreezeframeError, UsageError
+from freezeframe.quiesce.base import QuiesceError, Quiescer
 
 RANK = {level: rank for rank, level in enumerate(reversed(LEVELS))}  # none 0 ... application 3
 DEFAULT_PAUSE_CAP_S = 10.0  # writers paused for the snapshots (VSS holds its flush for 10 s)
 DEFAULT_FREEZE_CAP_S = 10.0  # one file system frozen for its snapshot (the same 10 s)
+DEFAULT_APPLICATION_CAP_S = 60.0  # applications held, first freeze to last thaw (as VSS)
+DEFAULT_QUIESCER_TIMEOUT_S = 30.0  # each quiescer's own prepare, freeze and thaw
 MAX_CAP_S = 3600.0
+# Tests only: hold the applications this long before the snapshots, to kill the run inside.
+HOLD_APPLICATION_ENV = "FREEZEFRAME_TEST_HOLD_APPLICATION_S"
 
 
 class ConsistencyUnreachable(FreezeframeError):
@@ -56,15 +65,24 @@ class CaptureOutcome:
     grafts: list[CapturedPath] = field(default_factory=list)
     reason: str = ""
     pause: dict[str, Any] = field(default_factory=dict)
+    # Applications held across the snapshots: window_ms, cap_s, and per quiescer its record.
+    quiesce: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Caps:
     pause_s: float = DEFAULT_PAUSE_CAP_S
     freeze_s: float = DEFAULT_FREEZE_CAP_S
+    application_s: float = DEFAULT_APPLICATION_CAP_S
+    quiescer_s: float = DEFAULT_QUIESCER_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        for name, value in (("pause", self.pause_s), ("freeze", self.freeze_s)):
+        for name, value in (
+            ("pause", self.pause_s),
+            ("freeze", self.freeze_s),
+            ("application", self.application_s),
+            ("quiescer timeout", self.quiescer_s),
+        ):
             if not 0 < value <= MAX_CAP_S:
                 raise UsageError(f"the {name} cap must be more than 0 and at most 3600 seconds")
 
@@ -83,6 +101,7 @@ class Capture:
         one_file_system: bool = False,
         caps: Caps | None = None,
         never_freeze: tuple[str, ...] = (),
+        quiescers: list[Quiescer] | None = None,
     ) -> None:
         if requested != "auto" and requested not in RANK:
             raise UsageError(f"unknown consistency level {requested!r}")
@@ -94,6 +113,8 @@ class Capture:
         self.one_file_system = one_file_system
         self.caps = caps or Caps()
         self.never_freeze = never_freeze
+        self.quiescers = quiescers or []
+        self.hold_report: dict[str, Any] = {}
         self.views: list[ReadOnlyView] = []
 
     def __enter__(self) -> CaptureOutcome:
@@ -106,21 +127,53 @@ class Capture:
         for volume, provider in targets:
             for leftover in provider.find_leftovers(volume):
                 provider.remove_leftover(leftover)
+        if achieved != "application":
+            return self._snapshots(plan, targets, achieved, warnings, reason)
         try:
-            instant = take_all(
-                targets,
-                new_run_id(),
-                self.views,
-                at_rest=achieved != "crash",
-                pause_cap_s=self.caps.pause_s,
-                freeze_cap_s=self.caps.freeze_s,
+            return self._snapshots(plan, targets, achieved, warnings, reason, hold=True)
+        except QuiesceError as exc:
+            if self.fallback == "fail":
+                raise ConsistencyUnreachable(
+                    f"{exc} (use --fallback degrade to accept less)"
+                ) from exc
+            self.hold_report = {}
+            return self._snapshots(
+                plan, targets, "filesystem", [*warnings, f"{exc}; degraded to filesystem"], str(exc)
             )
+
+    def _snapshots(
+        self,
+        plan: layout.Layout,
+        targets: list[tuple[Volume, SnapshotProvider]],
+        achieved: str,
+        warnings: list[str],
+        reason: str,
+        *,
+        hold: bool = False,
+    ) -> CaptureOutcome:
+        """Take the snapshots at ``achieved`` (applications held across them when ``hold``),
+        then judge whether every window held."""
+        run_id = new_run_id()
+        try:
+            with ExitStack() as stack:
+                if hold:
+                    application = stack.enter_context(self._application_hold(targets, run_id))
+                instant = take_all(
+                    targets,
+                    run_id,
+                    self.views,
+                    at_rest=achieved != "crash",
+                    pause_cap_s=self.caps.pause_s,
+                    freeze_cap_s=self.caps.freeze_s,
+                )
         except (WriterPauseFailed, FreezeFailed) as exc:
             self._remove_views()
             return self._degrade(plan, targets, warnings, str(exc), Instant())
         except BaseException:
             self._remove_views()
             raise
+        if hold:
+            self.hold_report = application.report()
         if not instant.pause_in_time:
             return self._degrade(
                 plan,
@@ -139,7 +192,41 @@ class Capture:
                 "the file system during its snapshot",
                 instant,
             )
+        if hold and not application.in_time:
+            message = (
+                f"the applications' hold passed its {self.caps.application_s:g} s cap and they "
+                "were released before the snapshots were done"
+            )
+            if self.fallback == "fail":
+                self._remove_views()
+                raise ConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
+            warnings.append(message + "; degraded to filesystem")
+            return self._outcome(plan, "filesystem", warnings, message, instant)
         return self._outcome(plan, achieved, warnings, reason, instant)
+
+    @contextmanager
+    def _application_hold(
+        self, targets: list[tuple[Volume, SnapshotProvider]], run_id: str
+    ) -> Iterator[ApplicationHold]:
+        environment = {
+            "FREEZEFRAME_RUN_ID": run_id,
+            "FREEZEFRAME_LEVEL": "application",
+            "FREEZEFRAME_VOLUMES": ":".join(v.mount.mount_point for v, _p in targets),
+        }
+        with (
+            Watchdog() as watchdog,
+            ApplicationHold(
+                self.quiescers,
+                watchdog,
+                cap_s=self.caps.application_s,
+                timeout_s=self.caps.quiescer_s,
+                environment=environment,
+            ) as application,
+        ):
+            hold_s = float(os.environ.get(HOLD_APPLICATION_ENV, "0") or 0)
+            if hold_s:
+                time.sleep(hold_s)
+            yield application
 
     def __exit__(
         self,
@@ -245,6 +332,7 @@ class Capture:
             grafts=grafts,
             reason=reason,
             pause=pause_record,
+            quiesce=self.hold_report,
         )
 
     def _reachable(
@@ -267,7 +355,9 @@ class Capture:
                     "and freezeframe never freezes it",
                     targets,
                 )
-        return "filesystem", "application quiescers are not available yet", targets
+        if not self.quiescers:
+            return "filesystem", "no application quiescer given (--quiesce KIND:TARGET)", targets
+        return "application", "", targets
 
     def _protected_mounts(self) -> set[str]:
         mounts = {"/"}

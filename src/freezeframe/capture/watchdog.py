@@ -22,6 +22,8 @@ from freezeframe.capture import fsfreeze, pause, processes
 from freezeframe.capture.processes import Process
 from freezeframe.errors import FreezeframeError
 
+COMMAND_TIMEOUT_S = 60.0  # an undo command (a thaw script) gets this long
+
 
 class Watchdog:
     """Parent side. Use as a context manager; leaving it releases everything still armed."""
@@ -55,6 +57,11 @@ class Watchdog:
         """Make the watchdog responsible for a SIGCONT to ``process`` (never to a later
         process that reuses its pid); returns a token."""
         return self._arm("sigstop", process.key, deadline_s)
+
+    def arm_command(self, argv: list[str], env: dict[str, str], deadline_s: float) -> int:
+        """Make the watchdog responsible for running ``argv`` (with ``env`` added to its own
+        environment) at the deadline or if this process dies first; returns a token."""
+        return self._arm("command", json.dumps({"argv": argv, "env": env}), deadline_s)
 
     def _arm(self, kind: str, target: str, deadline_s: float) -> int:
         self._next += 1
@@ -107,11 +114,22 @@ def _undo(kind: str, target: str) -> None:
             fsfreeze.thaw(target)
         elif kind == "pause":
             pause.resume(target)
+        elif kind == "command":
+            command = json.loads(target)
+            subprocess.run(
+                command["argv"],
+                env={**os.environ, **command["env"]},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=COMMAND_TIMEOUT_S,
+                check=False,
+            )
         elif kind == "sigstop":
             pid, start_time = (int(part) for part in target.split(":"))
             if processes.same_process(pid, start_time):
                 processes.cont(pid)
-    except (FreezeframeError, OSError) as exc:
+    except (FreezeframeError, OSError, subprocess.TimeoutExpired) as exc:
         print(
             json.dumps({"event": "undo_failed", "target": target, "error": str(exc)}),
             file=sys.stderr,
@@ -141,8 +159,8 @@ def serve(commands: IO[str], replies: IO[str]) -> None:
         if not ready:
             continue
         chunk = os.read(fd, 65536).decode()
-        if not chunk:  # the parent is gone: undo everything now
-            for kind, target, deadline in armed.values():
+        if not chunk:  # the parent is gone: undo everything now, the latest armed first
+            for kind, target, deadline in reversed(list(armed.values())):
                 if deadline > 0:
                     _undo(kind, target)
             return

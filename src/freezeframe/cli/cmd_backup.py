@@ -8,10 +8,18 @@ import os
 from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
 from freezeframe.backup.files_cache import FilesCache, default_cache_dir
 from freezeframe.backup.progress import BackupProgress
-from freezeframe.capture.session import DEFAULT_FREEZE_CAP_S, DEFAULT_PAUSE_CAP_S, Caps, Capture
+from freezeframe.capture.session import (
+    DEFAULT_APPLICATION_CAP_S,
+    DEFAULT_FREEZE_CAP_S,
+    DEFAULT_PAUSE_CAP_S,
+    DEFAULT_QUIESCER_TIMEOUT_S,
+    Caps,
+    Capture,
+)
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
 from freezeframe.errors import EXIT_PARTIAL, UsageError
+from freezeframe.quiesce.spec import parse as parse_quiescer
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.snapshot import ConsistencyReport
 
@@ -63,6 +71,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_FREEZE_CAP_S:g}); past it it is thawed and the run fails or degrades",
     )
 
+    parser.add_argument(
+        "--quiesce",
+        action="append",
+        default=[],
+        metavar="KIND:TARGET",
+        help="hold an application across the snapshots (repeatable; in order): "
+        "sqlite:DATABASE or script:EXECUTABLE",
+    )
+    parser.add_argument(
+        "--quiesce-cap",
+        type=float,
+        default=DEFAULT_APPLICATION_CAP_S,
+        metavar="SECONDS",
+        help="longest time applications stay held, first freeze to last thaw "
+        f"(default {DEFAULT_APPLICATION_CAP_S:g}, as VSS)",
+    )
+    parser.add_argument(
+        "--quiesce-timeout",
+        type=float,
+        default=DEFAULT_QUIESCER_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"longest time each quiescer step may take (default {DEFAULT_QUIESCER_TIMEOUT_S:g})",
+    )
+
 
 def run(ctx: CommandContext) -> int:
     paths = [_source(p) for p in ctx.args.paths]
@@ -75,8 +107,14 @@ def run(ctx: CommandContext) -> int:
             ctx.args.consistency,
             ctx.args.fallback,
             one_file_system=ctx.args.one_file_system,
-            caps=Caps(pause_s=ctx.args.pause_cap, freeze_s=ctx.args.freeze_cap),
+            caps=Caps(
+                pause_s=ctx.args.pause_cap,
+                freeze_s=ctx.args.freeze_cap,
+                application_s=ctx.args.quiesce_cap,
+                quiescer_s=ctx.args.quiesce_timeout,
+            ),
             never_freeze=(os.path.abspath(ctx.location), str(default_cache_dir())),
+            quiescers=[parse_quiescer(spec) for spec in ctx.args.quiesce],
         )
         with lock, capture as captured:
             for warning in captured.warnings:
@@ -96,6 +134,7 @@ def run(ctx: CommandContext) -> int:
                     volumes=captured.volumes,
                     reason=captured.reason,
                     pause=captured.pause,
+                    quiesce=captured.quiesce,
                 ),
                 cache_checks_device=not captured.from_snapshot,
                 grafts={os.fsencode(g.original): os.fsencode(g.read_path) for g in captured.grafts},
@@ -180,6 +219,10 @@ def _consistency_line(report: ConsistencyReport) -> str:
             line += f", {writers} writer{'s' if writers != 1 else ''} paused for "
             line += f"{report.pause['window_ms']:.1f} ms"
         line += ")"
+    if report.quiesce:
+        held = len(report.quiesce["quiescers"])
+        line += f"; {held} application{'s' if held != 1 else ''} held for "
+        line += f"{report.quiesce['window_ms']:.1f} ms"
     if report.reason:
         line += f"; not higher: {report.reason}"
     return line

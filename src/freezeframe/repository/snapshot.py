@@ -30,6 +30,9 @@ class ConsistencyReport:
     reason: str = ""
     # Writers paused so that several volumes show one instant: window_ms, cap_s, writers.
     pause: dict[str, Any] = field(default_factory=dict)
+    # Applications held across the snapshots: window_ms, cap_s, quiescers (kind, target,
+    # positions, freeze/thaw/pause ms, result).
+    quiesce: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""Scripts: an executable run with the argument ``freeze`` before the snapshots and ``thaw``
+after them. The contract (docs/consistency.md): environment FREEZEFRAME_PHASE (freeze or thaw),
+FREEZEFRAME_RUN_ID, FREEZEFRAME_LEVEL and FREEZEFRAME_VOLUMES (mount points, colon separated);
+a timeout per run; a non-zero exit or a timeout at freeze aborts the capture and thaws whatever
+was frozen; the thaw side always runs, and if freezeframe dies while frozen the watchdog runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import Any
+
+from freezeframe.quiesce.base import QuiesceError
+
+OUTPUT_TAIL = 2000
+
+
+class ScriptQuiescer:
+    kind = "script"
+
+    def __init__(self, target: str, environment: dict[str, str] | None = None) -> None:
+        self.target = os.path.abspath(target)
+        self.environment = dict(environment or {})
+
+    def prepare(self, timeout_s: float) -> None:
+        if not os.path.isfile(self.target) or not os.access(self.target, os.X_OK):
+            raise QuiesceError(f"script: {self.target} is not an executable file")
+
+    def freeze(self, timeout_s: float) -> dict[str, Any]:
+        return self._run("freeze", timeout_s)
+
+    def thaw(self, timeout_s: float) -> None:
+        self._run("thaw", timeout_s)
+
+    def undo_on_crash(self) -> list[str] | None:
+        return [self.target, "thaw"]
+
+    def env(self, phase: str) -> dict[str, str]:
+        return {**os.environ, **self.environment, "FREEZEFRAME_PHASE": phase}
+
+    def _run(self, phase: str, timeout_s: float) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                [self.target, phase],
+                env=self.env(phase),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise QuiesceError(
+                f"script {self.target} {phase} did not finish within {timeout_s:g} s"
+            ) from exc
+        except OSError as exc:
+            raise QuiesceError(f"script {self.target} {phase}: {exc.strerror}") from exc
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip()[-OUTPUT_TAIL:]
+            raise QuiesceError(
+                f"script {self.target} {phase} exited {done.returncode}"
+                + (f": {tail.splitlines()[-1]}" if tail else "")
+            )
+        return {"exit": 0, "ms": round((time.monotonic() - started) * 1000, 3)}
