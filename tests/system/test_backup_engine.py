@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,47 @@ def test_an_unchanged_sparse_file_keeps_its_holes_in_the_next_snapshot(
     restored = tmp_path / "out" / str(sparse).lstrip("/")
     assert restored.read_bytes() == sparse.read_bytes()
     assert os.stat(restored).st_blocks * 512 < 1024 * 1024
+
+
+def test_a_file_gone_between_listing_and_stat_is_a_change_not_an_error(
+    repo: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file renamed away right after the directory was listed (an atomic replace) is listed
+    as changed during the read; the backup exits 0, not 3."""
+    src = tmp_path / "src"
+    _write(src / "kept", b"kept")
+    _write(src / "vanishing", b"gone before its stat")
+    real_scandir = os.scandir
+
+    class Vanished:
+        def __init__(self, entry: os.DirEntry[bytes]) -> None:
+            self._entry = entry
+            self.name, self.path = entry.name, entry.path
+
+        def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+            raise FileNotFoundError(2, "No such file or directory", self.path)
+
+        def __getattr__(self, attribute: str) -> object:
+            return getattr(self._entry, attribute)
+
+    class Listing:
+        def __init__(self, path: object) -> None:
+            self._scan = real_scandir(path)  # type: ignore[call-overload]
+
+        def __iter__(self) -> Iterator[object]:
+            for entry in self._scan:
+                yield Vanished(entry) if entry.name == b"vanishing" else entry
+
+        def __enter__(self) -> Listing:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._scan.close()
+
+        def close(self) -> None:
+            self._scan.close()
+
+    monkeypatch.setattr("freezeframe.backup.archiver.os.scandir", Listing)
+    result = cli("backup", src)
+    assert result["consistency"]["changed_during_read"] == [str(src / "vanishing")]
+    assert result["errors"] == []

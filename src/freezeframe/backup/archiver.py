@@ -311,6 +311,10 @@ class Archiver:
             child_record = record + b"/" + entry.name
             try:
                 st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                # Gone between the listing and its stat: a change during the read.
+                self.changed_during_read.append(os.fsdecode(child_record))
+                continue
             except OSError as exc:
                 self._error(child_record, exc)
                 continue

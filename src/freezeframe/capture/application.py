@@ -101,7 +101,9 @@ class ApplicationHold:
         record: dict[str, Any] = {"kind": quiescer.kind, "target": quiescer.target}
         started = time.monotonic()
         try:
-            record["positions"] = quiescer.freeze(min(self.timeout_s, max(left, 0.001)))
+            record["positions"] = quiescer.freeze(
+                min(self.timeout_s, max(left, 0.001)), max(left, 0.001)
+            )
         except BaseException:
             record["result"] = "freeze failed"
             self.records.append(record)

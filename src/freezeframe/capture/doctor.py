@@ -58,8 +58,8 @@ def examine(path: str | os.PathLike[str]) -> PathReport:
         report.unreachable["filesystem"] = reason
         report.unreachable["crash"] = reason
     report.unreachable["application"] = (  # reachable only with --quiesce, which doctor lacks
-        "needs a quiescer: backup --quiesce sqlite:DATABASE or script:EXECUTABLE (discovery of "
-        "running databases is not in this version)"
+        "needs a quiescer: backup --quiesce sqlite:DATABASE, redis:URL or script:EXECUTABLE "
+        "(discovery of running databases is not in this version)"
     )
     report.reachable.append("none")
     return report

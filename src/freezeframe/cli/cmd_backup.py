@@ -77,7 +77,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KIND:TARGET",
         help="hold an application across the snapshots (repeatable; in order): "
-        "sqlite:DATABASE or script:EXECUTABLE",
+        "sqlite:DATABASE, redis:URL or script:EXECUTABLE",
     )
     parser.add_argument(
         "--quiesce-cap",

@@ -24,9 +24,9 @@ class Quiescer(Protocol):
     def prepare(self, timeout_s: float) -> None:
         """Connect and check (versions, permissions) before anything is frozen."""
 
-    def freeze(self, timeout_s: float) -> dict[str, Any]:
-        """Bring the application to a consistent point and hold it; returns what to record
-        (positions, labels)."""
+    def freeze(self, timeout_s: float, hold_s: float) -> dict[str, Any]:
+        """Bring the application to a consistent point within ``timeout_s`` and hold it, for
+        ``hold_s`` at most (what is left of the cap); returns what to record (positions...)."""
 
     def thaw(self, timeout_s: float) -> None:
         """Release it. Called even when ``freeze`` failed half way; must not raise for an

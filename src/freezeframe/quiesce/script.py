@@ -28,7 +28,7 @@ class ScriptQuiescer:
         if not os.path.isfile(self.target) or not os.access(self.target, os.X_OK):
             raise QuiesceError(f"script: {self.target} is not an executable file")
 
-    def freeze(self, timeout_s: float) -> dict[str, Any]:
+    def freeze(self, timeout_s: float, hold_s: float) -> dict[str, Any]:
         return self._run("freeze", timeout_s)
 
     def thaw(self, timeout_s: float) -> None:

@@ -6,14 +6,16 @@ from collections.abc import Callable
 
 from freezeframe.errors import UsageError
 from freezeframe.quiesce.base import Quiescer
+from freezeframe.quiesce.redis import RedisQuiescer
 from freezeframe.quiesce.script import ScriptQuiescer
 from freezeframe.quiesce.sqlite import SqliteQuiescer
 
 AVAILABLE: dict[str, Callable[[str], Quiescer]] = {
     "sqlite": SqliteQuiescer,
     "script": ScriptQuiescer,
+    "redis": RedisQuiescer,
 }
-PLANNED = ("postgresql", "mysql", "redis", "unit", "cgroup", "pid")
+PLANNED = ("postgresql", "mysql", "unit", "cgroup", "pid")
 
 
 def parse(spec: str) -> Quiescer:

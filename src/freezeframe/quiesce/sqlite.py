@@ -36,7 +36,7 @@ class SqliteQuiescer:
         except sqlite3.Error as exc:
             raise QuiesceError(f"sqlite: cannot open {self.target}: {exc}") from exc
 
-    def freeze(self, timeout_s: float) -> dict[str, Any]:
+    def freeze(self, timeout_s: float, hold_s: float) -> dict[str, Any]:
         if self._db is None:
             raise QuiesceError("sqlite: prepare was not called")
         record: dict[str, Any] = {}
