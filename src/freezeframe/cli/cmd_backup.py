@@ -8,6 +8,7 @@ import os
 from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
 from freezeframe.backup.files_cache import FilesCache, default_cache_dir
 from freezeframe.backup.progress import BackupProgress
+from freezeframe.capture.service_pause import parse as parse_quiescer
 from freezeframe.capture.session import (
     DEFAULT_APPLICATION_CAP_S,
     DEFAULT_FREEZE_CAP_S,
@@ -19,7 +20,6 @@ from freezeframe.capture.session import (
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
 from freezeframe.errors import EXIT_PARTIAL, UsageError
-from freezeframe.quiesce.spec import parse as parse_quiescer
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.snapshot import ConsistencyReport
 
@@ -77,7 +77,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KIND:TARGET",
         help="hold an application across the snapshots (repeatable; in order): "
-        "sqlite:DATABASE, redis:URL or script:EXECUTABLE",
+        "sqlite:DATABASE, redis:URL, script:EXECUTABLE, cgroup:PATH, unit:NAME or pid:N",
     )
     parser.add_argument(
         "--quiesce-cap",

@@ -15,7 +15,8 @@ AVAILABLE: dict[str, Callable[[str], Quiescer]] = {
     "script": ScriptQuiescer,
     "redis": RedisQuiescer,
 }
-PLANNED = ("postgresql", "mysql", "unit", "cgroup", "pid")
+PLANNED = ("postgresql", "mysql")
+SERVICE = ("unit", "cgroup", "pid")  # service pauses: freezeframe.capture.service_pause
 
 
 def parse(spec: str) -> Quiescer:
@@ -28,5 +29,5 @@ def parse(spec: str) -> Quiescer:
         return AVAILABLE[kind](target)
     if kind in PLANNED:
         raise UsageError(f"--quiesce {kind}: is not available yet in this version")
-    known = ", ".join([*AVAILABLE, *PLANNED])
+    known = ", ".join([*AVAILABLE, *SERVICE, *PLANNED])
     raise UsageError(f"--quiesce {spec!r}: unknown kind {kind!r} (one of {known})")
