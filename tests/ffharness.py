@@ -139,12 +139,22 @@ def spawn_freezeframe(
     tests."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.Popen(
-        subprocess_argv(*args, repo=repo, json=json),
+        [*WITH_DEFAULT_SIGINT, *subprocess_argv(*args, repo=repo, json=json)],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# A suite started in a background job inherits SIGINT ignored (shells do that for `&`), and an
+# ignored signal stays ignored across exec: the signal tests need Ctrl-C to reach freezeframe.
+WITH_DEFAULT_SIGINT = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
 
 
 def parse_json(text: str, what: str = "output") -> Any:
