@@ -18,7 +18,6 @@ from typing import Any
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import FreezeframeError
 from freezeframe.quiesce.base import QuiesceError, Quiescer
-from freezeframe.quiesce.script import ScriptQuiescer
 
 BACKSTOP_GRACE_S = 1.0
 
@@ -49,9 +48,7 @@ class ApplicationHold:
 
     def __enter__(self) -> ApplicationHold:
         for quiescer in self.quiescers:
-            if isinstance(quiescer, ScriptQuiescer):
-                quiescer.environment.update(self.environment)
-            quiescer.prepare(self.timeout_s)
+            quiescer.prepare(self.timeout_s, self.environment)
         self._started = time.monotonic()
         self._timer = threading.Timer(self.cap_s, self._overrun)
         self._timer.daemon = True

@@ -14,7 +14,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from freezeframe.capture.volumes import MOUNTINFO, parse_mountinfo
+from freezeframe.capture.volumes import MOUNTINFO, Mount, parse_mountinfo
 
 PROC = Path("/proc")
 O_ACCMODE = 0o3
@@ -70,7 +70,7 @@ def writers_of(devices: set[int], exclude: set[int]) -> list[Process]:
     return sorted(found, key=lambda p: p.pid)
 
 
-def freezer_cgroup_of(pid: int) -> str | None:
+def freezer_cgroup_of(pid: int, mounts: list[Mount] | None = None) -> str | None:
     """The directory of the cgroup whose freezer would pause ``pid``: its cgroup v2 group when
     that can freeze (not the root), else its v1 freezer group; None when neither fits."""
     try:
@@ -82,7 +82,8 @@ def freezer_cgroup_of(pid: int) -> str | None:
         (line.split(":", 2)[2] for line in lines if "freezer" in line.split(":", 2)[1].split(",")),
         None,
     )
-    mounts = parse_mountinfo(MOUNTINFO.read_text())
+    if mounts is None:
+        mounts = parse_mountinfo(MOUNTINFO.read_text())
     candidates = (("cgroup2", v2, "cgroup.freeze"), ("cgroup", v1, "freezer.state"))
     for fs_type, relative, marker in candidates:
         if relative is None or relative == "/":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 from freezeframe.capture import pause, processes
@@ -26,7 +27,7 @@ class CgroupPause:
         self.target = target
         self.path = ""
 
-    def prepare(self, timeout_s: float) -> None:
+    def prepare(self, timeout_s: float, context: Mapping[str, str]) -> None:
         self.path = _cgroup_path(self.kind, self.target)
         members = pause.members_of(self.path)
         protected = {1, os.getpid(), *processes.ancestors(os.getpid())}
@@ -60,7 +61,7 @@ class ProcessPause:
         self.process: Process | None = None
         self._stopped = False
 
-    def prepare(self, timeout_s: float) -> None:
+    def prepare(self, timeout_s: float, context: Mapping[str, str]) -> None:
         if not self.target.isdigit():
             raise QuiesceError(f"pid:{self.target} is not a process id")
         pid = int(self.target)

@@ -20,6 +20,7 @@ from typing import Any
 
 from freezeframe.capture import pause, processes
 from freezeframe.capture.processes import Process
+from freezeframe.capture.volumes import MOUNTINFO, parse_mountinfo
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import FreezeframeError
 
@@ -58,6 +59,8 @@ class WriterPause:
         self._cgroups: list[tuple[str, int]] = []
         self._stopped: list[tuple[Process, int]] = []
         self._seen: set[int] = set()
+        # Read once, not once per writer inside the window: where the cgroup hierarchies are.
+        self._mounts = parse_mountinfo(MOUNTINFO.read_text())
         self._started = 0.0
 
     def __enter__(self) -> WriterPause:
@@ -96,7 +99,7 @@ class WriterPause:
         self._seen.add(process.pid)
         if not self._started:
             self._started = time.monotonic()  # the window opens with the first pause
-        cgroup = processes.freezer_cgroup_of(process.pid)
+        cgroup = processes.freezer_cgroup_of(process.pid, self._mounts)
         if cgroup is not None and any(path == cgroup for path, _t in self._cgroups):
             self.writers.append(PausedWriter(process.pid, process.comm, "cgroup", cgroup))
             return

@@ -8,6 +8,7 @@ dies while it is frozen.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from freezeframe.errors import FreezeframeError
@@ -21,8 +22,9 @@ class Quiescer(Protocol):
     kind: str
     target: str
 
-    def prepare(self, timeout_s: float) -> None:
-        """Connect and check (versions, permissions) before anything is frozen."""
+    def prepare(self, timeout_s: float, context: Mapping[str, str]) -> None:
+        """Connect and check (versions, permissions) before anything is frozen. ``context``
+        describes the run (FREEZEFRAME_RUN_ID, _LEVEL, _VOLUMES) for those that pass it on."""
 
     def freeze(self, timeout_s: float, hold_s: float) -> dict[str, Any]:
         """Bring the application to a consistent point within ``timeout_s`` and hold it, for

@@ -9,6 +9,7 @@ dies while it lasts, the watchdog sends CLIENT UNPAUSE at once.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, cast
 
 import redis
@@ -25,7 +26,7 @@ class RedisQuiescer:
         self.target = target
         self._client: redis.Redis | None = None
 
-    def prepare(self, timeout_s: float) -> None:
+    def prepare(self, timeout_s: float, context: Mapping[str, str]) -> None:
         try:
             client = redis.Redis.from_url(
                 self.target, socket_timeout=timeout_s, socket_connect_timeout=timeout_s

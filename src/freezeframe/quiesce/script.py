@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from freezeframe.quiesce.base import QuiesceError
@@ -24,7 +25,8 @@ class ScriptQuiescer:
         self.target = os.path.abspath(target)
         self.environment = dict(environment or {})
 
-    def prepare(self, timeout_s: float) -> None:
+    def prepare(self, timeout_s: float, context: Mapping[str, str]) -> None:
+        self.environment.update(context)
         if not os.path.isfile(self.target) or not os.access(self.target, os.X_OK):
             raise QuiesceError(f"script: {self.target} is not an executable file")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from freezeframe.quiesce.base import QuiesceError
@@ -23,7 +24,7 @@ class SqliteQuiescer:
         self.target = os.path.abspath(target)
         self._db: sqlite3.Connection | None = None
 
-    def prepare(self, timeout_s: float) -> None:
+    def prepare(self, timeout_s: float, context: Mapping[str, str]) -> None:
         if not os.path.isfile(self.target):
             raise QuiesceError(f"sqlite: {self.target} is not a database file")
         try:

@@ -4,11 +4,13 @@ point-in-time view of it that it removes again, plus a way to find views left by
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from freezeframe.capture.volumes import Volume
+from freezeframe.errors import FreezeframeError
 from freezeframe.process import process_exists
 
 LEFTOVER_PREFIX = "ff-"
@@ -74,3 +76,17 @@ def run_is_alive(run_id: str) -> bool:
     except (IndexError, ValueError):
         return False
     return process_exists(pid)
+
+
+def run_tool(*argv: str, what: str = "") -> str:
+    """Run a system tool (btrfs, losetup, mount...); its stdout, or one FreezeframeError naming
+    ``what`` (default: the first two words) and the tool's last line of complaint."""
+    what = what or " ".join(argv[:2])
+    try:
+        done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120)
+    except subprocess.CalledProcessError as exc:
+        message = (exc.stderr or exc.stdout or "").strip().splitlines()
+        raise FreezeframeError(f"{what} failed: {message[-1] if message else exc}") from exc
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FreezeframeError(f"{what} failed: {exc}") from exc
+    return done.stdout

@@ -12,13 +12,13 @@ import fcntl
 import os
 import shutil
 import struct
-import subprocess
 import time
 
 from freezeframe.capture.providers.base import (
     LEFTOVER_PREFIX,
     ReadOnlyView,
     run_is_alive,
+    run_tool,
 )
 from freezeframe.capture.volumes import Volume
 from freezeframe.errors import FreezeframeError
@@ -71,7 +71,7 @@ class BtrfsProvider:
 
     def remove_leftover(self, path: str) -> None:
         if os.path.lexists(path):
-            _btrfs("subvolume", "delete", path)
+            run_tool("btrfs", "subvolume", "delete", path, what="btrfs subvolume delete")
 
     def find_leftovers(self, volume: Volume) -> list[str]:
         if volume.subvolume is None:
@@ -106,15 +106,3 @@ def _snapshot_readonly(subvolume: str, directory: str, name: str) -> None:
         raise FreezeframeError(f"cannot snapshot {subvolume}: {exc.strerror}") from exc
     finally:
         os.close(source)
-
-
-def _btrfs(*args: str) -> None:
-    try:
-        subprocess.run(["btrfs", *args], check=True, capture_output=True, text=True, timeout=120)
-    except subprocess.CalledProcessError as exc:
-        message = (exc.stderr or exc.stdout or "").strip().splitlines()
-        raise FreezeframeError(
-            f"btrfs {' '.join(args[:2])} failed: {message[-1] if message else exc}"
-        ) from exc
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FreezeframeError(f"btrfs {' '.join(args[:2])} failed: {exc}") from exc

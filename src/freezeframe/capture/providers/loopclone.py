@@ -15,11 +15,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 import time
 from pathlib import Path
 
-from freezeframe.capture.providers.base import LEFTOVER_PREFIX, ReadOnlyView, run_is_alive
+from freezeframe.capture.providers.base import (
+    LEFTOVER_PREFIX,
+    ReadOnlyView,
+    run_is_alive,
+    run_tool,
+)
 from freezeframe.capture.volumes import Volume, resolve_volume
 from freezeframe.errors import FreezeframeError
 
@@ -90,12 +94,12 @@ class LoopCloneProvider:
     def expose(self, view: ReadOnlyView) -> None:
         """Attach the clone and mount it read-only (the journal is replayed if it needs to be)."""
         os.makedirs(view.root, mode=0o700, exist_ok=True)
-        device = _run("losetup", "--find", "--show", view.handle).strip()
+        device = run_tool("losetup", "--find", "--show", view.handle).strip()
         options = "ro,nouuid" if view.volume.fs_type == "xfs" else "ro"
         try:
-            _run("mount", "-t", view.volume.fs_type, "-o", options, device, view.root)
+            run_tool("mount", "-t", view.volume.fs_type, "-o", options, device, view.root)
         except FreezeframeError:
-            _run("losetup", "--detach", device)
+            run_tool("losetup", "--detach", device)
             raise
 
     def remove(self, view: ReadOnlyView) -> None:
@@ -123,14 +127,14 @@ class LoopCloneProvider:
         if path.startswith(MOUNT_ROOT + "/"):
             if os.path.ismount(path):
                 try:
-                    _run("umount", path)
+                    run_tool("umount", path)
                 except FreezeframeError:
-                    _run("umount", "--lazy", path)
+                    run_tool("umount", "--lazy", path)
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(path)
             return
         for device in _loops_of(path):
-            _run("losetup", "--detach", device)
+            run_tool("losetup", "--detach", device)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
@@ -176,16 +180,3 @@ def _dead(name: str) -> bool:
     if not name.startswith(LEFTOVER_PREFIX):
         return False
     return not run_is_alive(name[len(LEFTOVER_PREFIX) :])
-
-
-def _run(*argv: str) -> str:
-    try:
-        done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120)
-    except subprocess.CalledProcessError as exc:
-        message = (exc.stderr or exc.stdout or "").strip().splitlines()
-        raise FreezeframeError(
-            f"{' '.join(argv[:2])} failed: {message[-1] if message else exc}"
-        ) from exc
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FreezeframeError(f"{' '.join(argv[:2])} failed: {exc}") from exc
-    return done.stdout
