@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ffharness import is_root, privileged_required
+from freezeframe.capture import pause
 
 
 def cgroup2_root() -> Path | None:
@@ -22,6 +23,26 @@ def cgroup2_root() -> Path | None:
 
 
 @contextmanager
+def made_cgroup(path: Path, marker: str) -> Iterator[Path]:
+    """Create the cgroup ``path`` (skipping, or failing under FREEZEFRAME_TEST_PRIVILEGED, when
+    it has no ``marker`` freezer file); afterwards resume it, kill what is left in it, remove it."""
+    path.mkdir()
+    if not (path / marker).exists():
+        path.rmdir()
+        privileged_required(f"{path} has no {marker}")
+    try:
+        yield path
+    finally:
+        pause.resume(str(path))
+        for pid in (path / "cgroup.procs").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while (path / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        path.rmdir()
+
+
+@contextmanager
 def own_cgroup(label: str) -> Iterator[Path]:
     if not is_root():
         privileged_required("creating a cgroup needs root")
@@ -29,18 +50,5 @@ def own_cgroup(label: str) -> Iterator[Path]:
     if root is None:
         privileged_required("no cgroup v2 hierarchy is mounted")
     assert root is not None
-    path = root / f"ff-test-{label}-{os.getpid()}"
-    path.mkdir()
-    if not (path / "cgroup.freeze").exists():
-        path.rmdir()
-        privileged_required(f"{path} has no cgroup.freeze (kernel older than 5.2?)")
-    try:
+    with made_cgroup(root / f"ff-test-{label}-{os.getpid()}", "cgroup.freeze") as path:
         yield path
-    finally:
-        (path / "cgroup.freeze").write_text("0")
-        for pid in (path / "cgroup.procs").read_text().split():
-            os.kill(int(pid), signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while (path / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        path.rmdir()

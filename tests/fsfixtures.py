@@ -50,3 +50,14 @@ def loop_filesystem(
         if result.returncode != 0:
             subprocess.run(["umount", "-l", str(mount_point)], check=False)
         os.unlink(image)
+
+
+def writable_within(mount: Path, seconds: float) -> bool:
+    """Whether a write to ``mount`` completes within ``seconds`` (a write to a frozen file
+    system blocks, so it runs in a child that can be abandoned)."""
+    probe = subprocess.Popen(["sh", "-c", f"echo x > {mount}/probe-$$ && sync -f {mount}"])
+    try:
+        return probe.wait(timeout=seconds) == 0
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        return False

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 RECORD = 64
@@ -117,14 +118,17 @@ def _stamps_consistent(data: bytes) -> bool:
     return True
 
 
-def _start_rewriter(dirs: list[Path], cgroup: Path | None) -> AbstractContextManager[None]:
+def _start_on_big_file(
+    script: str, dirs: list[Path], cgroup: Path | None
+) -> AbstractContextManager[None]:
+    """A 128 MiB file stamped 0 throughout, then ``script`` rewriting it (workloads c and d)."""
     (dirs[0] / "big").write_bytes((b"%016d" % 0) * (BLOCK // 16) * RUN * RUNS)
-    return _spawn([REWRITER, str(dirs[0] / "big")], cgroup)
+    return _spawn([script, str(dirs[0] / "big")], cgroup)
 
 
-def _stamps_hold(restored: list[Path]) -> bool:
+def _big_file_holds(check: Callable[[bytes], bool], restored: list[Path]) -> bool:
     big = restored[0] / "big"
-    return big.exists() and _stamps_consistent(big.read_bytes())
+    return big.exists() and check(big.read_bytes())
 
 
 # Workload (d): the same file rewritten pass after pass, backward from the last run to the first,
@@ -160,16 +164,6 @@ def _one_pass_boundary(data: bytes) -> bool:
     )
 
 
-def _start_unsynced_rewriter(dirs: list[Path], cgroup: Path | None) -> AbstractContextManager[None]:
-    (dirs[0] / "big").write_bytes((b"%016d" % 0) * (BLOCK // 16) * RUN * RUNS)
-    return _spawn([UNSYNCED_REWRITER, str(dirs[0] / "big")], cgroup)
-
-
-def _one_instant_holds(restored: list[Path]) -> bool:
-    big = restored[0] / "big"
-    return big.exists() and _one_pass_boundary(big.read_bytes())
-
-
 @dataclass(frozen=True)
 class Workload:
     start: Callable[[list[Path], Path | None], AbstractContextManager[None]]
@@ -180,8 +174,14 @@ class Workload:
 WORKLOADS = {
     "a: log+commit": Workload(_start_log_and_commit, _commit_holds, volumes=1),
     "b: log+commit on two volumes": Workload(_start_log_and_commit, _commit_holds, volumes=2),
-    "c: in-place rewrite": Workload(_start_rewriter, _stamps_hold, volumes=1),
+    "c: in-place rewrite": Workload(
+        partial(_start_on_big_file, REWRITER),
+        partial(_big_file_holds, _stamps_consistent),
+        volumes=1,
+    ),
     "d: in-place rewrite, never synced": Workload(
-        _start_unsynced_rewriter, _one_instant_holds, volumes=1
+        partial(_start_on_big_file, UNSYNCED_REWRITER),
+        partial(_big_file_holds, _one_pass_boundary),
+        volumes=1,
     ),
 }

@@ -6,8 +6,6 @@ the run, and freezeframe never pauses itself."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,13 +17,7 @@ from cgroupfixtures import own_cgroup
 from ffharness import FAST_INIT, Cli, spawn_freezeframe
 from freezeframe.capture.providers.btrfs import SNAPSHOT_DIR
 from fsfixtures import loop_filesystem
-
-APPENDER = """
-import sys
-with open(sys.argv[1], "ab", 0) as f:
-    while True:
-        f.write(b"x")
-"""
+from writerfixtures import advancing, appender, is_paused
 
 
 @contextmanager
@@ -36,61 +28,33 @@ def _two_volumes(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         yield first, second
 
 
-@contextmanager
-def _appender(log: Path, cgroup: Path | None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", APPENDER, str(log)])
-    if cgroup is not None:
-        (cgroup / "cgroup.procs").write_text(str(proc.pid))
-    try:
-        deadline = time.monotonic() + 5
-        while not (log.exists() and log.stat().st_size) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def _paused(proc: subprocess.Popen[bytes], cgroup: Path | None) -> bool:
-    if cgroup is not None:
-        return "frozen 1" in (cgroup / "cgroup.events").read_text().splitlines()
-    text = Path(f"/proc/{proc.pid}/stat").read_text()
-    return text[text.rindex(")") + 2] in "Tt"
-
-
-def _advancing(log: Path, seconds: float = 0.2) -> bool:
-    first = log.stat().st_size
-    time.sleep(seconds)
-    return log.stat().st_size != first
-
-
 @pytest.mark.parametrize("how", ["cgroup", "sigstop"])
 def test_sigkill_of_the_backup_while_writers_are_paused_resumes_them_within_a_second(
     repo: Path, cli: Cli, tmp_path: Path, how: str
 ) -> None:
     with _two_volumes(tmp_path) as (first, second), ExitStack() as stack:
         cgroup = stack.enter_context(own_cgroup("kill")) if how == "cgroup" else None
-        writer = stack.enter_context(_appender(first / "log", cgroup))
+        writer = stack.enter_context(appender(first / "log", cgroup))
         (second / "f").write_bytes(b"x")
         backup = spawn_freezeframe(
             "backup", first, second, repo=repo, env={"FREEZEFRAME_TEST_HOLD_PAUSE_S": "30"}
         )
         deadline = time.monotonic() + 30
-        while not _paused(writer, cgroup):
+        while not is_paused(writer, cgroup):
             assert backup.poll() is None, backup.communicate()
             assert time.monotonic() < deadline, "the writer was never paused"
             time.sleep(0.005)
-        assert not _advancing(first / "log")
+        assert not advancing(first / "log")
         # Snapshots are taken by now, inside the pause; the kill lands while it lasts.
         while not os.listdir(second / SNAPSHOT_DIR):
             time.sleep(0.005)
         backup.kill()
         backup.wait()
         killed = time.monotonic()
-        while _paused(writer, cgroup) and time.monotonic() - killed < 3:
+        while is_paused(writer, cgroup) and time.monotonic() - killed < 3:
             time.sleep(0.005)
         assert time.monotonic() - killed < 1.0
-        assert _advancing(first / "log")
+        assert advancing(first / "log")
         # The next run removes the dead run's snapshots and captures normally.
         cli("unlock")
         result = cli("backup", first, second, "--consistency", "crash")
@@ -100,9 +64,9 @@ def test_sigkill_of_the_backup_while_writers_are_paused_resumes_them_within_a_se
 
 def test_a_pause_recorded_with_its_writers_and_window(repo: Path, cli: Cli, tmp_path: Path) -> None:
     with _two_volumes(tmp_path) as (first, second), own_cgroup("record") as cgroup:
-        with _appender(first / "log", cgroup) as writer:
+        with appender(first / "log", cgroup) as writer:
             result = cli("backup", first, second, "--consistency", "crash")
-            assert _advancing(first / "log")  # running again after the backup
+            assert advancing(first / "log")  # running again after the backup
         pause = result["consistency"]["pause"]
         assert [(w["pid"], w["how"], w["cgroup"]) for w in pause["writers"]] == [
             (writer.pid, "cgroup", str(cgroup))
@@ -115,7 +79,7 @@ def test_an_overrun_of_the_pause_cap_fails_or_degrades_and_resumes_the_writers(
     repo: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FREEZEFRAME_TEST_HOLD_PAUSE_S", "1.5")
-    with _two_volumes(tmp_path) as (first, second), _appender(first / "log", None) as writer:
+    with _two_volumes(tmp_path) as (first, second), appender(first / "log", None) as writer:
         failed = cli("backup", first, second, "--pause-cap", "0.3", expect=1)
         assert failed["error"]["code"] == "consistency_unreachable"
         assert "overran its 0.3 s cap" in failed["error"]["message"]
@@ -124,7 +88,7 @@ def test_an_overrun_of_the_pause_cap_fails_or_degrades_and_resumes_the_writers(
         degraded = cli("backup", first, second, "--pause-cap", "0.3", "--fallback", "degrade")
         assert degraded["consistency"]["achieved"] == "none"
         assert "degraded to none" in cli.stderr
-        assert not _paused(writer, None) and _advancing(first / "log")
+        assert not is_paused(writer, None) and advancing(first / "log")
 
 
 def test_freezeframe_never_pauses_itself_even_when_it_writes_to_a_captured_volume(
@@ -143,7 +107,7 @@ def test_freezeframe_never_pauses_itself_even_when_it_writes_to_a_captured_volum
 
 
 def test_backup_output_names_the_pause(repo: Path, cli: Cli, tmp_path: Path) -> None:
-    with _two_volumes(tmp_path) as (first, second), _appender(first / "log", None):
+    with _two_volumes(tmp_path) as (first, second), appender(first / "log", None):
         text = cli("backup", first, second, json=False)
         assert "Consistency: filesystem (2 volumes snapshotted, 1 writer paused for" in text
 
@@ -154,7 +118,7 @@ def test_filesystem_level_pauses_the_writers_of_a_single_volume_and_an_overrun_d
     """At `filesystem` nothing may be written while the snapshot flushes, one volume or many;
     past the cap the single snapshot is still atomic, so `--fallback degrade` keeps it as
     `crash`. At `crash`, one volume needs no pause at all."""
-    with loop_filesystem(tmp_path, "btrfs") as mnt, _appender(mnt / "log", None) as writer:
+    with loop_filesystem(tmp_path, "btrfs") as mnt, appender(mnt / "log", None) as writer:
         record = cli("backup", mnt, "--consistency", "filesystem")["consistency"]
         assert [w["pid"] for w in record["pause"]["writers"]] == [writer.pid]
         assert cli("backup", mnt, "--consistency", "crash")["consistency"]["pause"] == {}
@@ -174,4 +138,4 @@ def test_filesystem_level_pauses_the_writers_of_a_single_volume_and_an_overrun_d
         )
         assert degraded["consistency"]["achieved"] == "crash"
         assert "degraded to crash" in cli.stderr
-        assert _advancing(mnt / "log")
+        assert advancing(mnt / "log")

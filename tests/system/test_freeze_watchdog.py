@@ -15,21 +15,7 @@ import pytest
 from freezeframe.capture import fsfreeze
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import UsageError
-from fsfixtures import loop_filesystem
-
-
-def _writable_within(mount: Path, seconds: float) -> bool:
-    """Whether a write to ``mount`` completes within ``seconds`` (a write to a frozen file
-    system blocks, so it runs in a child that can be abandoned)."""
-    probe = subprocess.Popen(
-        ["sh", "-c", f"echo x > {mount}/probe-$$ && sync -f {mount}"],
-    )
-    try:
-        return probe.wait(timeout=seconds) == 0
-    except subprocess.TimeoutExpired:
-        probe.kill()
-        return False
-
+from fsfixtures import loop_filesystem, writable_within
 
 FREEZER = """
 import sys, time
@@ -51,11 +37,11 @@ def test_sigkill_of_the_freezer_thaws_within_a_second(tmp_path: Path) -> None:
         try:
             assert freezer.stdout is not None
             assert freezer.stdout.readline().strip() == "frozen"
-            assert not _writable_within(mnt, 0.5)  # really frozen
+            assert not writable_within(mnt, 0.5)  # really frozen
             os.kill(freezer.pid, signal.SIGKILL)
             freezer.wait()
             killed = time.monotonic()
-            assert _writable_within(mnt, 1.0)
+            assert writable_within(mnt, 1.0)
             assert time.monotonic() - killed < 1.0
         finally:
             freezer.kill()
@@ -67,7 +53,7 @@ def test_the_deadline_thaws_and_the_run_learns_it(tmp_path: Path) -> None:
         token = watchdog.arm_freeze(str(mnt), 0.3)
         fsfreeze.freeze(str(mnt))
         started = time.monotonic()
-        assert _writable_within(mnt, 1.5)
+        assert writable_within(mnt, 1.5)
         assert time.monotonic() - started < 1.3
         assert watchdog.disarm(token) is False  # expired: the run must fail or degrade
         assert fsfreeze.thaw(str(mnt)) is False  # already thawed
@@ -79,7 +65,7 @@ def test_a_freeze_released_in_time_is_reported_in_time(tmp_path: Path) -> None:
         fsfreeze.freeze(str(mnt))
         assert fsfreeze.thaw(str(mnt)) is True
         assert watchdog.disarm(token) is True
-        assert _writable_within(mnt, 2.0)
+        assert writable_within(mnt, 2.0)
 
 
 def test_the_root_file_system_is_never_frozen_unless_asked() -> None:

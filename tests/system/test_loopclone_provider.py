@@ -19,7 +19,7 @@ from ffharness import FAST_INIT, Cli, spawn_freezeframe
 from freezeframe.capture.providers.base import new_run_id
 from freezeframe.capture.providers.loopclone import CLONE_DIR, MOUNT_ROOT, LoopCloneProvider
 from freezeframe.capture.volumes import resolve_volume
-from fsfixtures import loop_filesystem
+from fsfixtures import loop_filesystem, writable_within
 from workloads import WORKLOADS
 
 TRIALS = int(os.environ.get("FREEZEFRAME_TORTURE_TRIALS", "20"))
@@ -44,15 +44,6 @@ def _ours_left(host: Path) -> list[str]:
         check=True,
     ).stdout
     return clones + mounts + [line for line in attached.splitlines() if CLONE_DIR in line]
-
-
-def _writable_within(mount: Path, seconds: float) -> bool:
-    probe = subprocess.Popen(["sh", "-c", f"echo x > {mount}/probe-$$ && sync -f {mount}"])
-    try:
-        return probe.wait(timeout=seconds) == 0
-    except subprocess.TimeoutExpired:
-        probe.kill()
-        return False
 
 
 @pytest.mark.parametrize("fs_type", ["ext4", "xfs"])
@@ -112,10 +103,10 @@ def test_sigkill_of_the_backup_while_frozen_thaws_within_a_second(
             assert backup.poll() is None, backup.communicate()
             assert time.monotonic() < deadline, "the clone was never taken"
             time.sleep(0.005)
-        assert not _writable_within(mnt, 0.3)  # frozen: the write waits
+        assert not writable_within(mnt, 0.3)  # frozen: the write waits
         backup.kill()
         backup.wait()
-        assert _writable_within(mnt, 1.0)
+        assert writable_within(mnt, 1.0)
         cli("unlock")
         assert cli("backup", mnt)["consistency"]["achieved"] == "filesystem"
         assert _ours_left(host) == []  # the dead run's clone went with the next run
@@ -164,7 +155,7 @@ def test_a_freeze_overrun_fails_or_degrades_to_crash(
         (mnt / "f").write_bytes(b"x")
         failed = cli("backup", mnt, "--freeze-cap", "0.3", expect=1)
         assert "overran its 0.3 s cap" in failed["error"]["message"]
-        assert _writable_within(mnt, 1.0)
+        assert writable_within(mnt, 1.0)
         degraded = cli("backup", mnt, "--freeze-cap", "0.3", "--fallback", "degrade")
         assert degraded["consistency"]["achieved"] == "crash"
         assert "degraded to crash" in cli.stderr

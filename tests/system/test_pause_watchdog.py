@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cgroupfixtures import made_cgroup
 from ffharness import is_root, privileged_required
 from freezeframe.capture import pause
 from freezeframe.errors import UsageError
@@ -29,21 +30,8 @@ def cgroup(request: pytest.FixtureRequest) -> Iterator[Path]:
     marker = "cgroup.freeze" if request.param == "v2" else "freezer.state"
     if not root.is_dir():
         privileged_required(f"no cgroup {request.param} freezer at {root}")
-    path = root / f"ff-test-{os.getpid()}-{request.param}"
-    path.mkdir()
-    if not (path / marker).exists():
-        path.rmdir()
-        privileged_required(f"{path} has no {marker}")
-    try:
+    with made_cgroup(root / f"ff-test-{os.getpid()}-{request.param}", marker) as path:
         yield path
-    finally:
-        pause.resume(str(path))
-        for pid in (path / "cgroup.procs").read_text().split():
-            os.kill(int(pid), signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while (path / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        path.rmdir()
 
 
 def _writer(log: Path, cgroup: Path) -> subprocess.Popen[bytes]:
