@@ -169,4 +169,4 @@ def test_a_quiescer_that_cannot_hold_fails_the_run_or_degrades(
         )
         assert degraded["consistency"]["achieved"] == "filesystem"
         assert "degraded to filesystem" in cli.stderr
-        assert cli("backup", mnt, "--quiesce", "postgresql:x", expect=2)["error"]["code"] == "usage"
+        assert cli("backup", mnt, "--quiesce", "nosuch:x", expect=2)["error"]["code"] == "usage"

@@ -70,6 +70,23 @@ class BackupOptions:
     # Directories read from elsewhere: record path -> read path (a nested volume's snapshot,
     # which its parent's snapshot shows as an empty directory).
     grafts: dict[bytes, bytes] = field(default_factory=dict)
+    # Files known only after the snapshot (a database's backup label): record path -> read
+    # path; None leaves the snapshot's file out (a server's pid file).
+    replaced: dict[bytes, bytes | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _StagedEntry:
+    """A file read from outside the walked tree, listed in it like any directory entry."""
+
+    name: bytes
+    path: bytes
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        return os.stat(self.path) if follow_symlinks else os.lstat(self.path)
+
+
+_Entry = os.DirEntry[bytes] | _StagedEntry
 
 
 @dataclass
@@ -134,6 +151,10 @@ class Archiver:
         self._futures_lock = threading.Lock()
         self._root_device = 0
         self._now_ns = time.time_ns()
+        self._replaced_in: dict[bytes, dict[bytes, bytes | None]] = {}
+        for record, read in options.replaced.items():
+            parent, _, name = record.rpartition(b"/")
+            self._replaced_in.setdefault(parent, {})[name] = read
 
     def run(self, before_commit: Callable[[], None] | None = None) -> BackupResult:
         """Back up and save the snapshot. ``before_commit`` runs after the data is durable and
@@ -296,16 +317,21 @@ class Archiver:
 
     def _list_dir(
         self, read: bytes, record: bytes
-    ) -> Iterator[tuple[os.DirEntry[bytes], bytes, os.stat_result, CachedFile | None]]:
+    ) -> Iterator[tuple[_Entry, bytes, os.stat_result, CachedFile | None]]:
         """A directory's entries in name order, excludes applied, each regular file with its
         files-cache entry when unchanged; the small files to be read are warmed in the page
         cache a window ahead."""
         try:
             with os.scandir(read) as scan:
-                entries = sorted(scan, key=lambda e: e.name)
+                entries: list[_Entry] = list(scan)
         except OSError as exc:
             self._error(record, exc)
             return
+        replaced = self._replaced_in.get(record)
+        if replaced:
+            entries = [e for e in entries if e.name not in replaced]
+            entries += [_StagedEntry(n, p) for n, p in replaced.items() if p is not None]
+        entries.sort(key=lambda e: e.name)
         listed = []
         for entry in entries:
             child_record = record + b"/" + entry.name

@@ -17,7 +17,7 @@ from typing import Any
 
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import FreezeframeError
-from freezeframe.quiesce.base import QuiesceError, Quiescer
+from freezeframe.quiesce.base import AddsFiles, BackupFiles, QuiesceError, Quiescer
 
 BACKSTOP_GRACE_S = 1.0
 
@@ -70,6 +70,21 @@ class ApplicationHold:
         self._thaw_all()
         if self._thaw_errors and exc is None:
             raise QuiesceError("; ".join(self._thaw_errors))
+
+    def files_for_backup(self, staging_dir: str) -> BackupFiles:
+        """After the thaw: what the quiescers add to the backup and leave out of it (each
+        quiescer's part is noted in its record)."""
+        merged = BackupFiles()
+        for quiescer, record in zip(self.quiescers, self.records, strict=False):
+            if not isinstance(quiescer, AddsFiles):
+                continue
+            files = quiescer.files_for_backup(staging_dir, self.timeout_s)
+            merged.add.update(files.add)
+            merged.leave_out.extend(files.leave_out)
+            record.setdefault("positions", {}).update(files.positions)
+            record["files_added"] = sorted(files.add)
+            record["files_left_out"] = sorted(files.leave_out)
+        return merged
 
     def report(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,8 @@ writers paused while the snapshot flushes and commits. See ``instant`` for the m
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -29,7 +31,7 @@ from freezeframe.capture.volumes import Volume, resolve_volume
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.capture.writer_pause import WriterPauseFailed
 from freezeframe.errors import FreezeframeError, UsageError
-from freezeframe.quiesce.base import QuiesceError, Quiescer
+from freezeframe.quiesce.base import PATHS_KEY, BackupFiles, QuiesceError, Quiescer
 
 RANK = {level: rank for rank, level in enumerate(reversed(LEVELS))}  # none 0 ... application 3
 DEFAULT_PAUSE_CAP_S = 10.0  # writers paused for the snapshots (VSS holds its flush for 10 s)
@@ -67,6 +69,10 @@ class CaptureOutcome:
     pause: dict[str, Any] = field(default_factory=dict)
     # Applications held across the snapshots: window_ms, cap_s, and per quiescer its record.
     quiesce: dict[str, Any] = field(default_factory=dict)
+    # Files the quiescers add after the thaw (path as recorded -> staged copy to read), and
+    # files of the snapshots the backup must not hold (recorded paths).
+    added_files: dict[str, str] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -115,9 +121,18 @@ class Capture:
         self.never_freeze = never_freeze
         self.quiescers = quiescers or []
         self.hold_report: dict[str, Any] = {}
+        self.hold_files = BackupFiles()
         self.views: list[ReadOnlyView] = []
+        self._staging: str | None = None
 
     def __enter__(self) -> CaptureOutcome:
+        try:
+            return self._capture()
+        except BaseException:
+            self._remove_staging()
+            raise
+
+    def _capture(self) -> CaptureOutcome:
         plan = layout.plan(self.paths, one_file_system=self.one_file_system)
         reachable, reason, targets = self._reachable(plan)
         achieved, warnings = self._decide(reachable, reason)
@@ -137,6 +152,7 @@ class Capture:
                     f"{exc} (use --fallback degrade to accept less)"
                 ) from exc
             self.hold_report = {}
+            self.hold_files = BackupFiles()
             return self._snapshots(
                 plan, targets, "filesystem", [*warnings, f"{exc}; degraded to filesystem"], str(exc)
             )
@@ -165,6 +181,12 @@ class Capture:
                     at_rest=achieved != "crash",
                     pause_cap_s=self.caps.pause_s,
                     freeze_cap_s=self.caps.freeze_s,
+                )
+            if hold and application.in_time:
+                files = application.files_for_backup(self._staging_dir())
+                self.hold_files = BackupFiles(
+                    self._as_recorded(files.add),
+                    sorted(self._as_recorded(dict.fromkeys(files.leave_out, ""))),
                 )
         except (WriterPauseFailed, FreezeFailed) as exc:
             self._remove_views()
@@ -209,6 +231,7 @@ class Capture:
         self, targets: list[tuple[Volume, SnapshotProvider]], run_id: str
     ) -> Iterator[ApplicationHold]:
         environment = {
+            PATHS_KEY: "\n".join(self.paths),
             "FREEZEFRAME_RUN_ID": run_id,
             "FREEZEFRAME_LEVEL": "application",
             "FREEZEFRAME_VOLUMES": ":".join(v.mount.mount_point for v, _p in targets),
@@ -234,7 +257,22 @@ class Capture:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._remove_views()
+        try:
+            self._remove_views()
+        finally:
+            self._remove_staging()
+
+    def _remove_staging(self) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+    def _staging_dir(self) -> str:
+        """Where quiescers stage the files they add: private to this run, never inside a
+        snapshot, removed with the snapshots."""
+        if self._staging is None:
+            self._staging = tempfile.mkdtemp(prefix="freezeframe-files-")
+        return self._staging
 
     def _degrade(
         self,
@@ -333,7 +371,23 @@ class Capture:
             reason=reason,
             pause=pause_record,
             quiesce=self.hold_report,
+            added_files=self.hold_files.add,
+            left_out=self.hold_files.leave_out,
         )
+
+    def _as_recorded(self, files: dict[str, str]) -> dict[str, str]:
+        """Keys from the application's view (real paths) to the paths the backup records
+        (the sources as given, which may lead there through a symlink)."""
+        recorded = {}
+        for path, staged in files.items():
+            for source in self.paths:
+                real = os.path.realpath(source)
+                if path == real or path.startswith(real.rstrip("/") + "/"):
+                    recorded[source + path[len(real) :]] = staged
+                    break
+            else:
+                raise QuiesceError(f"{path} is not inside the paths backed up")
+        return recorded
 
     def _reachable(
         self, plan: layout.Layout

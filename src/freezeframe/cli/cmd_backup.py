@@ -77,7 +77,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KIND:TARGET",
         help="hold an application across the snapshots (repeatable; in order): "
-        "sqlite:DATABASE, redis:URL, script:EXECUTABLE, cgroup:PATH, unit:NAME or pid:N",
+        "postgresql:CONNINFO, mysql:URL|OPTION_FILE, sqlite:DATABASE, redis:URL, "
+        "script:EXECUTABLE, cgroup:PATH, unit:NAME or pid:N",
     )
     parser.add_argument(
         "--quiesce-cap",
@@ -138,6 +139,7 @@ def run(ctx: CommandContext) -> int:
                 ),
                 cache_checks_device=not captured.from_snapshot,
                 grafts={os.fsencode(g.original): os.fsencode(g.read_path) for g in captured.grafts},
+                replaced=_replaced(captured.added_files, captured.left_out),
             )
             archiver = Archiver(
                 repo,
@@ -154,6 +156,12 @@ def run(ctx: CommandContext) -> int:
         ctx.out.warn(f"{path}: {message}")
     ctx.out.result(_json(result), lambda: _text(result))
     return EXIT_PARTIAL if result.errors else 0
+
+
+def _replaced(added: dict[str, str], left_out: list[str]) -> dict[bytes, bytes | None]:
+    replaced: dict[bytes, bytes | None] = {os.fsencode(p): None for p in left_out}
+    replaced.update({os.fsencode(p): os.fsencode(staged) for p, staged in added.items()})
+    return replaced
 
 
 def _source(path: str) -> str:

@@ -9,13 +9,22 @@ dies while it is frozen.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from freezeframe.errors import FreezeframeError
 
 
 class QuiesceError(FreezeframeError):
     code = "quiesce_failed"
+
+
+# The run's source paths, one per line, in the context ``prepare`` receives.
+PATHS_KEY = "FREEZEFRAME_PATHS"
+
+
+def source_paths(context: Mapping[str, str]) -> list[str]:
+    return [p for p in context.get(PATHS_KEY, "").split("\n") if p]
 
 
 class Quiescer(Protocol):
@@ -37,3 +46,21 @@ class Quiescer(Protocol):
     def undo_on_crash(self) -> list[str] | None:
         """A command that releases the application if freezeframe dies while frozen, or None
         when the hold dies with this process anyway."""
+
+
+@dataclass
+class BackupFiles:
+    """What a quiescer adds to the backup once the application is released: files known only
+    then (PostgreSQL's backup_label and the WAL up to the end of its backup), staged under the
+    directory it was given and stored at the application's own paths, and files the snapshot
+    holds that a restore must not have (a server's pid file)."""
+
+    add: dict[str, str] = field(default_factory=dict)  # path as the application sees it -> staged
+    leave_out: list[str] = field(default_factory=list)
+    positions: dict[str, Any] = field(default_factory=dict)  # merged into the record
+
+
+@runtime_checkable
+class AddsFiles(Protocol):
+    def files_for_backup(self, staging_dir: str, timeout_s: float) -> BackupFiles:
+        """Called after every quiescer is thawed and before the backup reads the snapshots."""
