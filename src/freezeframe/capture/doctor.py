@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from freezeframe.capture import layout
 from freezeframe.capture.providers.registry import provider_for
 from freezeframe.capture.volumes import resolve_volume
+from freezeframe.quiesce import discovery
 
 LEVELS = ("application", "filesystem", "crash", "none")
 
@@ -25,9 +26,14 @@ class PathReport:
     unreachable: dict[str, str] = field(default_factory=dict)
     # Volumes mounted or nested below the path: each is captured too, or limits the level.
     volumes_below: list[dict[str, str | None]] = field(default_factory=list)
+    # Databases running with their data under the path, each with the quiescer that holds it.
+    applications: list[dict[str, object]] = field(default_factory=list)
 
 
-def examine(path: str | os.PathLike[str]) -> PathReport:
+def examine(
+    path: str | os.PathLike[str], running: list[discovery.Instance] | None = None
+) -> PathReport:
+    """``running``: the databases found on this machine (looked up when not given)."""
     volume = resolve_volume(path)
     report = PathReport(
         path=volume.path,
@@ -57,9 +63,17 @@ def examine(path: str | os.PathLike[str]) -> PathReport:
         reason = snapshot_reason or "no snapshot provider"
         report.unreachable["filesystem"] = reason
         report.unreachable["crash"] = reason
-    report.unreachable["application"] = (  # reachable only with --quiesce, which doctor lacks
-        "needs a quiescer: backup --quiesce sqlite:DATABASE, redis:URL or script:EXECUTABLE "
-        "(discovery of running databases is not in this version)"
-    )
+    report.applications = [i.to_json() for i in discovery.under([volume.path], running)]
+    if "filesystem" not in report.reachable:
+        report.unreachable["application"] = report.unreachable["filesystem"]
+    elif report.applications and all(a["spec"] for a in report.applications):
+        report.reachable.insert(0, "application")
+    else:
+        report.unreachable["application"] = (
+            "no running database found under it; name a quiescer: backup --quiesce KIND:TARGET "
+            "(postgresql, mysql, redis, sqlite, script, cgroup, unit, pid)"
+            if not report.applications
+            else "a database runs under it that freezeframe cannot reach; name its quiescer"
+        )
     report.reachable.append("none")
     return report

@@ -20,6 +20,7 @@ from freezeframe.capture.session import (
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
 from freezeframe.errors import EXIT_PARTIAL, UsageError
+from freezeframe.quiesce.discovery import expand_auto
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.snapshot import ConsistencyReport
 
@@ -78,7 +79,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="KIND:TARGET",
         help="hold an application across the snapshots (repeatable; in order): "
         "postgresql:CONNINFO, mysql:URL|OPTION_FILE, sqlite:DATABASE, redis:URL, "
-        "script:EXECUTABLE, cgroup:PATH, unit:NAME or pid:N",
+        "script:EXECUTABLE, cgroup:PATH, unit:NAME or pid:N; auto: every database that "
+        "doctor finds running under the paths",
     )
     parser.add_argument(
         "--quiesce-cap",
@@ -99,6 +101,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: CommandContext) -> int:
     paths = [_source(p) for p in ctx.args.paths]
+    quiesce = ctx.args.quiesce
+    if ctx.args.consistency in ("auto", "application"):
+        quiesce, warnings = expand_auto(quiesce, paths)
+        for warning in warnings:
+            ctx.out.warn(warning)
+    elif "auto" in quiesce:
+        raise UsageError("--quiesce auto needs --consistency application or auto")
     repo = ctx.open_repository()
     progress = BackupProgress()
     try:
@@ -115,7 +124,7 @@ def run(ctx: CommandContext) -> int:
                 quiescer_s=ctx.args.quiesce_timeout,
             ),
             never_freeze=(os.path.abspath(ctx.location), str(default_cache_dir())),
-            quiescers=[parse_quiescer(spec) for spec in ctx.args.quiesce],
+            quiescers=[parse_quiescer(spec) for spec in quiesce],
         )
         with lock, capture as captured:
             for warning in captured.warnings:

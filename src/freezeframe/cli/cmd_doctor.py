@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from freezeframe.capture.doctor import LEVELS, PathReport, examine
 from freezeframe.cli.context import CommandContext
+from freezeframe.quiesce import discovery
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +15,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    reports = [examine(path) for path in ctx.args.paths]
+    running = discovery.running()
+    reports = [examine(path, running) for path in ctx.args.paths]
     ctx.out.result([asdict(r) for r in reports], lambda: "\n\n".join(map(_text, reports)))
     return 0
 
@@ -32,6 +34,9 @@ def _text(report: PathReport) -> str:
         lines.append(f"  below:    {below['path']} ({below['fs_type']}), provider {how}")
     if report.volumes_below:
         lines.append("            several volumes: writers are paused while all are snapshotted")
+    for app in report.applications:
+        how = f"--quiesce {app['spec']}" if app["spec"] else "no socket or port found"
+        lines.append(f"  database: {app['kind']} (pid {app['pid']}) in {app['data_dir']}: {how}")
     for level in LEVELS:
         if level in report.reachable:
             lines.append(f"  {level:<12} reachable")
