@@ -84,4 +84,5 @@ PY
 echo "== check --read-data"
 $ff check --read-data
 ./tools/demo-capture.sh
+./tools/demo-postgresql.sh
 echo "demo: OK"

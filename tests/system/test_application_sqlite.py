@@ -9,58 +9,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from ffharness import Cli, spawn_freezeframe
 from fsfixtures import loop_filesystem
+from sqlitefixtures import TOTAL, create_bank, transfers
 
 TRIALS = int(os.environ.get("FREEZEFRAME_APPLICATION_TRIALS", "10"))
-ACCOUNTS = 1000
-TOTAL = ACCOUNTS * 1000
-
-TRANSFERS = f"""
-import random, sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=120)
-db.execute("PRAGMA journal_mode=" + sys.argv[2])
-db.execute("PRAGMA synchronous=FULL")
-while True:
-    a, b = random.sample(range({ACCOUNTS}), 2)
-    x = random.randint(1, 100)
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (x, a))
-    db.execute("INSERT INTO ledger (src, dst, amount) VALUES (?, ?, ?)", (a, b, x))
-    db.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (x, b))
-    db.execute("COMMIT")
-"""
-
-
-def _create(path: Path, journal_mode: str) -> None:
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute(f"PRAGMA journal_mode={journal_mode}")
-    db.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)")
-    db.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, src INT, dst INT, amount INT)")
-    db.execute("BEGIN")
-    db.executemany("INSERT INTO accounts VALUES (?, 1000)", [(i,) for i in range(ACCOUNTS)])
-    db.execute("COMMIT")
-    db.close()
-
-
-@contextmanager
-def _transfers(path: Path, journal_mode: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", TRANSFERS, str(path), journal_mode])
-    try:
-        time.sleep(0.5)
-        yield proc
-        assert proc.poll() is None, "the workload died"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _needs_recovery(db_file: Path) -> bool:
@@ -90,14 +48,14 @@ def _restored_state(db_file: Path) -> tuple[str, int]:
 
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
 @pytest.mark.parametrize("level", ["application", "crash"])
-def test_sqlite_restores_clean_and_balanced_under_transfers(
+def test_sqlite_restores_clean_and_balanced_undertransfers(
     repo: Path, cli: Cli, tmp_path: Path, journal_mode: str, level: str
 ) -> None:
     with loop_filesystem(tmp_path, "btrfs", size_mib=1024) as mnt:
         db_file = mnt / "bank.db"
-        _create(db_file, journal_mode)
+        create_bank(db_file, journal_mode)
         recovered = 0
-        with _transfers(db_file, journal_mode):
+        with transfers(db_file, journal_mode):
             for trial in range(TRIALS):
                 args = ["backup", mnt, "--consistency", level]
                 if level == "application":
@@ -125,7 +83,7 @@ def test_sigkill_while_sqlite_is_held_releases_the_lock_at_once(
 ) -> None:
     with loop_filesystem(tmp_path, "btrfs") as mnt:
         db_file = mnt / "bank.db"
-        _create(db_file, "wal")
+        create_bank(db_file, "wal")
         backup = spawn_freezeframe(
             "backup",
             mnt,

@@ -171,8 +171,10 @@ def _tcp_ports(pid: int) -> list[int]:
 def expand_auto(specs: list[str], paths: list[str]) -> tuple[list[str], list[str]]:
     """``--quiesce auto`` replaced by a quiescer for every database found under ``paths``;
     and a warning for every such database left without one (counted per kind: two
-    PostgreSQL clusters need two ``postgresql:`` quiescers)."""
-    found = under(paths)
+    PostgreSQL clusters need two ``postgresql:`` quiescers). PostgreSQL comes first: its
+    freeze is a checkpoint that blocks nothing, and what freezes after it is not held while
+    it runs."""
+    found = sorted(under(paths), key=lambda i: (i.kind != "postgresql", i.pid))
     warnings = []
     expanded = [spec for spec in specs if spec != "auto"]
     if "auto" in specs:
