@@ -16,7 +16,7 @@ import redis
 
 from ffharness import Cli, spawn_freezeframe
 from fsfixtures import loop_filesystem
-from redisfixtures import ACCOUNTS, TOTAL, redis_server, transfers
+from redisfixtures import ACCOUNTS, TOTAL, redis_server, transfer_workload
 
 TRIALS = int(os.environ.get("FREEZEFRAME_APPLICATION_TRIALS", "10"))
 
@@ -43,7 +43,7 @@ def test_redis_restores_every_key_balanced_and_fresh(
             setup.mset({f"acct:{i}": 1000 for i in range(ACCOUNTS)} | {"transfers": 0})
             setup.save()
             stale = 0
-            with transfers(socket):
+            with transfer_workload(socket):
                 for trial in range(TRIALS):
                     done_before = int(setup.get("transfers") or 0)
                     args = ["backup", mnt / "redis", "--consistency", level]

@@ -16,7 +16,7 @@ import pytest
 
 from ffharness import Cli, spawn_freezeframe
 from fsfixtures import loop_filesystem
-from sqlitefixtures import TOTAL, create_bank, transfers
+from sqlitefixtures import TOTAL, create_bank, transfer_workload
 
 TRIALS = int(os.environ.get("FREEZEFRAME_APPLICATION_TRIALS", "10"))
 
@@ -48,14 +48,14 @@ def _restored_state(db_file: Path) -> tuple[str, int]:
 
 @pytest.mark.parametrize("journal_mode", ["wal", "delete"])
 @pytest.mark.parametrize("level", ["application", "crash"])
-def test_sqlite_restores_clean_and_balanced_undertransfers(
+def test_sqlite_restores_clean_and_balanced_under_transfers(
     repo: Path, cli: Cli, tmp_path: Path, journal_mode: str, level: str
 ) -> None:
     with loop_filesystem(tmp_path, "btrfs", size_mib=1024) as mnt:
         db_file = mnt / "bank.db"
         create_bank(db_file, journal_mode)
         recovered = 0
-        with transfers(db_file, journal_mode):
+        with transfer_workload(db_file, journal_mode):
             for trial in range(TRIALS):
                 args = ["backup", mnt, "--consistency", level]
                 if level == "application":
