@@ -75,20 +75,30 @@ def shared_workdir(prefix: str = "ffpg") -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def initdb(data_dir: Path) -> None:
+def initdb(data_dir: Path, wal_dir: Path | None = None) -> None:
+    """``wal_dir``: pg_wal elsewhere (a link to it in the data directory), as servers often
+    keep their WAL on a volume of its own."""
     data_dir.mkdir(parents=True, exist_ok=True)
     shutil.chown(data_dir, "postgres", "postgres")
     data_dir.chmod(0o700)
-    run_as_postgres(BIN / "initdb", "-D", data_dir, "-U", "postgres", "--auth=trust", "-N")
+    extra = []
+    if wal_dir is not None:
+        wal_dir.mkdir(parents=True, exist_ok=True)
+        shutil.chown(wal_dir, "postgres", "postgres")
+        wal_dir.chmod(0o700)
+        extra = ["-X", str(wal_dir)]
+    run_as_postgres(BIN / "initdb", "-D", data_dir, "-U", "postgres", "--auth=trust", "-N", *extra)
 
 
 @contextmanager
-def postgres_server(data_dir: Path, *, fresh: bool = True) -> Iterator[PgServer]:
+def postgres_server(
+    data_dir: Path, *, fresh: bool = True, wal_dir: Path | None = None
+) -> Iterator[PgServer]:
     """A server on ``data_dir`` (initialised first when ``fresh``), stopped at once on exit
     (immediate mode: what it leaves behind is the tests' business, not a clean shutdown)."""
     require_postgresql()
     if fresh:
-        initdb(data_dir)
+        initdb(data_dir, wal_dir)
     socket_dir = Path(tempfile.mkdtemp(prefix="ffpgs", dir="/tmp"))  # socket paths are short
     shutil.chown(socket_dir, "postgres", "postgres")
     log = socket_dir / "server.log"

@@ -116,6 +116,48 @@ def test_the_record_and_the_backup_hold_the_label_and_the_wal_to_its_end(
             assert "application" in shown
 
 
+def test_wal_on_a_volume_of_its_own_is_added_there_and_the_restore_starts_clean(
+    repo: Path, cli: Cli
+) -> None:
+    """pg_wal a link to a second volume: both are snapshotted together, the WAL to the end of
+    the backup is added in the WAL volume's directory, and the restore (its link pointed at
+    the restored WAL, as anyone restoring beside the live server must) recovers from its
+    label."""
+    require_postgresql()
+    with (
+        shared_workdir() as work,
+        loop_filesystem(work, "btrfs", size_mib=512, name="data") as data,
+        loop_filesystem(work, "btrfs", size_mib=512, name="wal") as wal,
+    ):
+        data.chmod(0o755)
+        wal.chmod(0o755)
+        with postgres_server(data / "pg", wal_dir=wal / "pg_wal") as server:
+            pgbench_init(server)
+            with pgbench(server):
+                result = cli(
+                    "backup", data / "pg", wal / "pg_wal",
+                    "--quiesce", f"postgresql:{server.conninfo}",
+                )  # fmt: skip
+                assert result["consistency"]["achieved"] == "application"
+                assert len(result["consistency"]["volumes"]) == 2
+                positions = result["consistency"]["quiesce"]["quiescers"][0]["positions"]
+                added = result["consistency"]["quiesce"]["quiescers"][0]["files_added"]
+                assert f"{wal}/pg_wal/{positions['wal_segments'][-1]}" in added
+                target = work / "restore"
+                cli("restore", result["snapshot_id"][:12], "--target", target)
+                restored = target / str(data / "pg").lstrip("/")
+                link = restored / "pg_wal"
+                assert os.readlink(link) == str(wal / "pg_wal")
+                link.unlink()
+                link.symlink_to(target / str(wal / "pg_wal").lstrip("/"))
+                with postgres_server(restored, fresh=False) as copy:
+                    recovery = recovery_of(copy.log_text())
+                    assert recovery.backup_recovery and not recovery.crash_recovery
+                    assert recovery.consistent_at == positions["stop_lsn"]
+                    a, t, b, h = balances(copy)
+                    assert a == t == b == h
+
+
 def test_sigkill_during_the_hold_ends_the_backup_and_writes_never_stop(repo: Path) -> None:
     require_postgresql()
     with shared_workdir() as work, loop_filesystem(work, "btrfs", size_mib=512) as mnt:

@@ -16,7 +16,7 @@ import pytest
 from ffharness import is_root, privileged_required
 from freezeframe.backup.archiver import Archiver, BackupOptions, SourcePath
 from freezeframe.backup.files_cache import FilesCache
-from freezeframe.errors import NotFound
+from freezeframe.errors import FreezeframeError, NotFound
 from freezeframe.repository.keys import KdfParams
 from freezeframe.repository.pack import BlobType
 from freezeframe.repository.repository import Repository
@@ -421,3 +421,40 @@ def test_owners_setuid_and_devices_as_root(repository: Repository, tmp_path: Pat
     assert (restored / "link").lstat().st_uid == 34567
     assert (restored / "blk").lstat().st_rdev == os.makedev(7, 200)
     assert restored.stat().st_uid == 23456
+
+
+def test_files_added_after_the_snapshot_replace_and_leave_out_entries(
+    repository: Repository, tmp_path: Path
+) -> None:
+    """What a quiescer adds once the application is released (a backup label, the WAL to the
+    end of the backup) is stored at the application's paths; what it leaves out is not
+    stored; a file to add whose directory the walk never reaches fails the backup."""
+    source = tmp_path / "db"
+    for directory in (source / "wal", source / "base", tmp_path / "staged"):
+        directory.mkdir(parents=True)
+    write(source / "wal" / "seg1", b"partial")
+    write(source / "postmaster.pid", b"4242")
+    write(source / "base" / "t1", b"table")
+    staged = tmp_path / "staged"
+    write(staged / "seg1", b"partial, then the end record")
+    write(staged / "backup_label", b"START WAL LOCATION")
+    replaced: dict[bytes, bytes | None] = {
+        bytes(source / "wal" / "seg1"): bytes(staged / "seg1"),
+        bytes(source / "backup_label"): bytes(staged / "backup_label"),
+        bytes(source / "postmaster.pid"): None,
+    }
+    options = BackupOptions(sources=[SourcePath(bytes(source), bytes(source))], replaced=replaced)
+    snapshot = Archiver(repository, options, FilesCache(tmp_path / "fc1")).run().snapshot
+    target = tmp_path / "restored"
+    restore_snapshot(repository, snapshot, target)
+    restored = target / str(source).lstrip("/")
+    assert listing(restored) == ["backup_label", "base", "base/t1", "wal", "wal/seg1"]
+    assert (restored / "wal" / "seg1").read_bytes() == b"partial, then the end record"
+    assert (restored / "backup_label").read_bytes() == b"START WAL LOCATION"
+    assert not (restored / "postmaster.pid").exists()
+    assert (restored / "base" / "t1").read_bytes() == b"table"
+
+    nowhere = {bytes(source / "missing" / "x"): bytes(staged / "seg1")}
+    options = BackupOptions(sources=[SourcePath(bytes(source), bytes(source))], replaced=nowhere)
+    with pytest.raises(FreezeframeError, match="have no directory in it"):
+        Archiver(repository, options, FilesCache(tmp_path / "fc2")).run()

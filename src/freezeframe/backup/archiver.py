@@ -173,6 +173,7 @@ class Archiver:
             ).start()
         try:
             root = self._save_root()
+            self._check_replaced_placed()
             self._drain()
             self.repo.flush()
         except BaseException as exc:
@@ -206,6 +207,19 @@ class Archiver:
         return BackupResult(snapshot, self.errors)
 
     # -- the virtual root: absolute paths of every source, from / down ----------------------
+
+    def _check_replaced_placed(self) -> None:
+        """A file to add whose directory the walk never listed (excluded, or a symlink to it
+        was walked instead) would be missing from the snapshot: that fails the backup."""
+        missing = sorted(
+            os.fsdecode(parent)
+            for parent, files in self._replaced_in.items()
+            if any(read is not None for read in files.values())
+        )
+        if missing:
+            raise FreezeframeError(
+                f"files to add to the backup have no directory in it: {', '.join(missing)}"
+            )
 
     def _save_root(self) -> bytes:
         tree: dict[bytes, object] = {}
@@ -327,7 +341,7 @@ class Archiver:
         except OSError as exc:
             self._error(record, exc)
             return
-        replaced = self._replaced_in.get(record)
+        replaced = self._replaced_in.pop(record, None)
         if replaced:
             entries = [e for e in entries if e.name not in replaced]
             entries += [_StagedEntry(n, p) for n, p in replaced.items() if p is not None]

@@ -42,6 +42,7 @@ class PostgresqlQuiescer:
         self._lock = threading.Lock()  # the cap's timer may thaw from another thread
         self._version = 0
         self._data_dir = ""
+        self._wal_dir = ""  # pg_wal may be a link to another volume
         self._label = "freezeframe"
         self._started = False
         self._start_lsn = ""
@@ -86,7 +87,9 @@ class PostgresqlQuiescer:
             raise QuiesceError(
                 f"postgresql: the data directory {self._data_dir} is not on this machine"
             )
-        for needed in [self._data_dir, *spaces]:
+        self._data_dir = os.path.realpath(self._data_dir)
+        self._wal_dir = os.path.realpath(os.path.join(self._data_dir, "pg_wal"))
+        for needed in [self._data_dir, self._wal_dir, *spaces]:
             if not _under_any(needed, source_paths(context)):
                 raise QuiesceError(
                     f"postgresql: {needed} is not inside the paths backed up; add it to them"
@@ -161,21 +164,21 @@ class PostgresqlQuiescer:
         owner = os.stat(self._data_dir)
         files: dict[str, str] = {}
 
-        def stage(relative: str, write: Any) -> None:
-            staged = os.path.join(staging_dir, "postgresql", relative)
+        def stage(path: str, write: Any) -> None:
+            staged = os.path.join(staging_dir, "postgresql", path.lstrip("/"))
             os.makedirs(os.path.dirname(staged), exist_ok=True)
             write(staged)
             os.chown(staged, owner.st_uid, owner.st_gid)
             os.chmod(staged, 0o600)
-            files[os.path.join(self._data_dir, relative)] = staged
+            files[path] = staged
 
         def text(content: str) -> Any:
             return lambda staged: _write_text(staged, content)
 
-        stage("backup_label", text(stopped["label"]))
+        stage(os.path.join(self._data_dir, "backup_label"), text(stopped["label"]))
         if stopped["tablespace_map"]:
-            stage("tablespace_map", text(stopped["tablespace_map"]))
-        wal_dir = os.path.join(self._data_dir, "pg_wal")
+            stage(os.path.join(self._data_dir, "tablespace_map"), text(stopped["tablespace_map"]))
+        wal_dir = self._wal_dir
         segments = sorted(
             name
             for name in os.listdir(wal_dir)
@@ -188,7 +191,7 @@ class PostgresqlQuiescer:
             )
         for name in segments:
             source = os.path.join(wal_dir, name)
-            stage(os.path.join("pg_wal", name), lambda staged, s=source: shutil.copy2(s, staged))
+            stage(os.path.join(wal_dir, name), lambda staged, s=source: shutil.copy2(s, staged))
         return BackupFiles(
             add=files,
             leave_out=[os.path.join(self._data_dir, name) for name in LEFT_OUT],
