@@ -168,13 +168,15 @@ def _tcp_ports(pid: int) -> list[int]:
     return sorted(ports)
 
 
-def expand_auto(specs: list[str], paths: list[str]) -> tuple[list[str], list[str]]:
+def expand_auto(
+    specs: list[str], paths: list[str], instances: list[Instance] | None = None
+) -> tuple[list[str], list[str]]:
     """``--quiesce auto`` replaced by a quiescer for every database found under ``paths``;
     and a warning for every such database left without one (counted per kind: two
     PostgreSQL clusters need two ``postgresql:`` quiescers). PostgreSQL comes first: its
     freeze is a checkpoint that blocks nothing, and what freezes after it is not held while
-    it runs."""
-    found = sorted(under(paths), key=lambda i: (i.kind != "postgresql", i.pid))
+    it runs. ``instances``: what runs (looked up when not given)."""
+    found = sorted(under(paths, instances), key=lambda i: (i.kind != "postgresql", i.pid))
     warnings = []
     expanded = [spec for spec in specs if spec != "auto"]
     if "auto" in specs:
