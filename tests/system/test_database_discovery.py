@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ffharness import Cli
 from fsfixtures import loop_filesystem
+from mariadbfixtures import mariadb_server
 from pgfixtures import postgres_server, require_postgresql, shared_workdir
 
 
@@ -44,6 +45,24 @@ def test_doctor_finds_postgresql_and_auto_holds_it(repo: Path, cli: Cli) -> None
             quiet = cli("backup", mnt / "elsewhere")
             assert "runs under the paths" not in cli.stderr
             assert quiet["consistency"]["achieved"] == "filesystem"
+
+
+def test_auto_holds_postgresql_and_mariadb_together_postgresql_first(repo: Path, cli: Cli) -> None:
+    require_postgresql()
+    with shared_workdir() as work, loop_filesystem(work, "btrfs", size_mib=1024) as mnt:
+        mnt.chmod(0o755)
+        with mariadb_server(mnt / "mysql", fresh=True) as mariadb, postgres_server(mnt / "pg"):
+            kinds = {a["kind"]: a for a in cli("doctor", mnt)[0]["applications"]}
+            assert kinds["mysql"]["data_dir"] == str(mnt / "mysql")
+            assert kinds["mysql"]["spec"] == f"mysql:{mariadb.url}"
+            result = cli("backup", mnt, "--quiesce", "auto")
+            assert result["consistency"]["achieved"] == "application"
+            records = result["consistency"]["quiesce"]["quiescers"]
+            assert [(r["kind"], r["result"]) for r in records] == [
+                ("postgresql", "ok"),
+                ("mysql", "ok"),
+            ]
+            assert "runs under the paths" not in cli.stderr
 
 
 def test_quiesce_auto_with_nothing_running_warns_and_needs_a_level_that_uses_it(
