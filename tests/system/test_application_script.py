@@ -58,6 +58,35 @@ def test_scripts_freeze_in_order_and_thaw_in_reverse_with_the_documented_environ
         assert 0 < held["window_ms"] < held["cap_s"] * 1000
 
 
+def test_a_hooks_directory_runs_its_executables_in_name_order_also_for_auto(
+    repo: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "calls"
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir()
+    _script(hooks, "20-app", log)
+    _script(hooks, "10-web", log)
+    _script(hooks, "30-old.dpkg-old", log)
+    (hooks / "README").write_text("not a hook")
+    with loop_filesystem(tmp_path, "btrfs") as mnt:
+        (mnt / "f").write_bytes(b"x")
+        result = cli("backup", mnt, "--quiesce", f"script:{hooks}")
+        assert [q["target"] for q in result["consistency"]["quiesce"]["quiescers"]] == [
+            str(hooks / "10-web"),
+            str(hooks / "20-app"),
+        ]
+        assert [(c[0], c[1]) for c in _calls(log)] == [
+            ("10-web", "freeze"),
+            ("20-app", "freeze"),
+            ("20-app", "thaw"),
+            ("10-web", "thaw"),
+        ]
+        monkeypatch.setenv("FREEZEFRAME_HOOKS_DIR", str(hooks))
+        auto = cli("backup", mnt, "--quiesce", "auto")
+        assert auto["consistency"]["achieved"] == "application"
+        assert len(auto["consistency"]["quiesce"]["quiescers"]) == 2
+
+
 def test_a_failing_freeze_aborts_and_thaws_what_was_frozen(
     repo: Path, cli: Cli, tmp_path: Path
 ) -> None:

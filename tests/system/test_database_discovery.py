@@ -72,6 +72,8 @@ def test_quiesce_auto_with_nothing_running_warns_and_needs_a_level_that_uses_it(
         (mnt / "f").write_text("x")
         result = cli("backup", mnt, "--quiesce", "auto")
         assert result["consistency"]["achieved"] == "filesystem"
-        assert "--quiesce auto found no running database under the paths" in cli.stderr
+        assert "--quiesce auto found no running database under the paths and no hook" in (
+            cli.stderr
+        )
         wrong = cli("backup", mnt, "--quiesce", "auto", "--consistency", "crash", expect=2)
         assert "--quiesce auto needs --consistency application or auto" in wrong["error"]["message"]

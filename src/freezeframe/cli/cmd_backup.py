@@ -21,6 +21,7 @@ from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
 from freezeframe.errors import EXIT_PARTIAL, UsageError
 from freezeframe.quiesce.discovery import expand_auto
+from freezeframe.quiesce.script import expand_directories
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.snapshot import ConsistencyReport
 
@@ -79,8 +80,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="KIND:TARGET",
         help="hold an application across the snapshots (repeatable; in order): "
         "postgresql:CONNINFO, mysql:URL|OPTION_FILE, sqlite:DATABASE, redis:URL, "
-        "script:EXECUTABLE, cgroup:PATH, unit:NAME or pid:N; auto: every database that "
-        "doctor finds running under the paths",
+        "script:EXECUTABLE|HOOKS_DIR, cgroup:PATH, unit:NAME or pid:N; auto: every database that "
+        "doctor finds running under the paths, then the hooks of /etc/freezeframe/hooks.d",
     )
     parser.add_argument(
         "--quiesce-cap",
@@ -101,7 +102,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: CommandContext) -> int:
     paths = [_source(p) for p in ctx.args.paths]
-    quiesce = ctx.args.quiesce
+    quiesce = expand_directories(ctx.args.quiesce)
     if ctx.args.consistency in ("auto", "application"):
         quiesce, warnings = expand_auto(quiesce, paths)
         for warning in warnings:

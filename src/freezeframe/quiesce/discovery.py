@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from freezeframe.quiesce.script import hooks_dir, hooks_in
+
 PROC = "/proc"
 LISTEN = "0A"  # TCP state in /proc/net/tcp
 ACCEPTING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix: a listening socket
@@ -171,11 +173,12 @@ def _tcp_ports(pid: int) -> list[int]:
 def expand_auto(
     specs: list[str], paths: list[str], instances: list[Instance] | None = None
 ) -> tuple[list[str], list[str]]:
-    """``--quiesce auto`` replaced by a quiescer for every database found under ``paths``;
-    and a warning for every such database left without one (counted per kind: two
-    PostgreSQL clusters need two ``postgresql:`` quiescers). PostgreSQL comes first: its
-    freeze is a checkpoint that blocks nothing, and what freezes after it is not held while
-    it runs. ``instances``: what runs (looked up when not given)."""
+    """``--quiesce auto`` replaced by a quiescer for every database found under ``paths``,
+    then by the hooks of the hooks directory (the databases are held first); and a warning
+    for every such database left without one (counted per kind: two PostgreSQL clusters
+    need two ``postgresql:`` quiescers). PostgreSQL comes first: its freeze is a checkpoint
+    that blocks nothing, and what freezes after it is not held while it runs.
+    ``instances``: what runs (looked up when not given)."""
     found = sorted(under(paths, instances), key=lambda i: (i.kind != "postgresql", i.pid))
     warnings = []
     expanded = [spec for spec in specs if spec != "auto"]
@@ -188,8 +191,13 @@ def expand_auto(
                 )
             elif instance.spec not in expanded:
                 expanded.append(instance.spec)
-        if not found:
-            warnings.append("--quiesce auto found no running database under the paths")
+        hooks = hooks_in(hooks_dir()) if os.path.isdir(hooks_dir()) else []
+        expanded += [f"script:{hook}" for hook in hooks if f"script:{hook}" not in expanded]
+        if not found and not hooks:
+            warnings.append(
+                "--quiesce auto found no running database under the paths and no hook in "
+                f"{hooks_dir()}"
+            )
     given = [spec.partition(":")[0] for spec in expanded]
     for kind in sorted({i.kind for i in found}):
         running_here = [i for i in found if i.kind == kind]

@@ -1,6 +1,8 @@
 """Scripts: an executable run with the argument ``freeze`` before the snapshots and ``thaw``
-after them. The contract (docs/consistency.md): environment FREEZEFRAME_PHASE (freeze or thaw),
-FREEZEFRAME_RUN_ID, FREEZEFRAME_LEVEL and FREEZEFRAME_VOLUMES (mount points, colon separated);
+after them; a hooks directory stands for its executables in name order, as run-parts picks
+them. The contract (docs/consistency.md): environment FREEZEFRAME_PHASE (freeze or thaw),
+FREEZEFRAME_RUN_ID, FREEZEFRAME_LEVEL, FREEZEFRAME_VOLUMES (mount points, colon separated) and
+FREEZEFRAME_PATHS (the paths backed up, one per line);
 a timeout per run; a non-zero exit or a timeout at freeze aborts the capture and thaws whatever
 was frozen; the thaw side always runs, and if freezeframe dies while frozen the watchdog runs it.
 """
@@ -16,6 +18,42 @@ from typing import Any
 from freezeframe.quiesce.base import QuiesceError
 
 OUTPUT_TAIL = 2000
+HOOKS_DIR_ENV = "FREEZEFRAME_HOOKS_DIR"
+DEFAULT_HOOKS_DIR = "/etc/freezeframe/hooks.d"  # what --quiesce auto runs, when it exists
+SKIPPED_SUFFIXES = ("~", ".dpkg-old", ".dpkg-new", ".dpkg-dist", ".rpmnew", ".rpmsave", ".disabled")
+
+
+def hooks_dir() -> str:
+    return os.environ.get(HOOKS_DIR_ENV) or DEFAULT_HOOKS_DIR
+
+
+def hooks_in(directory: str) -> list[str]:
+    """The executables of a hooks directory in name order; hidden files, editor backups and
+    package managers' leftovers are not hooks."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise QuiesceError(f"script: cannot list {directory}: {exc.strerror}") from exc
+    return [
+        os.path.join(directory, name)
+        for name in names
+        if not name.startswith(".")
+        and not name.endswith(SKIPPED_SUFFIXES)
+        and os.path.isfile(os.path.join(directory, name))
+        and os.access(os.path.join(directory, name), os.X_OK)
+    ]
+
+
+def expand_directories(specs: list[str]) -> list[str]:
+    """``script:DIR`` replaced by one ``script:`` per hook in it, in order."""
+    expanded = []
+    for spec in specs:
+        kind, _, target = spec.partition(":")
+        if kind == "script" and os.path.isdir(target):
+            expanded += [f"script:{hook}" for hook in hooks_in(os.path.abspath(target))]
+        else:
+            expanded.append(spec)
+    return expanded
 
 
 class ScriptQuiescer:

@@ -7,8 +7,11 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from freezeframe.quiesce import discovery
 from freezeframe.quiesce.discovery import Instance, expand_auto
+from freezeframe.quiesce.script import HOOKS_DIR_ENV, expand_directories
 
 
 def test_listening_unix_sockets_and_tcp_ports_of_a_process_are_found(tmp_path: Path) -> None:
@@ -50,19 +53,38 @@ RUNNING = [
 ]
 
 
-def test_auto_holds_what_runs_under_the_paths_postgresql_first() -> None:
+def test_auto_holds_what_runs_under_the_paths_postgresql_first_then_the_hooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(HOOKS_DIR_ENV, str(tmp_path))
+    for name, mode in [("20-app", 0o755), ("10-web", 0o755), ("notes", 0o644), ("30-x~", 0o755)]:
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(mode)
+    (tmp_path / ".hidden").write_text("")
+    (tmp_path / ".hidden").chmod(0o755)
     specs, warnings = expand_auto(["sqlite:/srv/app.db", "auto"], ["/srv"], RUNNING)
     assert specs == [
         "sqlite:/srv/app.db",
         "postgresql:host=/run/postgresql port=5432",
         "redis:unix:///run/redis.sock",
+        f"script:{tmp_path}/10-web",
+        f"script:{tmp_path}/20-app",
+    ]
+    assert expand_directories(["redis:x", f"script:{tmp_path}"]) == [
+        "redis:x",
+        f"script:{tmp_path}/10-web",
+        f"script:{tmp_path}/20-app",
     ]
     assert len(warnings) == 2
     assert "redis (pid 60, data in /srv/cache) listens nowhere" in warnings[0]
     assert "redis (pid 60, data in /srv/cache) runs under the paths" in warnings[1]
 
 
-def test_a_database_without_a_quiescer_of_its_kind_is_named() -> None:
+def test_a_database_without_a_quiescer_of_its_kind_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks = tmp_path / "no-hooks"
+    monkeypatch.setenv(HOOKS_DIR_ENV, str(hooks))
     specs, warnings = expand_auto(
         ["redis:unix:///run/redis.sock"], ["/srv/pg", "/srv/redis"], RUNNING
     )
@@ -74,5 +96,5 @@ def test_a_database_without_a_quiescer_of_its_kind_is_named() -> None:
     assert expand_auto([], ["/var/lib/mysql-other"], RUNNING) == ([], [])
     assert expand_auto(["auto"], ["/home"], RUNNING) == (
         [],
-        ["--quiesce auto found no running database under the paths"],
+        [f"--quiesce auto found no running database under the paths and no hook in {hooks}"],
     )
