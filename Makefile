@@ -1,5 +1,5 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
-.PHONY: demo test lint bench bench-consistency setup
+.PHONY: demo test lint bench bench-consistency bench-freeze-window setup
 
 setup:
 	./tools/bootstrap.sh
@@ -21,3 +21,6 @@ bench: setup
 
 bench-consistency: setup
 	.venv/bin/python bench/consistency.py $(BENCH_ARGS)
+
+bench-freeze-window: setup
+	.venv/bin/python bench/freeze_window.py $(BENCH_ARGS)
