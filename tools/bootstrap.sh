@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_packages=(python3 python3-venv python3-pip acl attr e2fsprogs util-linux btrfs-progs xfsprogs
-    redis-server postgresql mariadb-server)
+    redis-server postgresql mariadb-server qemu-system-x86 qemu-utils qemu-guest-agent busybox-static)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
