@@ -17,6 +17,7 @@ from freezeframe.capture.session import (
     Caps,
     Capture,
 )
+from freezeframe.cli import backup_vm
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
 from freezeframe.errors import EXIT_PARTIAL, UsageError
@@ -27,7 +28,15 @@ from freezeframe.repository.snapshot import ConsistencyReport
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="what to back up")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="what to back up")
+    parser.add_argument(
+        "--vm",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a running QEMU VM: qmp:SOCKET[,qga=SOCKET][,name=NAME] (repeatable; one "
+        "snapshot each; see docs/vm.md)",
+    )
     parser.add_argument(
         "-e",
         "--exclude",
@@ -101,6 +110,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
+    if ctx.args.vm:
+        return backup_vm.run(ctx)
+    if not ctx.args.paths:
+        raise UsageError("nothing to back up: give paths, or --vm SPEC")
     paths = [_source(p) for p in ctx.args.paths]
     quiesce = expand_directories(ctx.args.quiesce)
     if ctx.args.consistency in ("auto", "application"):

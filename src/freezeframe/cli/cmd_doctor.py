@@ -4,21 +4,65 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
+from typing import Any
 
 from freezeframe.capture.doctor import LEVELS, PathReport, examine
 from freezeframe.cli.context import CommandContext
+from freezeframe.errors import UsageError
 from freezeframe.quiesce import discovery
+from freezeframe.vm.backup import examine as examine_vm
+from freezeframe.vm.machine import VmSpec
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="paths to examine")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="paths to examine")
+    parser.add_argument(
+        "--vm", action="append", default=[], metavar="SPEC", help="a running QEMU VM to examine"
+    )
 
 
 def run(ctx: CommandContext) -> int:
-    running = discovery.running()
+    if not ctx.args.paths and not ctx.args.vm:
+        raise UsageError("give paths, or --vm SPEC, to examine")
+    running = discovery.running() if ctx.args.paths else []
     reports = [examine(path, running) for path in ctx.args.paths]
-    ctx.out.result([asdict(r) for r in reports], lambda: "\n\n".join(map(_text, reports)))
+    vms = [examine_vm(VmSpec.parse(spec)) for spec in ctx.args.vm]
+    if not vms:
+        ctx.out.result([asdict(r) for r in reports], lambda: "\n\n".join(map(_text, reports)))
+    else:
+        ctx.out.result(
+            {"paths": [asdict(r) for r in reports], "vms": vms},
+            lambda: "\n\n".join([*map(_text, reports), *map(_vm_text, vms)]),
+        )
     return 0
+
+
+def _vm_text(vm: dict[str, Any]) -> str:
+    lines = [f"VM {vm['name']} (QEMU {_version(vm['qemu'])})"]
+    for disk in vm["disks"]:
+        lines.append(
+            f"  disk:     {disk['drive']} node {disk['node']}, {disk['format']}, "
+            f"{disk['size'] / 2**30:.1f} GiB ({disk['filename']})"
+        )
+    agent = vm["guest_agent"]
+    if agent["socket"] is None:
+        lines.append("  agent:    none given (qga=PATH)")
+    elif agent["answers"]:
+        lines.append(f"  agent:    answers (version {agent.get('version')}), file systems "
+                     f"{agent.get('fsfreeze_status')}")  # fmt: skip
+    else:
+        lines.append(f"  agent:    does not answer: {agent.get('error')}")
+    lines.append("  hook:     not installed (the guest hook is not in this version)")
+    for level in ("application", "filesystem", "crash"):
+        if level in vm["reachable"]:
+            lines.append(f"  {level:<12} reachable")
+        else:
+            lines.append(f"  {level:<12} not reachable: {vm['unreachable'][level]}")
+    return "\n".join(lines)
+
+
+def _version(qemu: dict[str, Any]) -> str:
+    return ".".join(str(qemu.get(k, "?")) for k in ("major", "minor", "micro"))
 
 
 def _text(report: PathReport) -> str:

@@ -1,0 +1,94 @@
+"""``freezeframe backup --vm SPEC``: one snapshot per VM."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from freezeframe.cli.context import CommandContext
+from freezeframe.cli.output import human_bytes, human_duration
+from freezeframe.errors import UsageError
+from freezeframe.repository.locks import RepositoryLock
+from freezeframe.vm.backup import VmBackupResult, backup_vm
+from freezeframe.vm.diskstore import DiskProgress
+from freezeframe.vm.machine import VmSpec
+from freezeframe.vm.nbdreader import open_export
+
+
+def run(ctx: CommandContext) -> int:
+    if ctx.args.paths:
+        raise UsageError("back up VMs (--vm) and paths in separate runs")
+    if ctx.args.quiesce:
+        raise UsageError("--quiesce applies to paths; a VM's applications are quiesced inside it")
+    specs = [VmSpec.parse(spec) for spec in ctx.args.vm]
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise UsageError("two --vm have the same name; give each name=NAME")
+    repo = ctx.open_repository()
+    results: list[VmBackupResult] = []
+    try:
+        with RepositoryLock(repo, exclusive=False) as lock:
+            for spec in specs:
+                progress = DiskProgress()
+                with ctx.out.live(functools.partial(_render, spec.name, progress)):
+                    result = backup_vm(
+                        repo,
+                        spec,
+                        open_export,
+                        requested=ctx.args.consistency,
+                        fallback=ctx.args.fallback,
+                        freeze_cap_s=ctx.args.freeze_cap,
+                        tags=ctx.args.tag,
+                        progress=progress,
+                        before_commit=lock.ensure_held,
+                    )
+                for warning in result.warnings:
+                    ctx.out.warn(warning)
+                results.append(result)
+    finally:
+        repo.close()
+    ctx.out.result(
+        {"vms": [_json(r) for r in results]}, lambda: "\n".join(_text(r) for r in results)
+    )
+    return 0
+
+
+def _render(name: str, p: DiskProgress, elapsed: float) -> str:
+    """The progress line of one VM's backup."""
+    rate = p.bytes_done / elapsed if elapsed > 0 else 0
+    share = f", {p.bytes_done / p.bytes_total:.0%}" if p.bytes_total else ""
+    return (
+        f"[{human_duration(elapsed)}] VM {name}: read {human_bytes(p.bytes_done)} "
+        f"({human_bytes(rate)}/s{share}), {human_bytes(p.bytes_added)} new"
+    )
+
+
+def _json(result: VmBackupResult) -> dict[str, Any]:
+    snap = result.snapshot
+    return {
+        "snapshot_id": snap.id,
+        "time": snap.time.isoformat(),
+        "paths": snap.paths,
+        "summary": snap.summary,
+        "consistency": snap.to_json()["consistency"],
+    }
+
+
+def _text(result: VmBackupResult) -> str:
+    snap = result.snapshot
+    s, report = snap.summary, snap.consistency
+    line = f"Consistency: {report.achieved} ({s['disks']} disks at one instant"
+    frozen = [v.get("freeze_ms") for v in report.volumes if v.get("freeze_ms") is not None]
+    if frozen:
+        line += f", guest file systems frozen for {frozen[0]:.1f} ms"
+    if report.reason:
+        line += f"; not higher: {report.reason}"
+    return "\n".join(
+        [
+            f"VM {snap.paths[0].rsplit('/', 1)[-1]}: read {human_bytes(s['bytes_read'])} of "
+            f"{human_bytes(s['bytes_total'])}, added {human_bytes(s['bytes_added'])} in "
+            f"{human_duration(s['duration_seconds'])}",
+            line + ")",
+            f"snapshot {snap.short_id} saved",
+        ]
+    )

@@ -1,0 +1,1 @@
+"""Backups of running QEMU virtual machines."""

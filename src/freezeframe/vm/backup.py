@@ -1,0 +1,330 @@
+"""One backup of a running VM: decide the level, take every disk at one instant (the guest's
+file systems frozen around it at `filesystem`), read the disks while the VM runs, store them
+and the VM's definition as a snapshot.
+
+In the snapshot a VM is a directory ``/vm/<name>/`` holding one sparse raw image per disk,
+named after the guest device (``vda.raw``), and ``definition.json`` (the disks, their formats
+and sizes, QEMU's command line). A plain ``restore`` therefore writes bootable raw images.
+
+Crash safety: before anything is started in QEMU, the watchdog is handed the release of the VM
+(thaw the guest, cancel freezeframe's block jobs, remove its nodes and overlays); the guest's
+freeze has a deadline of its own (``--freeze-cap``) after which the watchdog thaws it.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from freezeframe import __version__
+from freezeframe.capture.watchdog import Watchdog
+from freezeframe.errors import FreezeframeError, UsageError
+from freezeframe.repository.pack import BlobType
+from freezeframe.repository.repository import Repository
+from freezeframe.repository.snapshot import ConsistencyReport, Snapshot, save_snapshot
+from freezeframe.repository.tree import Node, encode_tree
+from freezeframe.vm.diskstore import DiskProgress, ImageReader, StoredDisk, store_disk
+from freezeframe.vm.machine import Disk, VmSpec, disks_of
+from freezeframe.vm.pointintime import PointInTime, cleanup
+from freezeframe.vm.qmp import GuestAgent, Qmp, QmpError
+
+LEVELS = ("application", "filesystem", "crash")
+RELEASE_DEADLINE_S = 7 * 24 * 3600.0  # the read's own limit is the caller's; this is a backstop
+AGENT_TIMEOUT_S = 10.0
+PROVIDER = "qemu-fleecing"
+
+
+class VmConsistencyUnreachable(FreezeframeError):
+    code = "consistency_unreachable"
+
+
+@dataclass
+class VmBackupResult:
+    snapshot: Snapshot
+    warnings: list[str] = field(default_factory=list)
+
+
+def reachable(spec: VmSpec, qmp: Qmp) -> tuple[str, str]:
+    """The highest level this VM reaches, and why not higher."""
+    del qmp  # the QMP session itself is all `crash` needs
+    if spec.qga is None:
+        return "crash", "no guest agent socket given (qga=PATH)"
+    try:
+        with GuestAgent(spec.qga, AGENT_TIMEOUT_S) as agent:
+            agent.execute("guest-fsfreeze-status")
+    except QmpError as exc:
+        return "crash", f"the guest agent does not freeze: {exc}"
+    return "filesystem", "the guest hook for application quiescers is not in this version"
+
+
+def examine(spec: VmSpec) -> dict[str, Any]:
+    """``doctor --vm``: the disks, whether the guest agent answers and freezes, and the levels."""
+    with Qmp(spec.qmp) as qmp:
+        disks = disks_of(qmp)
+        top, reason = reachable(spec, qmp)
+        agent: dict[str, Any] = {"socket": spec.qga, "answers": False}
+        if spec.qga is not None:
+            try:
+                with GuestAgent(spec.qga, AGENT_TIMEOUT_S) as guest:
+                    info = guest.execute("guest-info")
+                    agent.update(
+                        answers=True,
+                        version=info.get("version"),
+                        fsfreeze_status=guest.execute("guest-fsfreeze-status"),
+                    )
+            except QmpError as exc:
+                agent["error"] = str(exc)
+        rank = LEVELS.index(top)
+        return {
+            "name": spec.name,
+            "qemu": qmp.version,
+            "disks": [d.to_json() for d in disks],
+            "guest_agent": agent,
+            "guest_hook": False,
+            "reachable": list(LEVELS[rank:]),
+            "unreachable": {level: reason for level in LEVELS[:rank]},
+        }
+
+
+def backup_vm(
+    repo: Repository,
+    spec: VmSpec,
+    open_reader: Callable[[str, str], ImageReader],
+    *,
+    requested: str = "auto",
+    fallback: str = "fail",
+    freeze_cap_s: float = 10.0,
+    tags: list[str] | None = None,
+    progress: DiskProgress | None = None,
+    before_commit: Callable[[], None] | None = None,
+) -> VmBackupResult:
+    """``open_reader(socket, export)`` opens one connection to one exported disk."""
+    if requested != "auto" and requested not in (*LEVELS, "none"):
+        raise UsageError(f"unknown consistency level {requested!r}")
+    warnings: list[str] = []
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    with Qmp(spec.qmp) as qmp:
+        leftovers = cleanup(qmp, spec.name)
+        if leftovers:
+            warnings.append(f"removed what an earlier run left: {', '.join(leftovers)}")
+        disks = disks_of(qmp)
+        if not disks:
+            raise FreezeframeError(f"VM {spec.name}: QEMU reports no disk to back up")
+        top, reason = reachable(spec, qmp)
+        achieved = _decide(requested, top, reason, fallback, warnings)
+        definition = {
+            "name": spec.name,
+            "qemu": qmp.version,
+            "command_line": qmp.qemu_command_line(),
+            "disks": [d.to_json() for d in disks],
+        }
+        with Watchdog() as watchdog:
+            release = [sys.executable, "-m", "freezeframe.vm.release", "--qmp", spec.qmp]
+            release += ["--vm", spec.name] + (["--qga", spec.qga] if spec.qga else [])
+            token = watchdog.arm_command(release, {}, RELEASE_DEADLINE_S)
+            view = PointInTime(qmp, disks, spec.name, f"{int(time.time_ns()):x}"[-8:])
+            freeze = _GuestFreeze(spec, watchdog, release, freeze_cap_s)
+            try:
+                if achieved == "filesystem":
+                    try:
+                        view.start(freeze.freeze, freeze.thaw)
+                    except QmpError as exc:
+                        view.stop()
+                        if not freeze.failed:
+                            raise
+                        if fallback == "fail":
+                            raise VmConsistencyUnreachable(
+                                f"VM {spec.name}: {exc} (use --fallback degrade to accept less)"
+                            ) from exc
+                        warnings.append(f"VM {spec.name}: {exc}; degraded to crash")
+                        reason, achieved = str(exc), "crash"
+                        view = PointInTime(qmp, disks, spec.name, f"{int(time.time_ns()):x}"[-8:])
+                        view.start()
+                    if freeze.overran:
+                        raise VmConsistencyUnreachable(
+                            f"VM {spec.name}: the guest's freeze passed its {freeze_cap_s:g} s "
+                            "cap and the watchdog thawed it before the disks were taken"
+                        )
+                else:
+                    view.start()
+                stored = {
+                    disk.drive: store_disk(
+                        repo,
+                        functools.partial(open_reader, view.nbd_socket, view.export_of(disk)),
+                        progress=progress,
+                    )
+                    for disk in disks
+                }
+            finally:
+                view.stop()
+                watchdog.disarm(token)
+        repo.flush()
+    report = ConsistencyReport(
+        requested=requested,
+        achieved=achieved,
+        volumes=[_volume_record(d, view, freeze, achieved) for d in disks],
+        reason=reason,
+    )
+    root = _save_tree(repo, spec.name, disks, stored, definition)
+    snapshot = Snapshot(
+        time=started,
+        host=socket.gethostname(),
+        user=getpass.getuser(),
+        paths=[f"/vm/{spec.name}"],
+        tree=root,
+        program_version=f"freezeframe {__version__}",
+        tags=list(tags or []),
+        summary=_summary(stored, time.monotonic() - t0),
+        consistency=report,
+    )
+    if before_commit is not None:
+        before_commit()
+    save_snapshot(repo, snapshot)
+    return VmBackupResult(snapshot, warnings)
+
+
+class _GuestFreeze:
+    """The guest's file systems frozen for the transaction, under a cap the watchdog keeps.
+    The agent's socket takes one client at a time, so it is not held open across the freeze:
+    the watchdog must be able to reach the agent to thaw."""
+
+    def __init__(self, spec: VmSpec, watchdog: Watchdog, release: list[str], cap_s: float) -> None:
+        self.spec = spec
+        self.watchdog = watchdog
+        self.release = [*release, "--thaw-only"]
+        self.cap_s = cap_s
+        self.frozen_at = 0.0
+        self.freeze_ms = 0.0
+        self.frozen_count = 0
+        self.failed = False
+        self.overran = False
+        self._token: int | None = None
+
+    def freeze(self) -> None:
+        assert self.spec.qga is not None
+        self._token = self.watchdog.arm_command(self.release, {}, self.cap_s)
+        self.frozen_at = time.monotonic()
+        try:
+            with GuestAgent(self.spec.qga, AGENT_TIMEOUT_S) as agent:
+                self.frozen_count = int(
+                    agent.execute("guest-fsfreeze-freeze", timeout_s=self.cap_s)
+                )
+        except QmpError:
+            self.failed = True
+            self.thaw()
+            raise
+
+    def thaw(self) -> None:
+        assert self.spec.qga is not None
+        try:
+            with GuestAgent(self.spec.qga, AGENT_TIMEOUT_S) as agent:
+                if agent.execute("guest-fsfreeze-status") == "frozen":
+                    agent.execute("guest-fsfreeze-thaw")
+        finally:
+            self.freeze_ms = (time.monotonic() - self.frozen_at) * 1000
+            if self._token is not None and not self.watchdog.disarm(self._token):
+                self.overran = True
+            self._token = None
+
+
+def _decide(requested: str, top: str, reason: str, fallback: str, warnings: list[str]) -> str:
+    rank = {level: r for r, level in enumerate(reversed((*LEVELS, "none")))}
+    if requested == "none":
+        raise UsageError("a VM is always read from a point-in-time view: use crash or higher")
+    if requested == "auto" or rank[requested] <= rank[top]:
+        return top if requested == "auto" else requested
+    message = f"consistency {requested} is not reachable: {reason}"
+    if fallback == "fail":
+        raise VmConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
+    warnings.append(f"{message}; degraded to {top}")
+    return top
+
+
+def _volume_record(
+    disk: Disk, view: PointInTime, freeze: _GuestFreeze, achieved: str
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "drive": disk.drive,
+        "node": disk.node,
+        "format": disk.format,
+        "size": disk.size,
+        "provider": PROVIDER,
+        "snapshot_time": datetime.fromtimestamp(view.instant_ns / 1e9, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ"
+        ),
+        "snapshot_ms": round(view.transaction_ms, 3),
+    }
+    if achieved == "filesystem":
+        record.update(freeze_ms=round(freeze.freeze_ms, 3), guest_filesystems=freeze.frozen_count)
+    return record
+
+
+def _save_tree(
+    repo: Repository,
+    name: str,
+    disks: list[Disk],
+    stored: dict[str, StoredDisk],
+    definition: dict[str, Any],
+) -> bytes:
+    now = time.time_ns()
+    text = json.dumps(definition, indent=2, sort_keys=True).encode()
+    text_id, _ = repo.save_blob(BlobType.DATA, text)
+    files = [
+        Node(
+            name=b"definition.json",
+            type="file",
+            mode=0o644,
+            uid=0,
+            gid=0,
+            mtime_ns=now,
+            size=len(text),
+            content=[text_id],
+        )
+    ]
+    for disk in disks:
+        image = stored[disk.drive]
+        files.append(
+            Node(
+                name=f"{disk.drive}.raw".encode(),
+                type="file",
+                mode=0o600,
+                uid=0,
+                gid=0,
+                mtime_ns=now,
+                size=image.size,
+                content=image.content,
+                sparse_map=image.sparse_map,
+            )
+        )
+    files.sort(key=lambda n: n.name)
+    vm_dir = _dir(repo, name.encode(), files, now)
+    vms = _dir(repo, b"vm", [vm_dir], now)
+    root_id, _ = repo.save_blob(BlobType.TREE, encode_tree([vms]))
+    repo.flush()
+    return root_id
+
+
+def _dir(repo: Repository, name: bytes, nodes: list[Node], mtime_ns: int) -> Node:
+    subtree, _ = repo.save_blob(BlobType.TREE, encode_tree(nodes))
+    return Node(name=name, type="dir", mode=0o700, uid=0, gid=0, mtime_ns=mtime_ns, subtree=subtree)
+
+
+def _summary(stored: dict[str, StoredDisk], seconds: float) -> dict[str, Any]:
+    read = sum(s.bytes_read for s in stored.values())
+    return {
+        "disks": len(stored),
+        "bytes_total": sum(s.size for s in stored.values()),
+        "bytes_read": read,
+        "bytes_added": sum(s.bytes_added for s in stored.values()),
+        "duration_seconds": round(seconds, 3),
+        "read_mb_per_s": round(read / seconds / 1e6, 1) if seconds > 0 else 0.0,
+    }

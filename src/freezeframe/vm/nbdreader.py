@@ -1,0 +1,32 @@
+"""A disk exported over NBD as an ``ImageReader``: reads, and the ranges that hold data
+according to the server's ``base:allocation`` (holes and known-zero ranges are never read)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from freezeframe.vm.nbd import NbdClient
+
+
+class NbdImage:
+    def __init__(self, client: NbdClient) -> None:
+        self._client = client
+        self.size = client.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._client.read(offset, length)
+
+    def data_extents(self) -> Iterator[tuple[int, int]]:
+        if not self._client.can_block_status:
+            yield 0, self.size
+            return
+        for extent in self._client.extents():
+            if not extent.is_zero and not extent.is_hole:
+                yield extent.offset, extent.length
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_export(socket_path: str, export: str) -> NbdImage:
+    return NbdImage(NbdClient.connect_unix(socket_path, export))

@@ -1,0 +1,174 @@
+"""Every disk of a running VM at one instant, readable while the VM runs ("image fleecing").
+
+For each disk a temporary qcow2 overlay is added whose backing is the disk itself; one QMP
+``transaction`` then starts, for all disks together, a ``blockdev-backup`` with ``sync: none``
+from the disk into its overlay: from that instant, before the guest overwrites a cluster, QEMU
+copies the old cluster into the overlay. Reading the overlay therefore shows the disk as it was
+at the transaction, whatever the guest writes meanwhile. The overlays are exported read-only by
+QEMU's NBD server on a unix socket, and the backup reads them there.
+
+Everything is named with the run's prefix, so what a dead run left behind (block jobs, nodes,
+the NBD server, overlay files) is found and removed by ``cleanup`` (the watchdog runs it the
+moment freezeframe dies, and the next run runs it first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from freezeframe.vm.machine import Disk
+from freezeframe.vm.qmp import Qmp, QmpError
+
+PREFIX = "ffz"  # node names, job ids and export names of freezeframe's own
+SCRATCH_ROOT = "/var/tmp/freezeframe-vm"
+CANCEL_WAIT_S = 10.0
+
+
+def scratch_dir(vm_name: str) -> str:
+    return os.path.join(SCRATCH_ROOT, vm_name)
+
+
+class PointInTime:
+    """``start`` freezes the view (``before`` and ``after`` run around the transaction: the
+    guest's file-system freeze), ``nbd_socket`` and ``export_of`` say where to read, ``stop``
+    removes every trace. Use ``with``: leaving it stops."""
+
+    def __init__(self, qmp: Qmp, disks: list[Disk], vm_name: str, run_id: str) -> None:
+        self.qmp = qmp
+        self.disks = disks
+        self.tag = f"{PREFIX}{run_id[:8]}"
+        self.dir = os.path.join(scratch_dir(vm_name), self.tag)
+        self.nbd_socket = os.path.join(self.dir, "nbd.sock")
+        self.transaction_ms = 0.0
+        self.instant_ns = 0
+        self._nodes: list[str] = []
+        self._jobs: list[str] = []
+        self._server = False
+
+    def __enter__(self) -> PointInTime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def node_of(self, disk: Disk) -> str:
+        return f"{self.tag}-{disk.drive}"
+
+    def export_of(self, disk: Disk) -> str:
+        return disk.drive
+
+    def start(
+        self, before: Callable[[], None] | None = None, after: Callable[[], None] | None = None
+    ) -> None:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        for disk in self.disks:
+            overlay = os.path.join(self.dir, f"{disk.drive}.qcow2")
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", overlay, str(disk.size)],
+                check=True,
+                capture_output=True,
+            )
+            self.qmp.execute(
+                "blockdev-add",
+                {
+                    "driver": "qcow2",
+                    "node-name": self.node_of(disk),
+                    "file": {"driver": "file", "filename": overlay},
+                    "backing": disk.node,
+                },
+            )
+            self._nodes.append(self.node_of(disk))
+        actions: list[dict[str, Any]] = [
+            {
+                "type": "blockdev-backup",
+                "data": {
+                    "device": disk.node,
+                    "target": self.node_of(disk),
+                    "sync": "none",
+                    "job-id": self.node_of(disk),
+                },
+            }
+            for disk in self.disks
+        ]
+        if before is not None:
+            before()
+        try:
+            started = time.monotonic()
+            self.instant_ns = time.time_ns()
+            self.qmp.execute("transaction", {"actions": actions})
+            self.transaction_ms = (time.monotonic() - started) * 1000
+            self._jobs = [self.node_of(d) for d in self.disks]
+        finally:
+            if after is not None:
+                after()
+        self.qmp.execute(
+            "nbd-server-start", {"addr": {"type": "unix", "data": {"path": self.nbd_socket}}}
+        )
+        self._server = True
+        for disk in self.disks:
+            self.qmp.execute(
+                "nbd-server-add",
+                {"device": self.node_of(disk), "name": self.export_of(disk), "writable": False},
+            )
+
+    def stop(self) -> None:
+        """Remove the exports, the server, the jobs, the nodes and the overlays; each step
+        tolerates what an earlier failure left undone."""
+        if self._server:
+            _quietly(self.qmp, "nbd-server-stop")
+            self._server = False
+        for job in self._jobs:
+            _cancel_job(self.qmp, job)
+        self._jobs = []
+        for node in reversed(self._nodes):
+            _quietly(self.qmp, "blockdev-del", {"node-name": node})
+        self._nodes = []
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cleanup(qmp: Qmp, vm_name: str) -> list[str]:
+    """Remove what runs of freezeframe left in this QEMU and on disk; returns what it found."""
+    found = []
+    jobs = [j["device"] for j in qmp.execute("query-block-jobs") if j["device"].startswith(PREFIX)]
+    nodes = [
+        n["node-name"]
+        for n in qmp.execute("query-named-block-nodes", {"flat": True})
+        if n.get("node-name", "").startswith(PREFIX)
+    ]
+    if jobs or nodes:
+        _quietly(qmp, "nbd-server-stop")
+    for job in jobs:
+        _cancel_job(qmp, job)
+        found.append(f"block job {job}")
+    for node in sorted(set(nodes)):
+        _quietly(qmp, "blockdev-del", {"node-name": node})
+        found.append(f"node {node}")
+    for directory in glob.glob(os.path.join(scratch_dir(vm_name), f"{PREFIX}*")):
+        shutil.rmtree(directory, ignore_errors=True)
+        found.append(f"overlay directory {directory}")
+    return found
+
+
+def _cancel_job(qmp: Qmp, job: str) -> None:
+    try:
+        qmp.execute("block-job-cancel", {"device": job, "force": True})
+    except QmpError:
+        return  # already gone
+    try:
+        qmp.wait_event("BLOCK_JOB_CANCELLED", CANCEL_WAIT_S, {"device": job})
+    except QmpError:
+        # A sync=none job may also report itself completed on cancel.
+        if any(j["device"] == job for j in qmp.execute("query-block-jobs")):
+            raise
+
+
+def _quietly(qmp: Qmp, command: str, arguments: dict[str, Any] | None = None) -> None:
+    with contextlib.suppress(QmpError):
+        qmp.execute(command, arguments)

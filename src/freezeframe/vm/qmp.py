@@ -1,0 +1,231 @@
+"""A synchronous client for QEMU's machine protocol (QMP) and its guest agent (QGA), both JSON
+over a unix socket. Small on purpose: freezeframe sends a handful of commands in order and
+waits for a few events; asynchronous machinery would add nothing.
+
+QMP: a greeting, ``qmp_capabilities``, then commands answered by ``return`` or ``error``, with
+events interleaved. QEMU accepts one client per QMP socket at a time, and any number of
+``-qmp`` options: give freezeframe a socket of its own.
+
+QGA: no greeting; a client first sends ``guest-sync-delimited`` with a random id and skips
+everything up to the 0xFF delimiter and the matching reply, since a previous client may have
+left a half-read answer in the channel.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import struct
+import time
+from typing import Any
+
+from freezeframe.errors import FreezeframeError
+
+DELIMITER = b"\xff"
+
+
+class QmpError(FreezeframeError):
+    code = "qmp_error"
+
+
+class _JsonSocket:
+    def __init__(self, path: str, timeout_s: float, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout_s)
+        try:
+            self._sock.connect(path)
+        except OSError as exc:
+            self._sock.close()
+            raise QmpError(f"{what} {path}: {exc.strerror or exc}") from exc
+        self._buffer = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self._sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError as exc:
+            raise QmpError(f"{self.what} {self.path}: {exc.strerror or exc}") from exc
+
+    def receive(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QmpError(f"{self.what} {self.path}: no answer within {timeout_s:g} s")
+            self._sock.settimeout(left)
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError as exc:
+                raise QmpError(
+                    f"{self.what} {self.path}: no answer within {timeout_s:g} s"
+                ) from exc
+            except OSError as exc:
+                raise QmpError(f"{self.what} {self.path}: {exc.strerror or exc}") from exc
+            if not data:
+                raise QmpError(f"{self.what} {self.path}: the connection was closed")
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        line = line.replace(DELIMITER, b"").strip()
+        if not line:
+            return self.receive(max(deadline - time.monotonic(), 0.001))
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            raise QmpError(f"{self.what} {self.path}: not JSON: {line[:80]!r}") from exc
+        if not isinstance(message, dict):
+            raise QmpError(f"{self.what} {self.path}: unexpected message {line[:80]!r}")
+        return message
+
+    def skip_to_delimiter(self, timeout_s: float) -> None:
+        """Drop whatever precedes the guest agent's 0xFF sync delimiter."""
+        deadline = time.monotonic() + timeout_s
+        while DELIMITER not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QmpError(f"{self.what} {self.path}: the guest agent does not answer")
+            self._sock.settimeout(left)
+            try:
+                data = self._sock.recv(65536)
+            except (TimeoutError, OSError) as exc:
+                raise QmpError(f"{self.what} {self.path}: the guest agent does not answer") from exc
+            if not data:
+                raise QmpError(f"{self.what} {self.path}: the connection was closed")
+            self._buffer += data
+        self._buffer = self._buffer.partition(DELIMITER)[2]
+
+    def peer_pid(self) -> int:
+        """The process at the other end (QEMU), from the socket's credentials."""
+        creds = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[0])
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class Qmp:
+    """One QMP session. ``execute`` returns the command's ``return`` or raises ``QmpError``
+    with QEMU's message; events seen meanwhile are kept for ``wait_event``."""
+
+    def __init__(self, path: str, timeout_s: float = 30.0) -> None:
+        self.timeout_s = timeout_s
+        self._conn = _JsonSocket(path, timeout_s, "QMP")
+        self.events: list[dict[str, Any]] = []
+        self._next_id = 0
+        try:
+            greeting = self._conn.receive(timeout_s)
+            if "QMP" not in greeting:
+                raise QmpError(f"QMP {path}: not a QMP socket (no greeting)")
+            self.version = greeting["QMP"].get("version", {}).get("qemu", {})
+            self.execute("qmp_capabilities")
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def __enter__(self) -> Qmp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout_s: float | None = None
+    ) -> Any:
+        self._next_id += 1
+        ident = f"ff-{self._next_id}"
+        message: dict[str, Any] = {"execute": command, "id": ident}
+        if arguments:
+            message["arguments"] = arguments
+        self._conn.send(message)
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while True:
+            reply = self._conn.receive(max(deadline - time.monotonic(), 0.001))
+            if "event" in reply:
+                self.events.append(reply)
+                continue
+            if reply.get("id") != ident:
+                continue
+            if "error" in reply:
+                error = reply["error"]
+                raise QmpError(f"QMP {command}: {error.get('desc', error)}")
+            return reply.get("return")
+
+    def wait_event(
+        self, name: str, timeout_s: float, match: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The first event ``name`` whose data contains ``match``, seen already or to come."""
+
+        def matches(event: dict[str, Any]) -> bool:
+            data = event.get("data", {})
+            return event.get("event") == name and all(
+                data.get(k) == v for k, v in (match or {}).items()
+            )
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for index, event in enumerate(self.events):
+                if matches(event):
+                    return self.events.pop(index)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QmpError(f"QMP: no {name} event within {timeout_s:g} s")
+            message = self._conn.receive(left)
+            if "event" in message:
+                self.events.append(message)
+
+    def qemu_command_line(self) -> list[str]:
+        """QEMU's own argv, for the record of what was backed up ([] if not readable)."""
+        try:
+            with open(f"/proc/{self._conn.peer_pid()}/cmdline", "rb") as f:
+                return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class GuestAgent:
+    """One session with the QEMU guest agent inside a VM."""
+
+    def __init__(self, path: str, timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s
+        self._conn = _JsonSocket(path, timeout_s, "guest agent")
+        try:
+            self._sync()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def __enter__(self) -> GuestAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _sync(self) -> None:
+        token = random.randrange(1, 2**31)
+        self._conn.send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
+        deadline = time.monotonic() + self.timeout_s
+        self._conn.skip_to_delimiter(self.timeout_s)
+        while True:
+            reply = self._conn.receive(max(deadline - time.monotonic(), 0.001))
+            if reply.get("return") == token:
+                return
+
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout_s: float | None = None
+    ) -> Any:
+        message: dict[str, Any] = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        self._conn.send(message)
+        reply = self._conn.receive(timeout_s or self.timeout_s)
+        if "error" in reply:
+            error = reply["error"]
+            raise QmpError(f"guest agent {command}: {error.get('desc', error)}")
+        return reply.get("return")
+
+    def close(self) -> None:
+        self._conn.close()
