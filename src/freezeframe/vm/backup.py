@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import os
 import socket
 import sys
 import time
@@ -40,6 +41,10 @@ LEVELS = ("application", "filesystem", "crash")
 RELEASE_DEADLINE_S = 7 * 24 * 3600.0  # the read's own limit is the caller's; this is a backstop
 AGENT_TIMEOUT_S = 10.0
 PROVIDER = "qemu-fleecing"
+# Tests only: hold the guest frozen, or the point-in-time view open, this long, to kill the run
+# inside.
+HOLD_FREEZE_ENV = "FREEZEFRAME_TEST_HOLD_FREEZE_S"
+HOLD_READ_ENV = "FREEZEFRAME_TEST_HOLD_READ_S"
 
 
 class VmConsistencyUnreachable(FreezeframeError):
@@ -156,6 +161,9 @@ def backup_vm(
                         )
                 else:
                     view.start()
+                hold_s = float(os.environ.get(HOLD_READ_ENV, "0") or 0)
+                if hold_s:
+                    time.sleep(hold_s)
                 stored = {
                     disk.drive: store_disk(
                         repo,
@@ -211,6 +219,13 @@ class _GuestFreeze:
 
     def freeze(self) -> None:
         assert self.spec.qga is not None
+        try:
+            with GuestAgent(self.spec.qga, AGENT_TIMEOUT_S) as agent:
+                if agent.execute("guest-fsfreeze-status") == "frozen":
+                    raise QmpError("the guest's file systems are already frozen by someone else")
+        except QmpError:
+            self.failed = True
+            raise
         self._token = self.watchdog.arm_command(self.release, {}, self.cap_s)
         self.frozen_at = time.monotonic()
         try:
@@ -222,6 +237,9 @@ class _GuestFreeze:
             self.failed = True
             self.thaw()
             raise
+        hold_s = float(os.environ.get(HOLD_FREEZE_ENV, "0") or 0)
+        if hold_s:
+            time.sleep(hold_s)
 
     def thaw(self) -> None:
         assert self.spec.qga is not None

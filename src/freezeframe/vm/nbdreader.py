@@ -1,5 +1,5 @@
 """A disk exported over NBD as an ``ImageReader``: reads, and the ranges that hold data
-according to the server's ``base:allocation`` (holes and known-zero ranges are never read)."""
+according to the server's ``base:allocation`` (ranges known to read as zeros are never read)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class NbdImage:
             yield 0, self.size
             return
         for extent in self._client.extents():
-            if not extent.is_zero and not extent.is_hole:
+            if not extent.is_zero:  # a hole without the zero flag may read as anything
                 yield extent.offset, extent.length
 
     def close(self) -> None:
