@@ -1,0 +1,167 @@
+"""Backups of a running QEMU VM (the lab's tiny guest, tests/vmfixtures.py) whose workload
+writes a log on one virtual disk and, after it is durable, a commit on the other: at `crash`
+and `filesystem` every restored pair of images keeps the invariant and passes e2fsck; at
+`filesystem` the guest's file systems also need no journal replay. A SIGKILL of freezeframe
+while the guest is frozen, or while the disks are being read, leaves the guest writing and no
+block job, node or overlay behind within 2 s. FREEZEFRAME_VM_TRIALS sets the trials per level
+(default 3)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ffharness import Cli, spawn_freezeframe
+from vmfixtures import Vm, check_images, make_disks, running_vm
+
+TRIALS = int(os.environ.get("FREEZEFRAME_VM_TRIALS", "3"))
+SCRATCH = Path("/var/tmp/freezeframe-vm")
+
+
+def _spec(vm: Vm, name: str = "lab") -> str:
+    return f"qmp:{vm.qmp_socket},qga={vm.qga_socket},name={name}"
+
+
+def _agent_released(vm: Vm) -> None:
+    """The agent serves one client at a time: the test lets go before freezeframe needs it."""
+    if vm._qga is not None:
+        vm._qga.close()
+        vm._qga = None
+
+
+def _needs_recovery(image: Path) -> bool:
+    header = subprocess.run(
+        ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    return "needs_recovery" in header
+
+
+def _commit(vm: Vm) -> int:
+    value = vm.read_guest_file("/mnt/b/b.commit")
+    _agent_released(vm)
+    return int(value or 0)
+
+
+def _leftovers(vm: Vm) -> list[str]:
+    jobs = [j["device"] for j in vm.qmp("query-block-jobs")]
+    nodes = [n["node-name"] for n in vm.qmp("query-named-block-nodes", {"flat": True})]
+    found = [name for name in jobs + nodes if name.startswith("ffz")]
+    if SCRATCH.exists():
+        found += [str(p) for p in SCRATCH.glob("lab/ffz*")]
+    return found
+
+
+@pytest.mark.parametrize("level", ["crash", "filesystem"])
+def test_every_restore_keeps_the_invariant_across_both_disks(
+    repo: Path, cli: Cli, tmp_path: Path, level: str
+) -> None:
+    disks = make_disks(tmp_path / "disks", size_mib=128)
+    with running_vm(tmp_path / "vm", disks) as vm:
+        for trial in range(TRIALS):
+            _agent_released(vm)
+            result = cli("backup", "--vm", _spec(vm), "--consistency", level)
+            [snapshot] = result["vms"]
+            record = snapshot["consistency"]
+            assert record["achieved"] == level
+            assert [v["drive"] for v in record["volumes"]] == vm.drive_ids
+            assert len({v["snapshot_time"] for v in record["volumes"]}) == 1  # one instant
+            if level == "filesystem":
+                assert record["volumes"][0]["guest_filesystems"] == 2
+                assert record["volumes"][0]["freeze_ms"] > 0
+            target = tmp_path / f"restore-{trial}"
+            cli("restore", snapshot["snapshot_id"][:12], "--target", target)
+            images = [target / "vm" / "lab" / f"{drive}.raw" for drive in vm.drive_ids]
+            if level == "filesystem":
+                assert not any(_needs_recovery(image) for image in images)
+            ok, detail = check_images(images, tmp_path / f"check-{trial}", fmt="raw")
+            assert ok, f"trial {trial}: {detail}"
+            subprocess.run(["rm", "-rf", str(target)], check=True)
+        assert _commit(vm) > 0, "the workload never committed"
+        assert _leftovers(vm) == []
+
+
+def test_restored_definition_names_the_disks(repo: Path, cli: Cli, tmp_path: Path) -> None:
+    disks = make_disks(tmp_path / "disks", size_mib=64)
+    with running_vm(tmp_path / "vm", disks) as vm:
+        shown = cli("doctor", "--vm", _spec(vm))
+        [report] = shown["vms"]
+        assert [d["drive"] for d in report["disks"]] == vm.drive_ids
+        assert report["guest_agent"]["answers"] is True
+        assert report["reachable"] == ["filesystem", "crash"]
+        result = cli("backup", "--vm", f"qmp:{vm.qmp_socket},name=lab")
+        [snapshot] = result["vms"]
+        assert snapshot["consistency"]["achieved"] == "crash"
+        assert "no guest agent" in snapshot["consistency"]["reason"]
+        listed = cli("ls", snapshot["snapshot_id"][:12], "/vm/lab")
+        sizes = {n["path"]: n["size"] for n in listed["nodes"]}
+        for drive, disk in zip(vm.drive_ids, disks, strict=True):
+            virtual = subprocess.run(
+                ["qemu-img", "info", "-U", "--output=json", str(disk)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            assert f'"virtual-size": {sizes[f"/vm/lab/{drive}.raw"]}' in virtual
+        assert "/vm/lab/definition.json" in sizes
+
+
+def test_a_guest_frozen_by_someone_else_fails_the_run_or_degrades_to_crash(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    disks = make_disks(tmp_path / "disks", size_mib=64)
+    with running_vm(tmp_path / "vm", disks) as vm:
+        vm.qga("guest-fsfreeze-freeze")
+        _agent_released(vm)
+        try:
+            failed = cli("backup", "--vm", _spec(vm), "--consistency", "filesystem", expect=1)
+            assert failed["error"]["code"] == "consistency_unreachable"
+            assert "already frozen by someone else" in failed["error"]["message"]
+            degraded = cli(
+                "backup", "--vm", _spec(vm), "--consistency", "filesystem",
+                "--fallback", "degrade",
+            )  # fmt: skip
+            assert degraded["vms"][0]["consistency"]["achieved"] == "crash"
+            assert vm.qga("guest-fsfreeze-status") == "frozen"  # not ours to thaw
+        finally:
+            vm.qga("guest-fsfreeze-thaw")
+            _agent_released(vm)
+        assert _leftovers(vm) == []
+
+
+@pytest.mark.parametrize("phase", ["frozen", "reading"])
+def test_sigkill_releases_the_guest_and_leaves_nothing_within_two_seconds(
+    repo: Path, tmp_path: Path, phase: str
+) -> None:
+    disks = make_disks(tmp_path / "disks", size_mib=64)
+    hold = "FREEZEFRAME_TEST_HOLD_FREEZE_S" if phase == "frozen" else "FREEZEFRAME_TEST_HOLD_READ_S"
+    with running_vm(tmp_path / "vm", disks) as vm:
+        _agent_released(vm)
+        backup = spawn_freezeframe("backup", "--vm", _spec(vm), repo=repo, env={hold: "60"})
+        deadline = time.monotonic() + 60
+        while True:  # until the hold has begun
+            if phase == "frozen":
+                time.sleep(0.2)
+                reached = vm.qga("guest-fsfreeze-status") == "frozen"
+                _agent_released(vm)
+            else:
+                reached = any(j["device"].startswith("ffz") for j in vm.qmp("query-block-jobs"))
+                time.sleep(0.05)
+            if reached:
+                break
+            assert backup.poll() is None, backup.communicate()
+            assert time.monotonic() < deadline, f"the backup never reached {phase}"
+        backup.kill()
+        backup.wait()
+        killed = time.monotonic()
+        while _leftovers(vm) or vm.qga("guest-fsfreeze-status") != "thawed":
+            _agent_released(vm)
+            assert time.monotonic() - killed < 2.0, f"left behind: {_leftovers(vm)}"
+            time.sleep(0.05)
+        _agent_released(vm)
+        before = _commit(vm)
+        time.sleep(0.5)
+        assert _commit(vm) > before, "the guest does not write again"
