@@ -163,6 +163,7 @@ def _cached(key: str, build: Any) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
         build(tmp)
+        tmp.chmod(0o755)
         (tmp / "key").write_text(key + "\n")
         (tmp / "done").write_text("")
         try:
@@ -180,6 +181,8 @@ def _cached(key: str, build: Any) -> Path:
 
 @dataclass(frozen=True)
 class GuestKernel:
+    """Debian's kernel as unpacked in the cache, never installed on the host."""
+
     package: str  # e.g. linux-image-6.1.0-50-amd64
     package_version: str
     version: str  # the kernel release, the name of the modules directory
@@ -232,10 +235,14 @@ def _extract_vmlinux(bzimage: Path, dest: Path) -> None:
         dest.write_bytes(elf)
 
 
-def _download_kernel(package: str, dest: Path) -> None:
+class _DownloadFailed(RuntimeError):
+    pass
+
+
+def _download_kernel(package: str, version: str, dest: Path) -> None:
     started = time.monotonic()
     download = subprocess.run(
-        ["apt-get", "download", "-q", package],
+        ["apt-get", "download", "-q", f"{package}={version}"],
         cwd=dest,
         capture_output=True,
         text=True,
@@ -243,7 +250,7 @@ def _download_kernel(package: str, dest: Path) -> None:
     )
     debs = list(dest.glob("*.deb"))
     if download.returncode != 0 or len(debs) != 1:
-        privileged_required(f"apt-get download {package} failed: {download.stderr.strip()}")
+        raise _DownloadFailed(f"apt-get download {package}={version}: {download.stderr.strip()}")
     downloaded = time.monotonic()
     _run(["dpkg-deb", "-x", debs[0], dest / "root"])
     debs[0].unlink()
@@ -263,10 +270,25 @@ def guest_kernel() -> GuestKernel:
     """Debian's amd64 kernel and its modules, downloaded and unpacked once into the cache."""
     _which("apt-get", "apt-cache", "dpkg-deb", "busybox")
     package, version = _kernel_package()
-    entry = _cached(
-        f"{RECIPE_VERSION} kernel {package}={version}",
-        functools.partial(_download_kernel, package),
-    )
+    try:
+        entry = _cached(
+            f"{RECIPE_VERSION} kernel {package}={version}",
+            functools.partial(_download_kernel, package, version),
+        )
+    except _DownloadFailed as error:
+        if not is_root():
+            privileged_required(str(error))
+        # Stale lists name a kernel the archive no longer has: refresh them, then try again.
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=False)
+        package, version = _kernel_package()
+        try:
+            entry = _cached(
+                f"{RECIPE_VERSION} kernel {package}={version}",
+                functools.partial(_download_kernel, package, version),
+            )
+        except _DownloadFailed as again:
+            privileged_required(str(again))
+            raise
     root = entry / "root"
     (release,) = [p.name for p in (root / "lib/modules").iterdir()]
     return GuestKernel(
@@ -450,8 +472,8 @@ def make_disks(
 ) -> list[Path]:
     """Two ext4 disks (vda, vdb), made on the host so the guest needs no mkfs.
 
-    ``fill_mib`` puts a file of that many MiB of random data (``/filler``) on each, like the
-    data a real VM carries: copying the images then takes a while, as it would.
+    ``fill_mib`` puts a file of that many MiB of data (``/filler``) on each, like the data a
+    real VM carries: copying the images then takes a while, as it would.
     """
     _which("mkfs.ext4", "qemu-img")
     if fmt not in ("qcow2", "raw"):
@@ -468,9 +490,10 @@ def make_disks(
         if fill_mib:
             content = workdir / f"content{index}"
             content.mkdir(exist_ok=True)
+            block = os.urandom(1024 * 1024)  # not zeros, which qemu-img would leave out
             with (content / "filler").open("wb") as f:
                 for _ in range(fill_mib):
-                    f.write(os.urandom(1024 * 1024))
+                    f.write(block)
             mkfs += ["-d", str(content)]
         _run([*mkfs, raw])
         if fill_mib:
@@ -789,6 +812,13 @@ class Vm:
 
     def serial_text(self) -> str:
         return self.serial_log.read_text(errors="replace") if self.serial_log.exists() else ""
+
+    def release_agent(self) -> None:
+        """Lets go of the agent: its socket serves one client at a time (e.g. freezeframe)."""
+        if self._qga is not None:
+            with contextlib.suppress(OSError):
+                self._qga.close()
+            self._qga = None
 
     def close_clients(self) -> None:
         for client in (self._qmp, self._qga):

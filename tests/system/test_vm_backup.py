@@ -26,13 +26,6 @@ def _spec(vm: Vm, name: str = "lab") -> str:
     return f"qmp:{vm.qmp_socket},qga={vm.qga_socket},name={name}"
 
 
-def _agent_released(vm: Vm) -> None:
-    """The agent serves one client at a time: the test lets go before freezeframe needs it."""
-    if vm._qga is not None:
-        vm._qga.close()
-        vm._qga = None
-
-
 def _needs_recovery(image: Path) -> bool:
     header = subprocess.run(
         ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True
@@ -42,7 +35,7 @@ def _needs_recovery(image: Path) -> bool:
 
 def _commit(vm: Vm) -> int:
     value = vm.read_guest_file("/mnt/b/b.commit")
-    _agent_released(vm)
+    vm.release_agent()
     return int(value or 0)
 
 
@@ -62,7 +55,7 @@ def test_every_restore_keeps_the_invariant_across_both_disks(
     disks = make_disks(tmp_path / "disks", size_mib=128)
     with running_vm(tmp_path / "vm", disks) as vm:
         for trial in range(TRIALS):
-            _agent_released(vm)
+            vm.release_agent()
             result = cli("backup", "--vm", _spec(vm), "--consistency", level)
             [snapshot] = result["vms"]
             record = snapshot["consistency"]
@@ -115,7 +108,7 @@ def test_a_guest_frozen_by_someone_else_fails_the_run_or_degrades_to_crash(
     disks = make_disks(tmp_path / "disks", size_mib=64)
     with running_vm(tmp_path / "vm", disks) as vm:
         vm.qga("guest-fsfreeze-freeze")
-        _agent_released(vm)
+        vm.release_agent()
         try:
             failed = cli("backup", "--vm", _spec(vm), "--consistency", "filesystem", expect=1)
             assert failed["error"]["code"] == "consistency_unreachable"
@@ -128,7 +121,7 @@ def test_a_guest_frozen_by_someone_else_fails_the_run_or_degrades_to_crash(
             assert vm.qga("guest-fsfreeze-status") == "frozen"  # not ours to thaw
         finally:
             vm.qga("guest-fsfreeze-thaw")
-            _agent_released(vm)
+            vm.release_agent()
         assert _leftovers(vm) == []
 
 
@@ -139,14 +132,14 @@ def test_sigkill_releases_the_guest_and_leaves_nothing_within_two_seconds(
     disks = make_disks(tmp_path / "disks", size_mib=64)
     hold = "FREEZEFRAME_TEST_HOLD_FREEZE_S" if phase == "frozen" else "FREEZEFRAME_TEST_HOLD_READ_S"
     with running_vm(tmp_path / "vm", disks) as vm:
-        _agent_released(vm)
+        vm.release_agent()
         backup = spawn_freezeframe("backup", "--vm", _spec(vm), repo=repo, env={hold: "60"})
         deadline = time.monotonic() + 60
         while True:  # until the hold has begun
             if phase == "frozen":
                 time.sleep(0.2)
                 reached = vm.qga("guest-fsfreeze-status") == "frozen"
-                _agent_released(vm)
+                vm.release_agent()
             else:
                 reached = any(j["device"].startswith("ffz") for j in vm.qmp("query-block-jobs"))
                 time.sleep(0.05)
@@ -158,10 +151,10 @@ def test_sigkill_releases_the_guest_and_leaves_nothing_within_two_seconds(
         backup.wait()
         killed = time.monotonic()
         while _leftovers(vm) or vm.qga("guest-fsfreeze-status") != "thawed":
-            _agent_released(vm)
+            vm.release_agent()
             assert time.monotonic() - killed < 2.0, f"left behind: {_leftovers(vm)}"
             time.sleep(0.05)
-        _agent_released(vm)
+        vm.release_agent()
         before = _commit(vm)
         time.sleep(0.5)
         assert _commit(vm) > before, "the guest does not write again"
