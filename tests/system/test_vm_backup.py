@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,61 @@ def test_sigkill_releases_the_guest_and_leaves_nothing_within_two_seconds(
         before = _commit(vm)
         time.sleep(0.5)
         assert _commit(vm) > before, "the guest does not write again"
+
+
+def test_incrementals_read_only_what_changed_and_survive_a_broken_chain_and_a_dead_run(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    disks = make_disks(tmp_path / "disks", size_mib=128, fill_mib=48)
+    with running_vm(tmp_path / "vm", disks) as vm:
+        vm.release_agent()
+
+        def backup() -> dict[str, Any]:
+            [snapshot] = cli("backup", "--vm", _spec(vm))["vms"]
+            vm.release_agent()
+            return dict(snapshot)
+
+        def restores_clean(snapshot: dict[str, Any], name: str) -> None:
+            target = tmp_path / name
+            cli("restore", snapshot["snapshot_id"][:12], "--target", target)
+            images = [target / "vm" / "lab" / f"{drive}.raw" for drive in vm.drive_ids]
+            ok, detail = check_images(images, tmp_path / f"check-{name}", fmt="raw")
+            assert ok, f"{name}: {detail}"
+            subprocess.run(["rm", "-rf", str(target)], check=True)
+
+        full = backup()
+        assert all("no dirty bitmap" in v["full_read"] for v in full["consistency"]["volumes"])
+        assert full["summary"]["bytes_read"] >= 2 * 48 * 2**20
+        time.sleep(1)  # the guest goes on committing
+        second = backup()
+        for volume in second["consistency"]["volumes"]:
+            assert volume["incremental"]["parent"] == full["snapshot_id"]
+        assert 0 < second["summary"]["bytes_read"] < full["summary"]["bytes_read"] / 8
+        print(
+            f"full read {full['summary']['bytes_read']} bytes, incremental "
+            f"{second['summary']['bytes_read']} bytes"
+        )
+        restores_clean(second, "second")
+
+        bitmap = second["consistency"]["volumes"][0]["bitmap"]
+        vm.qmp("block-dirty-bitmap-remove", {"node": vm.node_names[0], "name": bitmap})
+        broken = backup()
+        first, other = broken["consistency"]["volumes"]
+        assert "no dirty bitmap" in first["full_read"]
+        assert other["incremental"]["parent"] == second["snapshot_id"]
+
+        dying = spawn_freezeframe(
+            "backup", "--vm", _spec(vm), repo=repo, env={"FREEZEFRAME_TEST_HOLD_READ_S": "60"}
+        )
+        deadline = time.monotonic() + 60
+        while not any(j["device"].startswith("ffz") for j in vm.qmp("query-block-jobs")):
+            assert dying.poll() is None, dying.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        dying.kill()
+        dying.wait()
+        time.sleep(2)
+        after = backup()
+        for volume in after["consistency"]["volumes"]:
+            assert volume["incremental"]["parent"] == broken["snapshot_id"]
+        restores_clean(after, "after-dead-run")

@@ -32,6 +32,7 @@ from freezeframe.repository.pack import BlobType
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import ConsistencyReport, Snapshot, save_snapshot
 from freezeframe.repository.tree import Node, encode_tree
+from freezeframe.vm import incremental
 from freezeframe.vm.diskstore import DiskProgress, ImageReader, StoredDisk, store_disk
 from freezeframe.vm.machine import Disk, VmSpec, disks_of
 from freezeframe.vm.pointintime import PointInTime, cleanup
@@ -102,7 +103,7 @@ def examine(spec: VmSpec) -> dict[str, Any]:
 def backup_vm(
     repo: Repository,
     spec: VmSpec,
-    open_reader: Callable[[str, str], ImageReader],
+    open_reader: Callable[[str, str, str | None], ImageReader],
     *,
     requested: str = "auto",
     fallback: str = "fail",
@@ -111,7 +112,8 @@ def backup_vm(
     progress: DiskProgress | None = None,
     before_commit: Callable[[], None] | None = None,
 ) -> VmBackupResult:
-    """``open_reader(socket, export)`` opens one connection to one exported disk."""
+    """``open_reader(socket, export, bitmap)`` opens one connection to one exported disk (with
+    the dirty bitmap of an incremental read)."""
     if requested != "auto" and requested not in (*LEVELS, "none"):
         raise UsageError(f"unknown consistency level {requested!r}")
     warnings: list[str] = []
@@ -126,22 +128,25 @@ def backup_vm(
             raise FreezeframeError(f"VM {spec.name}: QEMU reports no disk to back up")
         top, reason = reachable(spec, qmp)
         achieved = _decide(requested, top, reason, fallback, warnings)
+        chain = incremental.chain_of(repo, qmp, spec.name, disks)
         definition = {
             "name": spec.name,
             "qemu": qmp.version,
             "command_line": qmp.qemu_command_line(),
             "disks": [d.to_json() for d in disks],
         }
+        previous = {drive: link.bitmap for drive, link in chain.items()}
         with Watchdog() as watchdog:
             release = [sys.executable, "-m", "freezeframe.vm.release", "--qmp", spec.qmp]
             release += ["--vm", spec.name] + (["--qga", spec.qga] if spec.qga else [])
             token = watchdog.arm_command(release, {}, RELEASE_DEADLINE_S)
-            view = PointInTime(qmp, disks, spec.name, f"{int(time.time_ns()):x}"[-8:])
+            view = _view(qmp, disks, spec.name, repo)
             freeze = _GuestFreeze(spec, watchdog, release, freeze_cap_s)
+            succeeded = False
             try:
                 if achieved == "filesystem":
                     try:
-                        view.start(freeze.freeze, freeze.thaw)
+                        view.start(freeze.freeze, freeze.thaw, previous)
                     except QmpError as exc:
                         view.stop()
                         if not freeze.failed:
@@ -152,51 +157,64 @@ def backup_vm(
                             ) from exc
                         warnings.append(f"VM {spec.name}: {exc}; degraded to crash")
                         reason, achieved = str(exc), "crash"
-                        view = PointInTime(qmp, disks, spec.name, f"{int(time.time_ns()):x}"[-8:])
-                        view.start()
+                        view = _view(qmp, disks, spec.name, repo)
+                        view.start(previous=previous)
                     if freeze.overran:
                         raise VmConsistencyUnreachable(
                             f"VM {spec.name}: the guest's freeze passed its {freeze_cap_s:g} s "
                             "cap and the watchdog thawed it before the disks were taken"
                         )
                 else:
-                    view.start()
+                    view.start(previous=previous)
                 hold_s = float(os.environ.get(HOLD_READ_ENV, "0") or 0)
                 if hold_s:
                     time.sleep(hold_s)
                 stored = {
                     disk.drive: store_disk(
                         repo,
-                        functools.partial(open_reader, view.nbd_socket, view.export_of(disk)),
+                        functools.partial(
+                            open_reader,
+                            view.nbd_socket,
+                            view.export_of(disk),
+                            chain[disk.drive].bitmap,
+                        ),
                         progress=progress,
+                        parent=chain[disk.drive].chunks,
                     )
                     for disk in disks
                 }
+                view.stop()
+                repo.flush()
+                report = ConsistencyReport(
+                    requested=requested,
+                    achieved=achieved,
+                    volumes=[
+                        _volume_record(d, view, freeze, achieved, chain[d.drive]) for d in disks
+                    ],
+                    reason=reason,
+                )
+                root = _save_tree(repo, spec.name, disks, stored, definition)
+                snapshot = Snapshot(
+                    time=started,
+                    host=socket.gethostname(),
+                    user=getpass.getuser(),
+                    paths=[f"/vm/{spec.name}"],
+                    tree=root,
+                    program_version=f"freezeframe {__version__}",
+                    tags=list(tags or []),
+                    summary=_summary(stored, time.monotonic() - t0),
+                    consistency=report,
+                )
+                if before_commit is not None:
+                    before_commit()
+                save_snapshot(repo, snapshot)
+                succeeded = True
             finally:
                 view.stop()
+                # Only once the snapshot is saved may the previous bitmap go: until then the
+                # changes since the last saved snapshot must stay recorded.
+                view.finish(succeeded)
                 watchdog.disarm(token)
-        repo.flush()
-    report = ConsistencyReport(
-        requested=requested,
-        achieved=achieved,
-        volumes=[_volume_record(d, view, freeze, achieved) for d in disks],
-        reason=reason,
-    )
-    root = _save_tree(repo, spec.name, disks, stored, definition)
-    snapshot = Snapshot(
-        time=started,
-        host=socket.gethostname(),
-        user=getpass.getuser(),
-        paths=[f"/vm/{spec.name}"],
-        tree=root,
-        program_version=f"freezeframe {__version__}",
-        tags=list(tags or []),
-        summary=_summary(stored, time.monotonic() - t0),
-        consistency=report,
-    )
-    if before_commit is not None:
-        before_commit()
-    save_snapshot(repo, snapshot)
     return VmBackupResult(snapshot, warnings)
 
 
@@ -267,8 +285,17 @@ def _decide(requested: str, top: str, reason: str, fallback: str, warnings: list
     return top
 
 
+def _view(qmp: Qmp, disks: list[Disk], name: str, repo: Repository) -> PointInTime:
+    run_id = f"{time.time_ns():x}"[-8:]
+    return PointInTime(qmp, disks, name, run_id, incremental.bitmap_prefix(repo))
+
+
 def _volume_record(
-    disk: Disk, view: PointInTime, freeze: _GuestFreeze, achieved: str
+    disk: Disk,
+    view: PointInTime,
+    freeze: _GuestFreeze,
+    achieved: str,
+    link: incremental.Link,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "drive": disk.drive,
@@ -283,6 +310,11 @@ def _volume_record(
     }
     if achieved == "filesystem":
         record.update(freeze_ms=round(freeze.freeze_ms, 3), guest_filesystems=freeze.frozen_count)
+    record["bitmap"] = view.bitmap  # records the writes after this instant, for the next backup
+    if link.parent is not None:
+        record["incremental"] = {"parent": link.parent, "bitmap": link.bitmap}
+    else:
+        record["full_read"] = link.why_full
     return record
 
 

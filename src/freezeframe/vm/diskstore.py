@@ -34,6 +34,10 @@ class ImageReader(Protocol):
         """(offset, length) of every range that may hold data (not a hole, not known zero)."""
         ...
 
+    def dirty_extents(self) -> Iterable[tuple[int, int]]:
+        """(offset, length) of every range written since the previous backup (incrementals)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -67,17 +71,36 @@ def chunks_with_data(extents: Iterable[tuple[int, int]], size: int) -> list[int]
     return sorted(indexes)
 
 
+def chunk_map(content: list[bytes], sparse_map: list[tuple[int, int]]) -> dict[int, bytes]:
+    """A stored image's chunk index -> blob id (indexes absent are holes)."""
+    blobs = iter(content)
+    found = {}
+    for offset, length in sparse_map:
+        for index in range(offset // CHUNK, (offset + length + CHUNK - 1) // CHUNK):
+            found[index] = next(blobs)
+    return found
+
+
 def store_disk(
     repo: Repository,
     open_reader: Callable[[], ImageReader],
     *,
     workers: int = 2,
     progress: DiskProgress | None = None,
+    parent: dict[int, bytes] | None = None,
 ) -> StoredDisk:
+    """``parent``: the previous snapshot's chunks of this disk; only the chunks its dirty
+    extents touch are read, every other one is taken from it unread."""
     first = open_reader()
     try:
         size = first.size
-        wanted = chunks_with_data(first.data_extents(), size)
+        with_data = chunks_with_data(first.data_extents(), size)
+        if parent is not None:
+            dirty = set(chunks_with_data(first.dirty_extents(), size))
+            kept = {i: parent[i] for i in with_data if i not in dirty and i in parent}
+            wanted = [i for i in with_data if i in dirty]
+        else:
+            kept, wanted = {}, with_data
     finally:
         first.close()
     progress = progress or DiskProgress()
@@ -85,6 +108,7 @@ def store_disk(
     runs = [wanted[i : i + RUN] for i in range(0, len(wanted), RUN)]
     stored = StoredDisk(size)
     job = _Job(repo, size, stored, progress)
+    job.ids.update(kept)
     next_run = iter(runs)
 
     def worker() -> None:
@@ -103,8 +127,8 @@ def store_disk(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for future in [pool.submit(worker) for _ in range(max(1, workers))]:
             future.result()
-    for index in wanted:
-        blob = job.ids.get(index)
+    for index in sorted(job.ids):
+        blob = job.ids[index]
         if blob is None:
             continue
         offset = index * CHUNK

@@ -27,6 +27,8 @@ from freezeframe.vm.machine import Disk
 from freezeframe.vm.qmp import Qmp, QmpError
 
 PREFIX = "ffz"  # node names, job ids and export names of freezeframe's own
+BITMAP_PREFIX = "freezeframe-"  # dirty bitmaps: kept across runs, never removed by cleanup
+BITMAP_GRANULARITY = 256 * 1024  # the chunk size of the disk store: a dirty bit is a chunk
 SCRATCH_ROOT = "/var/tmp/freezeframe-vm"
 CANCEL_WAIT_S = 10.0
 
@@ -40,7 +42,14 @@ class PointInTime:
     guest's file-system freeze), ``nbd_socket`` and ``export_of`` say where to read, ``stop``
     removes every trace. Use ``with``: leaving it stops."""
 
-    def __init__(self, qmp: Qmp, disks: list[Disk], vm_name: str, run_id: str) -> None:
+    def __init__(
+        self,
+        qmp: Qmp,
+        disks: list[Disk],
+        vm_name: str,
+        run_id: str,
+        bitmap_prefix: str = BITMAP_PREFIX,
+    ) -> None:
         self.qmp = qmp
         self.disks = disks
         self.tag = f"{PREFIX}{run_id[:8]}"
@@ -51,6 +60,10 @@ class PointInTime:
         self._nodes: list[str] = []
         self._jobs: list[str] = []
         self._server = False
+        self.bitmap = f"{bitmap_prefix}{run_id[:8]}"
+        # per drive: the bitmap of the previous backup, read now (None: a full read)
+        self.previous: dict[str, str | None] = {}
+        self._handed_over = False
 
     def __enter__(self) -> PointInTime:
         return self
@@ -65,8 +78,15 @@ class PointInTime:
         return disk.drive
 
     def start(
-        self, before: Callable[[], None] | None = None, after: Callable[[], None] | None = None
+        self,
+        before: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+        previous: dict[str, str | None] | None = None,
     ) -> None:
+        """``previous``: per drive, the bitmap that recorded writes since the last backup
+        (None or absent: read the disk whole). In the same transaction as the view, a new
+        bitmap starts recording for the next backup and the previous one stops."""
+        self.previous = {d.drive: (previous or {}).get(d.drive) for d in self.disks}
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         for disk in self.disks:
             overlay = os.path.join(self.dir, f"{disk.drive}.qcow2")
@@ -97,6 +117,23 @@ class PointInTime:
             }
             for disk in self.disks
         ]
+        for disk in self.disks:
+            actions.append(
+                {
+                    "type": "block-dirty-bitmap-add",
+                    "data": {
+                        "node": disk.node,
+                        "name": self.bitmap,
+                        "granularity": BITMAP_GRANULARITY,
+                        "persistent": disk.format == "qcow2",
+                    },
+                }
+            )
+            old = self.previous[disk.drive]
+            if old is not None:
+                actions.append(
+                    {"type": "block-dirty-bitmap-disable", "data": {"node": disk.node, "name": old}}
+                )
         if before is not None:
             before()
         try:
@@ -105,6 +142,7 @@ class PointInTime:
             self.qmp.execute("transaction", {"actions": actions})
             self.transaction_ms = (time.monotonic() - started) * 1000
             self._jobs = [self.node_of(d) for d in self.disks]
+            self._handed_over = True
         finally:
             if after is not None:
                 after()
@@ -113,10 +151,34 @@ class PointInTime:
         )
         self._server = True
         for disk in self.disks:
-            self.qmp.execute(
-                "nbd-server-add",
-                {"device": self.node_of(disk), "name": self.export_of(disk), "writable": False},
-            )
+            export: dict[str, Any] = {
+                "device": self.node_of(disk),
+                "name": self.export_of(disk),
+                "writable": False,
+            }
+            if self.previous[disk.drive] is not None:
+                export["bitmap"] = self.previous[disk.drive]  # found down the backing chain
+            self.qmp.execute("nbd-server-add", export)
+
+    def finish(self, succeeded: bool) -> None:
+        """The bitmaps after the read: on success the previous one goes (the new one has
+        recorded since this backup's instant); on failure the previous one is merged into the
+        new one first, so the next backup still reads everything written since the last
+        good one."""
+        if not self._handed_over:
+            return
+        self._handed_over = False
+        for disk in self.disks:
+            old = self.previous.get(disk.drive)
+            if old is None:
+                continue
+            if not succeeded:
+                _quietly(
+                    self.qmp,
+                    "block-dirty-bitmap-merge",
+                    {"node": disk.node, "target": self.bitmap, "bitmaps": [old]},
+                )
+            _quietly(self.qmp, "block-dirty-bitmap-remove", {"node": disk.node, "name": old})
 
     def stop(self) -> None:
         """Remove the exports, the server, the jobs, the nodes and the overlays; each step
