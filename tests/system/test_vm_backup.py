@@ -162,7 +162,7 @@ def test_sigkill_releases_the_guest_and_leaves_nothing_within_two_seconds(
 
 
 def test_incrementals_read_only_what_changed_and_survive_a_broken_chain_and_a_dead_run(
-    repo: Path, cli: Cli, tmp_path: Path
+    repo: Path, cli: Cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     disks = make_disks(tmp_path / "disks", size_mib=128, fill_mib=48)
     with running_vm(tmp_path / "vm", disks) as vm:
@@ -189,10 +189,11 @@ def test_incrementals_read_only_what_changed_and_survive_a_broken_chain_and_a_de
         for volume in second["consistency"]["volumes"]:
             assert volume["incremental"]["parent"] == full["snapshot_id"]
         assert 0 < second["summary"]["bytes_read"] < full["summary"]["bytes_read"] / 8
-        print(
-            f"full read {full['summary']['bytes_read']} bytes, incremental "
-            f"{second['summary']['bytes_read']} bytes"
-        )
+        with capsys.disabled():
+            print(
+                f"full read {full['summary']['bytes_read']} bytes, incremental "
+                f"{second['summary']['bytes_read']} bytes"
+            )
         restores_clean(second, "second")
 
         bitmap = second["consistency"]["volumes"][0]["bitmap"]
