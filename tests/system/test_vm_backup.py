@@ -102,6 +102,16 @@ def test_restored_definition_names_the_disks(repo: Path, cli: Cli, tmp_path: Pat
             assert f'"virtual-size": {sizes[f"/vm/lab/{drive}.raw"]}' in virtual
         assert "/vm/lab/definition.json" in sizes
 
+        one = tmp_path / "one-disk"
+        cli("restore", snapshot["snapshot_id"][:12], "--target", one, "--disk", "vdb",
+            "--format", "qcow2")  # fmt: skip
+        restored = sorted(p.name for p in (one / "vm" / "lab").iterdir())
+        assert restored == ["definition.json", "vdb.qcow2"]
+        subprocess.run(["qemu-img", "check", str(one / "vm" / "lab" / "vdb.qcow2")], check=True)
+        missing = cli("restore", snapshot["snapshot_id"][:12], "--target", one, "--disk", "vdz",
+                      expect=1)  # fmt: skip
+        assert "/vm/lab/vdz.raw is not in snapshot" in missing["error"]["message"]
+
 
 def test_a_guest_frozen_by_someone_else_fails_the_run_or_degrades_to_crash(
     repo: Path, cli: Cli, tmp_path: Path

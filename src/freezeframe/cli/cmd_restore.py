@@ -7,10 +7,11 @@ from pathlib import Path
 
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
-from freezeframe.errors import EXIT_PARTIAL
+from freezeframe.errors import EXIT_PARTIAL, UsageError
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.snapshot import find_snapshot
 from freezeframe.restore.restorer import RestoreProgress, restore_snapshot
+from freezeframe.vm.images import FORMATS, convert_images, disk_includes, vm_root
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="restore only this absolute path of the snapshot (repeatable)",
     )
+    parser.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a VM's snapshot: restore only this disk (its drive id, e.g. vda; repeatable)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="raw",
+        help="a VM's snapshot: write the disk images as sparse raw (default) or qcow2",
+    )
 
 
 def run(ctx: CommandContext) -> int:
@@ -32,12 +46,18 @@ def run(ctx: CommandContext) -> int:
     try:
         snapshot = find_snapshot(repo, ctx.args.snapshot)
         target = Path(ctx.args.target)
+        includes = list(ctx.args.include)
+        if ctx.args.disk:
+            includes += disk_includes(snapshot.paths, ctx.args.disk)
+        vm = vm_root(snapshot.paths)
+        if ctx.args.format != "raw" and vm is None:
+            raise UsageError("--format applies to a VM's snapshot (made with backup --vm)")
         with RepositoryLock(repo, exclusive=False), ctx.out.live(lambda t: _render(progress, t)):
-            result = restore_snapshot(
-                repo, snapshot, target, includes=ctx.args.include, progress=progress
-            )
+            result = restore_snapshot(repo, snapshot, target, includes=includes, progress=progress)
     finally:
         repo.close()
+    if vm is not None:
+        convert_images(target / vm.lstrip("/"), ctx.args.format)
     for path, message in result.errors:
         ctx.out.warn(f"{path}: {message}")
     ctx.out.result(
