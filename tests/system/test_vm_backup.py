@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ffharness import Cli, spawn_freezeframe
+from ffharness import Cli, parse_json, run_freezeframe, spawn_freezeframe
 from vmfixtures import Vm, check_images, make_disks, running_vm
 
 TRIALS = int(os.environ.get("FREEZEFRAME_VM_TRIALS", "3"))
@@ -228,3 +228,24 @@ def test_incrementals_read_only_what_changed_and_survive_a_broken_chain_and_a_de
         for volume in after["consistency"]["volumes"]:
             assert volume["incremental"]["parent"] == broken["snapshot_id"]
         restores_clean(after, "after-dead-run")
+
+
+def test_a_freeze_past_its_cap_is_thawed_by_the_watchdog_and_fails_or_degrades(
+    repo: Path, tmp_path: Path
+) -> None:
+    disks = make_disks(tmp_path / "disks", size_mib=64)
+    with running_vm(tmp_path / "vm", disks) as vm:
+        vm.release_agent()
+        held = {"FREEZEFRAME_TEST_HOLD_FREEZE_S": "3"}
+        args = ["backup", "--vm", _spec(vm), "--consistency", "filesystem", "--freeze-cap", "1"]
+        failed = run_freezeframe(*args, repo=repo, json=True, env=held)
+        assert failed.returncode == 1, failed.stderr
+        assert "passed its 1 s cap" in parse_json(failed.stdout)["error"]["message"]
+        degraded = run_freezeframe(*args, "--fallback", "degrade", repo=repo, json=True, env=held)
+        assert degraded.returncode == 0, degraded.stderr
+        record = parse_json(degraded.stdout)["vms"][0]["consistency"]
+        assert record["achieved"] == "crash"
+        assert "passed its 1 s cap" in record["reason"]
+        assert vm.qga("guest-fsfreeze-status") == "thawed"
+        vm.release_agent()
+        assert _leftovers(vm) == []

@@ -58,9 +58,8 @@ class VmBackupResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def reachable(spec: VmSpec, qmp: Qmp) -> tuple[str, str]:
-    """The highest level this VM reaches, and why not higher."""
-    del qmp  # the QMP session itself is all `crash` needs
+def reachable(spec: VmSpec) -> tuple[str, str]:
+    """The highest level this VM reaches, and why not higher (`crash` needs only QMP)."""
     if spec.qga is None:
         return "crash", "no guest agent socket given (qga=PATH)"
     try:
@@ -75,7 +74,7 @@ def examine(spec: VmSpec) -> dict[str, Any]:
     """``doctor --vm``: the disks, whether the guest agent answers and freezes, and the levels."""
     with Qmp(spec.qmp) as qmp:
         disks = disks_of(qmp)
-        top, reason = reachable(spec, qmp)
+        top, reason = reachable(spec)
         agent: dict[str, Any] = {"socket": spec.qga, "answers": False}
         if spec.qga is not None:
             try:
@@ -126,7 +125,7 @@ def backup_vm(
         disks = disks_of(qmp)
         if not disks:
             raise FreezeframeError(f"VM {spec.name}: QEMU reports no disk to back up")
-        top, reason = reachable(spec, qmp)
+        top, reason = reachable(spec)
         achieved = _decide(requested, top, reason, fallback, warnings)
         chain = incremental.chain_of(repo, qmp, spec.name, disks)
         definition = {
@@ -160,10 +159,17 @@ def backup_vm(
                         view = _view(qmp, disks, spec.name, repo)
                         view.start(previous=previous)
                     if freeze.overran:
-                        raise VmConsistencyUnreachable(
+                        message = (
                             f"VM {spec.name}: the guest's freeze passed its {freeze_cap_s:g} s "
                             "cap and the watchdog thawed it before the disks were taken"
                         )
+                        if fallback == "fail":
+                            raise VmConsistencyUnreachable(
+                                message + " (use --fallback degrade to accept less)"
+                            )
+                        # The one transaction still took every disk at one instant.
+                        warnings.append(message + "; degraded to crash")
+                        reason, achieved = message, "crash"
                 else:
                     view.start(previous=previous)
                 hold_s = float(os.environ.get(HOLD_READ_ENV, "0") or 0)
