@@ -1,5 +1,5 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
-.PHONY: demo test lint bench bench-consistency bench-freeze-window setup
+.PHONY: demo test lint bench bench-consistency bench-freeze-window bench-vm setup
 
 setup:
 	./tools/bootstrap.sh
@@ -24,3 +24,6 @@ bench-consistency: setup
 
 bench-freeze-window: setup
 	.venv/bin/python bench/freeze_window.py $(BENCH_ARGS)
+
+bench-vm: setup
+	.venv/bin/python bench/vm.py $(BENCH_ARGS)
