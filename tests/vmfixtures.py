@@ -20,13 +20,10 @@ import contextlib
 import functools
 import gzip
 import hashlib
-import json
 import lzma
 import os
-import random
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ffharness import is_root, privileged_required
+from freezeframe.vm.qmp import GuestAgent, Qmp, QmpError
 
 # Bump when the way the kernel or the initramfs is built changes: it is part of the cache keys.
 RECIPE_VERSION = "fflab-2"
@@ -597,133 +595,6 @@ def check_images(images: Sequence[Path], workdir: Path, fmt: str = "qcow2") -> t
     return ok, detail
 
 
-# --- QMP and QGA clients ------------------------------------------------------------------
-
-
-class QmpError(RuntimeError):
-    pass
-
-
-class _JsonSocket:
-    """Newline-delimited JSON over a unix socket, with a deadline on every read."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(os.fspath(path))
-        self.buffer = b""
-
-    def send(self, message: dict[str, Any], prefix: bytes = b"") -> None:
-        self.sock.sendall(prefix + json.dumps(message).encode() + b"\n")
-
-    def read_until(self, byte: bytes, timeout: float) -> None:
-        """Discard input up to and including ``byte`` (QGA's 0xFF sync delimiter)."""
-        deadline = time.monotonic() + timeout
-        while byte not in self.buffer:
-            self._fill(deadline)
-        self.buffer = self.buffer.split(byte, 1)[1]
-
-    def _fill(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no reply in time")
-        self.sock.settimeout(remaining)
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the socket was closed")
-        self.buffer += chunk
-
-    def receive(self, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" not in self.buffer:
-                self._fill(deadline)
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            line = line.strip(b"\xff \r\t")
-            if line:
-                try:
-                    return json.loads(line)  # type: ignore[no-any-return]
-                except ValueError:
-                    continue  # a fragment left over from an earlier, abandoned exchange
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class QmpClient:
-    """A synchronous QMP client: greeting, ``qmp_capabilities``, then commands (events skipped)."""
-
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.conn = _JsonSocket(path, timeout)
-        self.timeout = timeout
-        self.events: list[dict[str, Any]] = []
-        self.conn.receive(timeout)  # the greeting
-        self.execute("qmp_capabilities")
-
-    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        request_id = f"ff-{random.getrandbits(48):x}"
-        message: dict[str, Any] = {"execute": command, "id": request_id}
-        if arguments:
-            message["arguments"] = arguments
-        self.conn.send(message)
-        while True:
-            reply = self.conn.receive(self.timeout)
-            if "event" in reply:
-                self.events.append(reply)
-                continue
-            if reply.get("id") != request_id:
-                continue
-            if "error" in reply:
-                raise QmpError(f"{command}: {reply['error'].get('desc', reply['error'])}")
-            return reply.get("return")
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class QgaClient:
-    """A guest-agent client: synchronises with guest-sync-delimited, then matches replies by id.
-
-    The agent's channel is a plain byte stream that may still hold replies to an earlier
-    client, hence the 0xFF delimiter and the ids.
-    """
-
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.conn = _JsonSocket(path, timeout)
-
-    def sync(self, timeout: float) -> None:
-        sync_id = random.getrandbits(31)
-        # A 0xFF byte first resets the agent's parser after anything half sent before.
-        self.conn.send({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}, b"\xff")
-        deadline = time.monotonic() + timeout
-        while True:
-            self.conn.read_until(b"\xff", max(deadline - time.monotonic(), 0.001))
-            reply = self.conn.receive(max(deadline - time.monotonic(), 0.001))
-            if reply.get("return") == sync_id:
-                return
-
-    def execute(
-        self, command: str, arguments: dict[str, Any] | None = None, timeout: float | None = None
-    ) -> Any:
-        request_id = random.getrandbits(31)
-        message: dict[str, Any] = {"execute": command, "id": request_id}
-        if arguments:
-            message["arguments"] = arguments
-        self.conn.send(message)
-        while True:
-            reply = self.conn.receive(timeout or self.timeout)
-            if reply.get("id") != request_id:
-                continue
-            if "error" in reply:
-                raise QmpError(f"{command}: {reply['error'].get('desc', reply['error'])}")
-            return reply.get("return")
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 # --- the VM -------------------------------------------------------------------------------
 
 
@@ -751,8 +622,8 @@ class Vm:
     drive_ids: list[str]  # the virtio-blk device ids: vda, vdb
     node_names: list[str]  # the format nodes the devices use: disk0, disk1
     file_node_names: list[str]  # the protocol nodes under them: disk0-file, disk1-file
-    _qmp: QmpClient | None = field(default=None, repr=False)
-    _qga: QgaClient | None = field(default=None, repr=False)
+    _qmp: Qmp | None = field(default=None, repr=False)
+    _qga: GuestAgent | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -761,7 +632,7 @@ class Vm:
     def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Runs a QMP command on the tests' own monitor and returns its ``return``."""
         if self._qmp is None:
-            self._qmp = QmpClient(self.test_qmp_socket)
+            self._qmp = Qmp(str(self.test_qmp_socket))
         return self._qmp.execute(command, arguments)
 
     def qga(
@@ -769,9 +640,7 @@ class Vm:
     ) -> Any:
         """Runs a guest-agent command and returns its ``return``."""
         if self._qga is None:
-            client = QgaClient(self.qga_socket)
-            client.sync(timeout)
-            self._qga = client
+            self._qga = GuestAgent(str(self.qga_socket), timeout)
         return self._qga.execute(command, arguments, timeout)
 
     def guest_exec(self, argv: Sequence[str], timeout: float = 30.0) -> GuestExec:
@@ -921,14 +790,10 @@ def _boot(
             time.sleep(0.05)
         while True:  # the agent answers once it opened its port
             try:
-                agent = QgaClient(sockets / "qga.sock")
-                try:
-                    agent.sync(2.0)
-                    agent.execute("guest-ping", timeout=5.0)
-                finally:
-                    agent.close()
+                with GuestAgent(str(sockets / "qga.sock"), 2.0) as agent:
+                    agent.execute("guest-ping", timeout_s=5.0)
                 break
-            except (OSError, TimeoutError, ConnectionError):
+            except (OSError, TimeoutError, ConnectionError, QmpError):
                 if time.monotonic() > started + deadline or process.poll() is not None:
                     raise
                 time.sleep(0.1)
@@ -938,7 +803,7 @@ def _boot(
         raise
 
 
-def _stop(process: subprocess.Popen[bytes], qmp: QmpClient | None) -> None:
+def _stop(process: subprocess.Popen[bytes], qmp: Qmp | None) -> None:
     """``quit`` through QMP if we can, then kill; always reaps the process."""
     if process.poll() is None and qmp is not None:
         with contextlib.suppress(OSError, QmpError, TimeoutError, ConnectionError):

@@ -42,9 +42,9 @@ class _JsonSocket:
             raise QmpError(f"{what} {path}: {exc.strerror or exc}") from exc
         self._buffer = b""
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], prefix: bytes = b"") -> None:
         try:
-            self._sock.sendall(json.dumps(message).encode() + b"\n")
+            self._sock.sendall(prefix + json.dumps(message).encode() + b"\n")
         except OSError as exc:
             raise QmpError(f"{self.what} {self.path}: {exc.strerror or exc}") from exc
 
@@ -205,11 +205,15 @@ class GuestAgent:
         self.close()
 
     def _sync(self) -> None:
+        """A 0xFF byte first resets the agent's parser after anything a previous client left
+        half sent; then everything up to the agent's own 0xFF and the matching reply is
+        skipped."""
         token = random.randrange(1, 2**31)
-        self._conn.send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
+        message = {"execute": "guest-sync-delimited", "arguments": {"id": token}}
+        self._conn.send(message, DELIMITER)
         deadline = time.monotonic() + self.timeout_s
-        self._conn.skip_to_delimiter(self.timeout_s)
         while True:
+            self._conn.skip_to_delimiter(max(deadline - time.monotonic(), 0.001))
             reply = self._conn.receive(max(deadline - time.monotonic(), 0.001))
             if reply.get("return") == token:
                 return
@@ -217,11 +221,16 @@ class GuestAgent:
     def execute(
         self, command: str, arguments: dict[str, Any] | None = None, timeout_s: float | None = None
     ) -> Any:
-        message: dict[str, Any] = {"execute": command}
+        ident = random.randrange(1, 2**31)
+        message: dict[str, Any] = {"execute": command, "id": ident}
         if arguments:
             message["arguments"] = arguments
         self._conn.send(message)
-        reply = self._conn.receive(timeout_s or self.timeout_s)
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while True:  # a reply to an abandoned earlier request may come first
+            reply = self._conn.receive(max(deadline - time.monotonic(), 0.001))
+            if reply.get("id") == ident:
+                break
         if "error" in reply:
             error = reply["error"]
             raise QmpError(f"guest agent {command}: {error.get('desc', error)}")
