@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.cli.output import human_bytes, human_duration
+from freezeframe.cli.output import human_bytes, human_duration, snapshot_json
 from freezeframe.errors import UsageError
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.vm.backup import VmBackupResult, backup_vm
@@ -48,7 +47,8 @@ def run(ctx: CommandContext) -> int:
     finally:
         repo.close()
     ctx.out.result(
-        {"vms": [_json(r) for r in results]}, lambda: "\n".join(_text(r) for r in results)
+        {"vms": [snapshot_json(r.snapshot) for r in results]},
+        lambda: "\n".join(_text(r) for r in results),
     )
     return 0
 
@@ -61,17 +61,6 @@ def _render(name: str, p: DiskProgress, elapsed: float) -> str:
         f"[{human_duration(elapsed)}] VM {name}: read {human_bytes(p.bytes_done)} "
         f"({human_bytes(rate)}/s{share}), {human_bytes(p.bytes_added)} new"
     )
-
-
-def _json(result: VmBackupResult) -> dict[str, Any]:
-    snap = result.snapshot
-    return {
-        "snapshot_id": snap.id,
-        "time": snap.time.isoformat(),
-        "paths": snap.paths,
-        "summary": snap.summary,
-        "consistency": snap.to_json()["consistency"],
-    }
 
 
 def _text(result: VmBackupResult) -> str:

@@ -19,7 +19,7 @@ from freezeframe.capture.session import (
 )
 from freezeframe.cli import backup_vm
 from freezeframe.cli.context import CommandContext
-from freezeframe.cli.output import human_bytes, human_duration
+from freezeframe.cli.output import human_bytes, human_duration, snapshot_json
 from freezeframe.errors import EXIT_PARTIAL, UsageError
 from freezeframe.quiesce.discovery import expand_auto
 from freezeframe.quiesce.script import expand_directories
@@ -210,15 +210,8 @@ def _render(p: BackupProgress, elapsed: float) -> str:
 
 
 def _json(result: BackupResult) -> dict[str, object]:
-    snap = result.snapshot
-    return {
-        "snapshot_id": snap.id,
-        "time": snap.time.isoformat(),
-        "paths": snap.paths,
-        "summary": snap.summary,
-        "consistency": snap.to_json()["consistency"],
-        "errors": [{"path": path, "error": message} for path, message in result.errors],
-    }
+    errors = [{"path": path, "error": message} for path, message in result.errors]
+    return {**snapshot_json(result.snapshot), "errors": errors}
 
 
 def _text(result: BackupResult) -> str:

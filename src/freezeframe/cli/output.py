@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from freezeframe.repository.snapshot import Snapshot
+
 
 class Output:
     def __init__(
@@ -88,6 +90,17 @@ def _printable(text: str) -> str:
     """Bytes of file names that are not UTF-8 arrive as surrogates; show them as escapes
     instead of failing to print."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
+    """What `backup --json` says of the snapshot it saved."""
+    return {
+        "snapshot_id": snapshot.id,
+        "time": snapshot.time.isoformat(),
+        "paths": snapshot.paths,
+        "summary": snapshot.summary,
+        "consistency": snapshot.to_json()["consistency"],
+    }
 
 
 def human_bytes(n: float) -> str:
