@@ -249,3 +249,17 @@ def test_a_freeze_past_its_cap_is_thawed_by_the_watchdog_and_fails_or_degrades(
         assert vm.qga("guest-fsfreeze-status") == "thawed"
         vm.release_agent()
         assert _leftovers(vm) == []
+
+
+def test_bad_vm_specs_and_an_unreachable_monitor_are_one_line_errors(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    missing = cli("backup", "--vm", f"qmp:{tmp_path}/nowhere.sock,name=x", expect=1)
+    assert missing["error"]["code"] == "qmp_error"
+    assert "nowhere.sock" in missing["error"]["message"]
+    assert "Traceback" not in cli.stderr
+    wrong = cli("backup", "--vm", "ssh:host", expect=2)
+    assert "expected qmp:PATH" in wrong["error"]["message"]
+    both = cli("backup", tmp_path, "--vm", f"qmp:{tmp_path}/x.sock", expect=2)
+    assert "separate runs" in both["error"]["message"]
+    assert cli("backup", expect=2)["error"]["code"] == "usage"
