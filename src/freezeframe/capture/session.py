@@ -426,13 +426,21 @@ class Capture:
         return mounts
 
     def _decide(self, reachable: str, reason: str) -> tuple[str, list[str]]:
-        if self.requested == "auto" or RANK[self.requested] <= RANK[reachable]:
-            wanted = reachable if self.requested == "auto" else self.requested
-            return wanted, []
-        message = f"consistency {self.requested} is not reachable: {reason}"
-        if self.fallback == "fail":
-            raise ConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
-        return reachable, [f"{message}; degraded to {reachable}"]
+        return decide_level(self.requested, reachable, reason, self.fallback)
+
+
+def decide_level(
+    requested: str, reachable: str, reason: str, fallback: str
+) -> tuple[str, list[str]]:
+    """The level to take: the one asked for when ``reachable`` allows it (``auto``: the
+    highest reachable), else fail or, with ``fallback`` degrade, ``reachable`` and a warning
+    saying why. Paths and VMs decide alike."""
+    if requested == "auto" or RANK[requested] <= RANK[reachable]:
+        return (reachable if requested == "auto" else requested), []
+    message = f"consistency {requested} is not reachable: {reason}"
+    if fallback == "fail":
+        raise ConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
+    return reachable, [f"{message}; degraded to {reachable}"]
 
 
 def _describe(volume: Volume, provider: str) -> dict[str, Any]:

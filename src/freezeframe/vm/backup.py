@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from freezeframe import __version__
+from freezeframe.capture.session import ConsistencyUnreachable, decide_level
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import FreezeframeError, UsageError
 from freezeframe.repository.pack import BlobType
@@ -46,10 +47,6 @@ PROVIDER = "qemu-fleecing"
 # inside.
 HOLD_FREEZE_ENV = "FREEZEFRAME_TEST_HOLD_FREEZE_S"
 HOLD_READ_ENV = "FREEZEFRAME_TEST_HOLD_READ_S"
-
-
-class VmConsistencyUnreachable(FreezeframeError):
-    code = "consistency_unreachable"
 
 
 @dataclass
@@ -126,7 +123,10 @@ def backup_vm(
         if not disks:
             raise FreezeframeError(f"VM {spec.name}: QEMU reports no disk to back up")
         top, reason = reachable(spec)
-        achieved = _decide(requested, top, reason, fallback, warnings)
+        if requested == "none":
+            raise UsageError("a VM is always read from a point-in-time view: use crash or higher")
+        achieved, decided = decide_level(requested, top, reason, fallback)
+        warnings += decided
         chain = incremental.chain_of(repo, qmp, spec.name, disks)
         definition = {
             "name": spec.name,
@@ -151,7 +151,7 @@ def backup_vm(
                         if not freeze.failed:
                             raise
                         if fallback == "fail":
-                            raise VmConsistencyUnreachable(
+                            raise ConsistencyUnreachable(
                                 f"VM {spec.name}: {exc} (use --fallback degrade to accept less)"
                             ) from exc
                         warnings.append(f"VM {spec.name}: {exc}; degraded to crash")
@@ -164,7 +164,7 @@ def backup_vm(
                             "cap and the watchdog thawed it before the disks were taken"
                         )
                         if fallback == "fail":
-                            raise VmConsistencyUnreachable(
+                            raise ConsistencyUnreachable(
                                 message + " (use --fallback degrade to accept less)"
                             )
                         # The one transaction still took every disk at one instant.
@@ -276,19 +276,6 @@ class _GuestFreeze:
             if self._token is not None and not self.watchdog.disarm(self._token):
                 self.overran = True
             self._token = None
-
-
-def _decide(requested: str, top: str, reason: str, fallback: str, warnings: list[str]) -> str:
-    rank = {level: r for r, level in enumerate(reversed((*LEVELS, "none")))}
-    if requested == "none":
-        raise UsageError("a VM is always read from a point-in-time view: use crash or higher")
-    if requested == "auto" or rank[requested] <= rank[top]:
-        return top if requested == "auto" else requested
-    message = f"consistency {requested} is not reachable: {reason}"
-    if fallback == "fail":
-        raise VmConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
-    warnings.append(f"{message}; degraded to {top}")
-    return top
 
 
 def _view(qmp: Qmp, disks: list[Disk], name: str, repo: Repository) -> PointInTime:
