@@ -8,7 +8,8 @@ dies while it is frozen.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,6 +26,15 @@ PATHS_KEY = "FREEZEFRAME_PATHS"
 
 def source_paths(context: Mapping[str, str]) -> list[str]:
     return [p for p in context.get(PATHS_KEY, "").split("\n") if p]
+
+
+def within_any(path: str, roots: Iterable[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or lies below one, symlinks resolved."""
+    real = os.path.realpath(path)
+    return any(
+        real == base or real.startswith(base.rstrip("/") + "/")
+        for base in map(os.path.realpath, roots)
+    )
 
 
 class Quiescer(Protocol):

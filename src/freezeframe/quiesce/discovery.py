@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from freezeframe.quiesce.base import within_any
 from freezeframe.quiesce.script import hooks_dir, hooks_in
 
 PROC = "/proc"
@@ -56,11 +57,11 @@ def running() -> list[Instance]:
 
 def under(paths: Iterable[str], instances: list[Instance] | None = None) -> list[Instance]:
     """The instances whose data directory lies inside one of ``paths``."""
-    roots = [os.path.realpath(p).rstrip("/") + "/" for p in paths]
+    roots = list(paths)
     return [
         instance
         for instance in (running() if instances is None else instances)
-        if any((os.path.realpath(instance.data_dir) + "/").startswith(r) for r in roots)
+        if within_any(instance.data_dir, roots)
     ]
 
 

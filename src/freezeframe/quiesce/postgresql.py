@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from freezeframe.quiesce.base import BackupFiles, QuiesceError, source_paths
+from freezeframe.quiesce.base import BackupFiles, QuiesceError, source_paths, within_any
 
 MIN_VERSION = 100000  # non-exclusive backups with pg_start_backup(label, fast, false): 10
 NEW_API_VERSION = 150000  # pg_backup_start / pg_backup_stop
@@ -92,7 +92,7 @@ class PostgresqlQuiescer:
         self._data_dir = os.path.realpath(self._data_dir)
         self._wal_dir = os.path.realpath(os.path.join(self._data_dir, "pg_wal"))
         for needed in [self._data_dir, self._wal_dir, *spaces]:
-            if not _under_any(needed, source_paths(context)):
+            if not within_any(needed, source_paths(context)):
                 raise QuiesceError(
                     f"postgresql: {needed} is not inside the paths backed up; add it to them"
                 )
@@ -240,15 +240,6 @@ def _start_signature(version: int) -> str:
     if version >= NEW_API_VERSION:
         return "pg_backup_start(text, boolean)"
     return "pg_start_backup(text, boolean, boolean)"
-
-
-def _under_any(path: str, roots: list[str]) -> bool:
-    real = os.path.realpath(path)
-    for root in roots:
-        base = os.path.realpath(root)
-        if real == base or real.startswith(base.rstrip("/") + "/"):
-            return True
-    return False
 
 
 def _write_text(path: str, content: str) -> None:

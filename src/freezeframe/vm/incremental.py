@@ -13,7 +13,6 @@ back into the older one, which then covers everything since the last saved snaps
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +21,8 @@ from freezeframe.repository.snapshot import Snapshot, list_snapshots
 from freezeframe.repository.walk import find_node
 from freezeframe.vm.diskstore import chunk_map
 from freezeframe.vm.machine import Disk
-from freezeframe.vm.pointintime import BITMAP_PREFIX
-from freezeframe.vm.qmp import Qmp, QmpError
+from freezeframe.vm.pointintime import BITMAP_PREFIX, quietly
+from freezeframe.vm.qmp import Qmp
 
 
 @dataclass
@@ -75,7 +74,7 @@ def _link(
     names = [b["name"] for b in bitmaps]
     if not known:
         for name in names:
-            _quietly(qmp, "block-dirty-bitmap-remove", {"node": disk.node, "name": name})
+            quietly(qmp, "block-dirty-bitmap-remove", {"node": disk.node, "name": name})
         if not bitmaps:
             return Link(why_full="no dirty bitmap on the disk yet (first backup, or the VM was "
                         "restarted and its bitmap did not persist)")  # fmt: skip
@@ -90,7 +89,7 @@ def _link(
             qmp.execute("block-dirty-bitmap-remove", {"node": disk.node, "name": name})
     state = next(b for b in bitmaps if b["name"] == target)
     if state.get("inconsistent"):
-        _quietly(qmp, "block-dirty-bitmap-remove", {"node": disk.node, "name": target})
+        quietly(qmp, "block-dirty-bitmap-remove", {"node": disk.node, "name": target})
         return Link(why_full="QEMU marks its dirty bitmap inconsistent (it stopped uncleanly)")
     if not state.get("recording", True):
         qmp.execute("block-dirty-bitmap-enable", {"node": disk.node, "name": target})
@@ -110,8 +109,3 @@ def _bitmaps(qmp: Qmp, prefix: str) -> dict[str, list[dict[str, Any]]]:
         if ours:
             found[node["node-name"]] = ours
     return found
-
-
-def _quietly(qmp: Qmp, command: str, arguments: dict[str, Any]) -> None:
-    with contextlib.suppress(QmpError):
-        qmp.execute(command, arguments)

@@ -173,24 +173,24 @@ class PointInTime:
             if old is None:
                 continue
             if not succeeded:
-                _quietly(
+                quietly(
                     self.qmp,
                     "block-dirty-bitmap-merge",
                     {"node": disk.node, "target": self.bitmap, "bitmaps": [old]},
                 )
-            _quietly(self.qmp, "block-dirty-bitmap-remove", {"node": disk.node, "name": old})
+            quietly(self.qmp, "block-dirty-bitmap-remove", {"node": disk.node, "name": old})
 
     def stop(self) -> None:
         """Remove the exports, the server, the jobs, the nodes and the overlays; each step
         tolerates what an earlier failure left undone."""
         if self._server:
-            _quietly(self.qmp, "nbd-server-stop")
+            quietly(self.qmp, "nbd-server-stop")
             self._server = False
         for job in self._jobs:
             _cancel_job(self.qmp, job)
         self._jobs = []
         for node in reversed(self._nodes):
-            _quietly(self.qmp, "blockdev-del", {"node-name": node})
+            quietly(self.qmp, "blockdev-del", {"node-name": node})
         self._nodes = []
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -205,12 +205,12 @@ def cleanup(qmp: Qmp, vm_name: str) -> list[str]:
         if n.get("node-name", "").startswith(PREFIX)
     ]
     if jobs or nodes:
-        _quietly(qmp, "nbd-server-stop")
+        quietly(qmp, "nbd-server-stop")
     for job in jobs:
         _cancel_job(qmp, job)
         found.append(f"block job {job}")
     for node in sorted(set(nodes)):
-        _quietly(qmp, "blockdev-del", {"node-name": node})
+        quietly(qmp, "blockdev-del", {"node-name": node})
         found.append(f"node {node}")
     for directory in glob.glob(os.path.join(scratch_dir(vm_name), f"{PREFIX}*")):
         shutil.rmtree(directory, ignore_errors=True)
@@ -231,6 +231,7 @@ def _cancel_job(qmp: Qmp, job: str) -> None:
             raise
 
 
-def _quietly(qmp: Qmp, command: str, arguments: dict[str, Any] | None = None) -> None:
+def quietly(qmp: Qmp, command: str, arguments: dict[str, Any] | None = None) -> None:
+    """A command whose failure means there was nothing left to undo."""
     with contextlib.suppress(QmpError):
         qmp.execute(command, arguments)
