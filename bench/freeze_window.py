@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import statistics
@@ -51,8 +50,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "tests"))  # the servers and workloads the tests use
 
 from ffharness import FAST_INIT  # noqa: E402
-from fsfixtures import loop_filesystem  # noqa: E402
-from pgfixtures import pgbench, pgbench_init, postgres_server, shared_workdir  # noqa: E402
+from fsfixtures import loop_filesystem, shared_workdir  # noqa: E402
+from pgfixtures import pgbench, pgbench_init, postgres_server  # noqa: E402
 from redisfixtures import ACCOUNTS as REDIS_ACCOUNTS  # noqa: E402
 from redisfixtures import redis_server  # noqa: E402
 from redisfixtures import transfer_workload as redis_transfers  # noqa: E402
@@ -391,56 +390,55 @@ def _mysql(base: Path) -> Iterator[Setup]:
     """InnoDB transfers flat out (two writers, binary log, durable commits). Commits wait from
     BLOCK_COMMIT, late in the freeze, until the release, which frees the writers at once: the
     hold ends where the workload's stall ends."""
-    from mariadbfixtures import mariadb_server, reachable_dir
+    from mariadbfixtures import mariadb_server
 
-    work = reachable_dir("ffbw")  # user mysql must reach its data directory
-    try:
-        with loop_filesystem(work, "btrfs", size_mib=VOLUME_MIB, image_dir=base) as mnt:
-            mnt.chmod(0o755)
-            with mariadb_server(mnt / "mysql", fresh=True) as server:
-                setup = server.connect(autocommit=True)
-                with setup.cursor() as cursor:
-                    for sql in MYSQL_SCHEMA:
-                        cursor.execute(sql)
-                    cursor.execute("SELECT VERSION()")
-                    version = str(cursor.fetchone()[0])
-                setup.close()
+    with (
+        shared_workdir("ffbw") as work,  # user mysql must reach its data directory
+        loop_filesystem(work, "btrfs", size_mib=VOLUME_MIB, image_dir=base) as mnt,
+    ):
+        mnt.chmod(0o755)
+        with mariadb_server(mnt / "mysql", fresh=True) as server:
+            setup = server.connect(autocommit=True)
+            with setup.cursor() as cursor:
+                for sql in MYSQL_SCHEMA:
+                    cursor.execute(sql)
+                cursor.execute("SELECT VERSION()")
+                version = str(cursor.fetchone()[0])
+            setup.close()
 
-                @contextmanager
-                def counter() -> Iterator[Counter]:
-                    db = server.connect(autocommit=True, database="bank")
-                    cursor = db.cursor()
+            @contextmanager
+            def counter() -> Iterator[Counter]:
+                db = server.connect(autocommit=True, database="bank")
+                cursor = db.cursor()
 
-                    def read() -> int:
-                        cursor.execute("SELECT transfers FROM counter WHERE id = 1")
-                        return int(cursor.fetchone()[0])
+                def read() -> int:
+                    cursor.execute("SELECT transfers FROM counter WHERE id = 1")
+                    return int(cursor.fetchone()[0])
 
-                    try:
-                        yield read
-                    finally:
-                        db.close()
-
-                argv = [sys.executable, "-c", MYSQL_TRANSFERS, str(server.socket)]
-                writers = [subprocess.Popen(argv) for _ in range(MYSQL_WRITERS)]
                 try:
-                    time.sleep(0.5)
-                    yield Setup(
-                        kind="mysql",
-                        config=f"{MYSQL_WRITERS} writers, InnoDB transfers; binlog, "
-                        "sync_binlog=1, flush_log_at_trx_commit=1",
-                        version=f"MariaDB {version}",
-                        paths=[mnt / "mysql"],
-                        quiesce=f"mysql:{server.url}",
-                        open_counter=counter,
-                        hold_from="stall end",
-                    )
-                    assert all(w.poll() is None for w in writers), "the workload died"
+                    yield read
                 finally:
-                    for writer in writers:
-                        writer.kill()
-                        writer.wait()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                    db.close()
+
+            argv = [sys.executable, "-c", MYSQL_TRANSFERS, str(server.socket)]
+            writers = [subprocess.Popen(argv) for _ in range(MYSQL_WRITERS)]
+            try:
+                time.sleep(0.5)
+                yield Setup(
+                    kind="mysql",
+                    config=f"{MYSQL_WRITERS} writers, InnoDB transfers; binlog, "
+                    "sync_binlog=1, flush_log_at_trx_commit=1",
+                    version=f"MariaDB {version}",
+                    paths=[mnt / "mysql"],
+                    quiesce=f"mysql:{server.url}",
+                    open_counter=counter,
+                    hold_from="stall end",
+                )
+                assert all(w.poll() is None for w in writers), "the workload died"
+            finally:
+                for writer in writers:
+                    writer.kill()
+                    writer.wait()
 
 
 SETUPS: dict[str, Callable[[Path], AbstractContextManager[Setup]]] = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,18 @@ def loop_filesystem(
         if result.returncode != 0:
             subprocess.run(["umount", "-l", str(mount_point)], check=False)
         os.unlink(image)
+
+
+@contextmanager
+def shared_workdir(prefix: str = "ffsrv") -> Iterator[Path]:
+    """A directory under /tmp that service users (postgres, mysql) can traverse, removed
+    afterwards: pytest's tmp_path is private to root, and servers run as their own user."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    work.chmod(0o711)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def writable_within(mount: Path, seconds: float) -> bool:

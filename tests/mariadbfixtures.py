@@ -4,7 +4,7 @@ durable commits (``sync_binlog=1``, ``innodb_flush_log_at_trx_commit=1``) and sm
 buffers so it starts in about a second. Killed (SIGKILL) and waited for on exit.
 
 The data directory and its parents must be reachable by user mysql: keep it out of pytest's
-``tmp_path`` (``/tmp/pytest-of-root`` is mode 0700), e.g. under ``reachable_dir()``.
+``tmp_path`` (``/tmp/pytest-of-root`` is mode 0700), e.g. under ``fsfixtures.shared_workdir()``.
 """
 
 from __future__ import annotations
@@ -70,13 +70,6 @@ def _require_mariadb() -> None:
         pwd.getpwnam("mysql")
     except KeyError:
         privileged_required("there is no user mysql (make setup installs mariadb-server)")
-
-
-def reachable_dir(prefix: str = "ffm") -> Path:
-    """A new directory under /tmp that user mysql may traverse (not list)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o711)
-    return path
 
 
 def _chown_mysql(path: Path) -> None:

@@ -2,7 +2,7 @@
 test chooses (a loop volume), a unix socket in a short directory, no TCP; pgbench as the
 workload; and a restored copy started and checked. PostgreSQL refuses to run as root, so every
 server command runs through ``runuser -u postgres``, and the directories it uses must be
-traversable by that user (see ``shared_workdir``)."""
+traversable by that user (see ``fsfixtures.shared_workdir``)."""
 
 from __future__ import annotations
 
@@ -61,18 +61,6 @@ def run_as_postgres(*argv: str | os.PathLike[str], check: bool = True) -> str:
     if check and result.returncode != 0:
         raise AssertionError(f"{argv[0]} failed: {result.stderr or result.stdout}")
     return result.stdout
-
-
-@contextmanager
-def shared_workdir(prefix: str = "ffpg") -> Iterator[Path]:
-    """A directory under /tmp that the postgres user can traverse (pytest's tmp_path is
-    private to root)."""
-    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    work.chmod(0o711)
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def initdb(data_dir: Path, wal_dir: Path | None = None) -> None:

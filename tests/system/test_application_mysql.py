@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,8 +28,8 @@ import pytest
 
 from ffharness import Cli, parse_json, spawn_freezeframe
 from freezeframe.quiesce.mysql import READ_LOCK, MysqlQuiescer
-from fsfixtures import loop_filesystem
-from mariadbfixtures import MariaDB, mariadb_server, reachable_dir
+from fsfixtures import loop_filesystem, shared_workdir
+from mariadbfixtures import MariaDB, mariadb_server
 
 TRIALS = int(os.environ.get("FREEZEFRAME_APPLICATION_TRIALS", "10"))
 ACCOUNTS = 1000
@@ -95,12 +94,11 @@ CLEAN = ("redo replayed", "open transactions rolled back", "binlog crash recover
 def _volume(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A loop btrfs mounted where user mysql can reach it, and a directory beside it for the
     restores (pytest's tmp_path is not reachable by mysql)."""
-    base = reachable_dir()
-    try:
-        with loop_filesystem(base, "btrfs", size_mib=1024, image_dir=tmp_path) as mnt:
-            yield mnt, base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with (
+        shared_workdir("ffm") as base,
+        loop_filesystem(base, "btrfs", size_mib=1024, image_dir=tmp_path) as mnt,
+    ):
+        yield mnt, base
 
 
 def _query(db: pymysql.connections.Connection[Any], sql: str) -> tuple[tuple[Any, ...], ...]:
@@ -420,32 +418,28 @@ def test_a_write_that_outlasts_the_timeout_fails_the_freeze_and_holds_nothing(
 
 def test_the_read_lock_method_blocks_commits_and_adds_nothing_to_the_binlog() -> None:
     """FLUSH TABLES WITH READ LOCK, the MySQL method, run on MariaDB."""
-    base = reachable_dir()
-    try:
-        with mariadb_server(base / "mysql", fresh=True) as server:
-            db = _bank(server)
-            before = _query(db, "SELECT @@gtid_binlog_pos")[0][0]
-            quiescer = MysqlQuiescer(server.url, method=READ_LOCK)
-            quiescer.prepare(5, {})
-            try:
-                record = quiescer.freeze(5, 30)
-                with pytest.raises(pymysql.err.OperationalError, match="Lock wait timeout"):
-                    _commit(db, 0)
-                _query(db, "SET SESSION lock_wait_timeout = 0")
-                with pytest.raises(pymysql.err.OperationalError, match="Lock wait timeout"):
-                    _query(db, "UPDATE bank.notes SET n = n + 1 WHERE id = 1")  # MyISAM too
-            finally:
-                quiescer.thaw(5)
-            quiescer.thaw(5)  # a second thaw is harmless
-            assert record["method"] == READ_LOCK
-            assert set(record["steps_ms"]) == {"flush_tables", "read_lock", "flush_engine_logs"}
-            status = _query(db, "SHOW MASTER STATUS")[0]
-            assert (record["binlog_file"], record["binlog_position"]) == (status[0], status[1])
-            assert record["gtid_binlog_pos"] == before  # the flushes wrote no GTID
-            _commit(db, 0)
-            db.close()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with shared_workdir("ffm") as base, mariadb_server(base / "mysql", fresh=True) as server:
+        db = _bank(server)
+        before = _query(db, "SELECT @@gtid_binlog_pos")[0][0]
+        quiescer = MysqlQuiescer(server.url, method=READ_LOCK)
+        quiescer.prepare(5, {})
+        try:
+            record = quiescer.freeze(5, 30)
+            with pytest.raises(pymysql.err.OperationalError, match="Lock wait timeout"):
+                _commit(db, 0)
+            _query(db, "SET SESSION lock_wait_timeout = 0")
+            with pytest.raises(pymysql.err.OperationalError, match="Lock wait timeout"):
+                _query(db, "UPDATE bank.notes SET n = n + 1 WHERE id = 1")  # MyISAM too
+        finally:
+            quiescer.thaw(5)
+        quiescer.thaw(5)  # a second thaw is harmless
+        assert record["method"] == READ_LOCK
+        assert set(record["steps_ms"]) == {"flush_tables", "read_lock", "flush_engine_logs"}
+        status = _query(db, "SHOW MASTER STATUS")[0]
+        assert (record["binlog_file"], record["binlog_position"]) == (status[0], status[1])
+        assert record["gtid_binlog_pos"] == before  # the flushes wrote no GTID
+        _commit(db, 0)
+        db.close()
 
 
 def test_mariadb_targets_and_their_errors(repo: Path, cli: Cli, tmp_path: Path) -> None:

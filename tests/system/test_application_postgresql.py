@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ffharness import Cli, spawn_freezeframe
-from fsfixtures import loop_filesystem
+from fsfixtures import loop_filesystem, shared_workdir
 from pgfixtures import (
     PgServer,
     amcheck,
@@ -27,7 +27,6 @@ from pgfixtures import (
     postgres_server,
     recovery_of,
     require_postgresql,
-    shared_workdir,
 )
 
 TRIALS = int(os.environ.get("FREEZEFRAME_APPLICATION_TRIALS", "10"))

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ffharness import Cli
-from fsfixtures import loop_filesystem
+from fsfixtures import loop_filesystem, shared_workdir
 from mariadbfixtures import mariadb_server
-from pgfixtures import postgres_server, require_postgresql, shared_workdir
+from pgfixtures import postgres_server, require_postgresql
 
 
 def test_doctor_finds_postgresql_and_auto_holds_it(repo: Path, cli: Cli) -> None:
