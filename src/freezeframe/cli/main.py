@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "key": "list, add, remove or change the passwords of the repository",
     "unlock": "remove stale locks left by crashed processes",
     "doctor": "show, per path, its volume and which consistency levels it can reach",
+    "guest-hook": "inside a VM: qemu-ga's fsfreeze hook holding the guest's applications",
 }
 
 
@@ -108,7 +109,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 
 
 def _command_module(name: str) -> ModuleType:
-    return importlib.import_module(f"freezeframe.cli.cmd_{name}")
+    return importlib.import_module(f"freezeframe.cli.cmd_{name.replace('-', '_')}")
 
 
 def _selected_command(argv: Sequence[str]) -> str | None:

@@ -22,6 +22,9 @@ class QuiesceError(FreezeframeError):
 
 # The run's source paths, one per line, in the context ``prepare`` receives.
 PATHS_KEY = "FREEZEFRAME_PATHS"
+# "1" in the context when the snapshot is a VM's disks taken inside a guest: nothing can be added
+# to it after the thaw, so what a quiescer would add then must be put in place during the hold.
+IN_IMAGE_KEY = "FREEZEFRAME_IN_IMAGE"
 
 
 def source_paths(context: Mapping[str, str]) -> list[str]:

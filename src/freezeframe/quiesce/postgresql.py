@@ -12,10 +12,20 @@ The pid file is left out, so the restored copy never mistakes the live server fo
 
 The backup belongs to the session: if freezeframe dies, the connection drops and PostgreSQL
 aborts the backup itself.
+
+Inside a VM's guest (``IN_IMAGE_KEY``) nothing can be added to the disks' snapshot after the thaw,
+so the backup is started and stopped before the guest's file systems freeze, and the label (and
+tablespace map) is written into the live data directory for the freeze and removed at the thaw:
+the disks are taken after the end-of-backup record, with every WAL segment up to it and the
+label in place, so the restored guest's server starts in backup recovery from that label. The
+label lies in the live directory only while the guest is frozen; the watchdog removes it if the
+hook dies, and a server that crashed in that window would itself recover from the label, whose
+WAL is still in pg_wal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -26,7 +36,13 @@ from typing import Any
 
 import psycopg
 
-from freezeframe.quiesce.base import BackupFiles, QuiesceError, source_paths, within_any
+from freezeframe.quiesce.base import (
+    IN_IMAGE_KEY,
+    BackupFiles,
+    QuiesceError,
+    source_paths,
+    within_any,
+)
 
 MIN_VERSION = 100000  # non-exclusive backups with pg_start_backup(label, fast, false): 10
 NEW_API_VERSION = 150000  # pg_backup_start / pg_backup_stop
@@ -49,6 +65,8 @@ class PostgresqlQuiescer:
         self._start_lsn = ""
         self._stopped: dict[str, str] = {}
         self._pre_checkpoint_ms: float | None = None
+        self._in_image = False
+        self._placed: list[str] = []  # label files written into the live data directory
 
     def prepare(self, timeout_s: float, context: Mapping[str, str]) -> None:
         try:
@@ -97,6 +115,7 @@ class PostgresqlQuiescer:
                     f"postgresql: {needed} is not inside the paths backed up; add it to them"
                 )
         self._label = f"freezeframe {context.get('FREEZEFRAME_RUN_ID', '')}".strip()
+        self._in_image = context.get(IN_IMAGE_KEY) == "1"
         self._pre_checkpoint()
 
     def _pre_checkpoint(self) -> None:
@@ -128,47 +147,79 @@ class PostgresqlQuiescer:
                 raise QuiesceError(
                     f"postgresql: cannot start the backup: {_one_line(exc)}"
                 ) from exc
-        return {
-            "start_lsn": self._start_lsn,
-            "timeline": int(timeline),
-            "data_directory": self._data_dir,
-            "label": self._label,
-            "pre_checkpoint_ms": self._pre_checkpoint_ms,
-        }
+            positions: dict[str, Any] = {
+                "start_lsn": self._start_lsn,
+                "timeline": int(timeline),
+                "data_directory": self._data_dir,
+                "label": self._label,
+                "pre_checkpoint_ms": self._pre_checkpoint_ms,
+            }
+            if self._in_image:
+                self._stop()
+                self._place_label()
+                positions.update(
+                    stop_lsn=self._stopped["stop_lsn"],
+                    backup_label=self._stopped["label"],
+                    label_in_image=list(self._placed),
+                )
+        return positions
+
+    def _place_label(self) -> None:
+        """The label (and tablespace map) into the live data directory, for the snapshot."""
+        owner = os.stat(self._data_dir)
+        files = {"backup_label": self._stopped["label"]}
+        if self._stopped["tablespace_map"]:
+            files["tablespace_map"] = self._stopped["tablespace_map"]
+        for name, content in files.items():
+            path = os.path.join(self._data_dir, name)
+            self._placed.append(path)
+            _write_text(path, content)
+            os.chown(path, owner.st_uid, owner.st_gid)
+            os.chmod(path, 0o600)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
 
     def thaw(self, timeout_s: float) -> None:
         """Stop the backup. A failure here is a failed backup, not a detail: without the end
         record the restored copy cannot tell when it is consistent."""
         with self._lock:
-            if self._db is None or not self._started:
-                self._close()
-                return
-            self._started = False
-            try:
-                stop = "pg_backup_stop(false)"
-                if self._version < NEW_API_VERSION:
-                    stop = "pg_stop_backup(false, false)"
-                row = self._db.execute(
-                    f"SELECT lsn::text, labelfile, spcmapfile FROM {stop}"
-                ).fetchone()
-                if row is None:
-                    raise QuiesceError("postgresql: pg_backup_stop returned nothing")
-                lsn, label, spcmap = row
-                first, last = self._db.execute(
-                    "SELECT pg_walfile_name(%s::pg_lsn), pg_walfile_name(%s::pg_lsn)",
-                    [self._start_lsn, lsn],
-                ).fetchone() or ("", "")
-            except psycopg.Error as exc:
-                raise QuiesceError(f"postgresql: cannot stop the backup: {_one_line(exc)}") from exc
-            finally:
-                self._close()
-            self._stopped = {
-                "stop_lsn": lsn,
-                "label": label,
-                "tablespace_map": spcmap or "",
-                "first_wal": first,
-                "last_wal": last,
-            }
+            for path in self._placed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            self._placed = []
+            self._stop()
+
+    def _stop(self) -> None:
+        """pg_backup_stop on the session that started the backup (no-op when none is)."""
+        if self._db is None or not self._started:
+            self._close()
+            return
+        self._started = False
+        try:
+            stop = "pg_backup_stop(false)"
+            if self._version < NEW_API_VERSION:
+                stop = "pg_stop_backup(false, false)"
+            row = self._db.execute(
+                f"SELECT lsn::text, labelfile, spcmapfile FROM {stop}"
+            ).fetchone()
+            if row is None:
+                raise QuiesceError("postgresql: pg_backup_stop returned nothing")
+            lsn, label, spcmap = row
+            first, last = self._db.execute(
+                "SELECT pg_walfile_name(%s::pg_lsn), pg_walfile_name(%s::pg_lsn)",
+                [self._start_lsn, lsn],
+            ).fetchone() or ("", "")
+        except psycopg.Error as exc:
+            raise QuiesceError(f"postgresql: cannot stop the backup: {_one_line(exc)}") from exc
+        finally:
+            self._close()
+        self._stopped = {
+            "stop_lsn": lsn,
+            "label": label,
+            "tablespace_map": spcmap or "",
+            "first_wal": first,
+            "last_wal": last,
+        }
 
     def files_for_backup(self, staging_dir: str, timeout_s: float) -> BackupFiles:
         """The label, the tablespace map and the WAL segments from the backup's start to its
@@ -219,6 +270,9 @@ class PostgresqlQuiescer:
         )
 
     def undo_on_crash(self) -> list[str] | None:
+        if self._in_image:  # the label must not outlive the freeze in the live directory
+            names = ("backup_label", "tablespace_map")
+            return ["rm", "-f", *(os.path.join(self._data_dir, n) for n in names)]
         return None  # the backup ends with the session
 
     def _scalar(self, sql: str, params: list[Any] | None = None) -> Any:
