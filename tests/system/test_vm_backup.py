@@ -113,7 +113,7 @@ def test_restored_definition_names_the_disks(repo: Path, cli: Cli, tmp_path: Pat
         assert "/vm/lab/vdz.raw is not in snapshot" in missing["error"]["message"]
 
 
-def test_a_guest_frozen_by_someone_else_fails_the_run_or_degrades_to_crash(
+def test_unreachable_levels_fail_or_degrade_frozen_by_someone_else_or_without_guest_hook(
     repo: Path, cli: Cli, tmp_path: Path
 ) -> None:
     disks = make_disks(tmp_path / "disks", size_mib=64)
@@ -133,6 +133,18 @@ def test_a_guest_frozen_by_someone_else_fails_the_run_or_degrades_to_crash(
         finally:
             vm.qga("guest-fsfreeze-thaw")
             vm.release_agent()
+        # This guest has an agent but no freezeframe guest hook: no application level.
+        failed = cli("backup", "--vm", _spec(vm), "--consistency", "application", expect=1)
+        assert failed["error"]["code"] == "consistency_unreachable"
+        assert "guest hook is not installed" in failed["error"]["message"]
+        degraded = cli(
+            "backup", "--vm", _spec(vm), "--consistency", "application", "--fallback", "degrade"
+        )
+        record = degraded["vms"][0]["consistency"]
+        assert record["achieved"] == "filesystem" and "guest hook" in record["reason"]
+        assert cli("backup", "--vm", _spec(vm))["vms"][0]["consistency"]["achieved"] == (
+            "filesystem"
+        )
         assert _leftovers(vm) == []
 
 

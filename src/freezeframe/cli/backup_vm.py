@@ -37,6 +37,7 @@ def run(ctx: CommandContext) -> int:
                         requested=ctx.args.consistency,
                         fallback=ctx.args.fallback,
                         freeze_cap_s=ctx.args.freeze_cap,
+                        quiesce_cap_s=ctx.args.quiesce_cap,
                         tags=ctx.args.tag,
                         progress=progress,
                         before_commit=lock.ensure_held,
@@ -70,6 +71,10 @@ def _text(result: VmBackupResult) -> str:
     frozen = [v.get("freeze_ms") for v in report.volumes if v.get("freeze_ms") is not None]
     if frozen:
         line += f", guest file systems frozen for {frozen[0]:.1f} ms"
+    held = report.quiesce.get("quiescers") or []
+    if held:
+        kinds = ", ".join(str(q.get("kind")) for q in held)
+        line += f", {kinds} held in the guest for {report.quiesce.get('window_ms', 0):.1f} ms"
     if report.reason:
         line += f"; not higher: {report.reason}"
     return "\n".join(

@@ -52,7 +52,13 @@ def _vm_text(vm: dict[str, Any]) -> str:
                      f"{agent.get('fsfreeze_status')}")  # fmt: skip
     else:
         lines.append(f"  agent:    does not answer: {agent.get('error')}")
-    lines.append("  hook:     not installed (the guest hook is not in this version)")
+    hook = vm["guest_hook"]
+    if hook:
+        kinds = ", ".join(hook.get("quiescers") or []) or "no quiescer"
+        lines.append(f"  hook:     installed (freezeframe {hook.get('version')}: {kinds}, "
+                     f"cap {hook.get('cap_s')} s)")  # fmt: skip
+    else:
+        lines.append("  hook:     not installed (freezeframe guest-hook install, in the guest)")
     for level in ("application", "filesystem", "crash"):
         if level in vm["reachable"]:
             lines.append(f"  {level:<12} reachable")

@@ -29,6 +29,7 @@ from freezeframe import __version__
 from freezeframe.capture.session import ConsistencyUnreachable, decide_level
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import FreezeframeError, UsageError
+from freezeframe.guest import protocol
 from freezeframe.repository.pack import BlobType
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import ConsistencyReport, Snapshot, save_snapshot
@@ -62,9 +63,26 @@ def reachable(spec: VmSpec) -> tuple[str, str]:
     try:
         with GuestAgent(spec.qga, AGENT_TIMEOUT_S) as agent:
             agent.execute("guest-fsfreeze-status")
+            hook = guest_hook(agent)
     except QmpError as exc:
         return "crash", f"the guest agent does not freeze: {exc}"
-    return "filesystem", "the guest hook for application quiescers is not in this version"
+    if hook is None:
+        return "filesystem", (
+            "the guest hook is not installed in the guest (freezeframe guest-hook install)"
+        )
+    if not hook.get("quiescers"):
+        return "filesystem", "the guest hook has no quiescer configured in the guest"
+    return "application", ""
+
+
+def guest_hook(agent: GuestAgent) -> dict[str, Any] | None:
+    """What ``freezeframe guest-hook install`` noted in the guest, or None."""
+    text = agent.read_file(f"{protocol.STATE_DIR}/{protocol.INSTALLED}")
+    try:
+        installed = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return installed if isinstance(installed, dict) else None
 
 
 def examine(spec: VmSpec) -> dict[str, Any]:
@@ -73,6 +91,7 @@ def examine(spec: VmSpec) -> dict[str, Any]:
         disks = disks_of(qmp)
         top, reason = reachable(spec)
         agent: dict[str, Any] = {"socket": spec.qga, "answers": False}
+        hook: dict[str, Any] | None = None
         if spec.qga is not None:
             try:
                 with GuestAgent(spec.qga, AGENT_TIMEOUT_S) as guest:
@@ -82,6 +101,7 @@ def examine(spec: VmSpec) -> dict[str, Any]:
                         version=info.get("version"),
                         fsfreeze_status=guest.execute("guest-fsfreeze-status"),
                     )
+                    hook = guest_hook(guest)
             except QmpError as exc:
                 agent["error"] = str(exc)
         rank = LEVELS.index(top)
@@ -90,7 +110,7 @@ def examine(spec: VmSpec) -> dict[str, Any]:
             "qemu": qmp.version,
             "disks": [d.to_json() for d in disks],
             "guest_agent": agent,
-            "guest_hook": False,
+            "guest_hook": hook or False,
             "reachable": list(LEVELS[rank:]),
             "unreachable": {level: reason for level in LEVELS[:rank]},
         }
@@ -104,6 +124,7 @@ def backup_vm(
     requested: str = "auto",
     fallback: str = "fail",
     freeze_cap_s: float = 10.0,
+    quiesce_cap_s: float = 60.0,
     tags: list[str] | None = None,
     progress: DiskProgress | None = None,
     before_commit: Callable[[], None] | None = None,
@@ -140,10 +161,19 @@ def backup_vm(
             release += ["--vm", spec.name] + (["--qga", spec.qga] if spec.qga else [])
             token = watchdog.arm_command(release, {}, RELEASE_DEADLINE_S)
             view = _view(qmp, disks, spec.name, repo)
-            freeze = _GuestFreeze(spec, watchdog, release, freeze_cap_s)
+            run_id = f"{time.time_ns():x}"
+            application = achieved == "application"
+            freeze = _GuestFreeze(
+                spec,
+                watchdog,
+                release,
+                quiesce_cap_s if application else freeze_cap_s,
+                run_id if application else None,
+            )
             succeeded = False
+            quiesce: dict[str, Any] = {}
             try:
-                if achieved == "filesystem":
+                if achieved in ("application", "filesystem"):
                     try:
                         view.start(freeze.freeze, freeze.thaw, previous)
                     except QmpError as exc:
@@ -170,6 +200,16 @@ def backup_vm(
                         # The one transaction still took every disk at one instant.
                         warnings.append(message + "; degraded to crash")
                         reason, achieved = message, "crash"
+                    if achieved == "application":
+                        quiesce = freeze.hold_report()
+                        if freeze.application_error:
+                            message = f"VM {spec.name}: {freeze.application_error}"
+                            if fallback == "fail":
+                                raise ConsistencyUnreachable(
+                                    message + " (use --fallback degrade to accept less)"
+                                )
+                            warnings.append(message + "; degraded to filesystem")
+                            reason, achieved = freeze.application_error, "filesystem"
                 else:
                     view.start(previous=previous)
                 hold_s = float(os.environ.get(HOLD_READ_ENV, "0") or 0)
@@ -198,6 +238,7 @@ def backup_vm(
                         _volume_record(d, view, freeze, achieved, chain[d.drive]) for d in disks
                     ],
                     reason=reason,
+                    quiesce=quiesce,
                 )
                 root = _save_tree(repo, spec.name, disks, stored, definition)
                 snapshot = Snapshot(
@@ -227,19 +268,43 @@ def backup_vm(
 class _GuestFreeze:
     """The guest's file systems frozen for the transaction, under a cap the watchdog keeps.
     The agent's socket takes one client at a time, so it is not held open across the freeze:
-    the watchdog must be able to reach the agent to thaw."""
+    the watchdog must be able to reach the agent to thaw.
 
-    def __init__(self, spec: VmSpec, watchdog: Watchdog, release: list[str], cap_s: float) -> None:
+    At `application` (``run_id`` given) a request left in the guest first makes the agent's
+    fsfreeze hook hold the guest's applications (``freezeframe guest-hook``) before the freeze;
+    the hook's state, read back while frozen and after the thaw, says whether they were held
+    across the transaction and what the quiescers recorded."""
+
+    def __init__(
+        self,
+        spec: VmSpec,
+        watchdog: Watchdog,
+        release: list[str],
+        cap_s: float,
+        run_id: str | None = None,
+    ) -> None:
         self.spec = spec
         self.watchdog = watchdog
         self.release = [*release, "--thaw-only"]
         self.cap_s = cap_s
+        self.run_id = run_id
         self.frozen_at = 0.0
         self.freeze_ms = 0.0
         self.frozen_count = 0
         self.failed = False
         self.overran = False
+        self.application_error = ""
+        self._held: dict[str, Any] = {}
+        self._released: dict[str, Any] = {}
         self._token: int | None = None
+
+    def hold_report(self) -> dict[str, Any]:
+        """The applications' hold as the guest reported it after the thaw (else while held)."""
+        state = self._released or self._held
+        report = dict(state.get("hold") or {})
+        if report:
+            report["in_guest"] = True
+        return report
 
     def freeze(self) -> None:
         assert self.spec.qga is not None
@@ -254,13 +319,20 @@ class _GuestFreeze:
         self.frozen_at = time.monotonic()
         try:
             with GuestAgent(self.spec.qga, AGENT_TIMEOUT_S) as agent:
+                if self.run_id is not None:
+                    request = {"run": self.run_id, "cap_s": self.cap_s}
+                    agent.write_file(_guest_file(protocol.REQUEST), json.dumps(request).encode())
                 self.frozen_count = int(
                     agent.execute("guest-fsfreeze-freeze", timeout_s=self.cap_s)
                 )
+                if self.run_id is not None:
+                    self._held = self._hook_state(agent)
         except QmpError:
             self.failed = True
             self.thaw()
             raise
+        if self.run_id is not None:
+            self.application_error = _hold_problem(self._held, self.run_id, held=True)
         hold_s = float(os.environ.get(HOLD_FREEZE_ENV, "0") or 0)
         if hold_s:
             time.sleep(hold_s)
@@ -270,12 +342,48 @@ class _GuestFreeze:
         try:
             with GuestAgent(self.spec.qga, AGENT_TIMEOUT_S) as agent:
                 if agent.execute("guest-fsfreeze-status") == "frozen":
-                    agent.execute("guest-fsfreeze-thaw")
+                    agent.execute("guest-fsfreeze-thaw", timeout_s=self.cap_s)
+                if self.run_id is not None and self._held:
+                    # The thaw hook returned after the holder released and reported.
+                    self._released = self._hook_state(agent)
+                    if not self.application_error:
+                        self.application_error = _hold_problem(
+                            self._released, self.run_id, held=False
+                        )
         finally:
             self.freeze_ms = (time.monotonic() - self.frozen_at) * 1000
             if self._token is not None and not self.watchdog.disarm(self._token):
                 self.overran = True
             self._token = None
+
+    @staticmethod
+    def _hook_state(agent: GuestAgent) -> dict[str, Any]:
+        text = agent.read_file(_guest_file(protocol.STATE))
+        try:
+            state = json.loads(text) if text else {}
+        except ValueError:
+            state = {}
+        return state if isinstance(state, dict) else {}
+
+
+def _guest_file(name: str) -> str:
+    return f"{protocol.STATE_DIR}/{name}"
+
+
+def _hold_problem(state: dict[str, Any], run_id: str, *, held: bool) -> str:
+    """Why the guest's applications were not held across the transaction ('' when they were)."""
+    if state.get("run") != run_id:
+        return (
+            "the guest hook did not run on the freeze (qemu-ga needs its fsfreeze hook "
+            "enabled, -F, and freezeframe guest-hook install in the guest)"
+        )
+    if state.get("phase") == "failed" or state.get("error"):
+        return f"the guest hook could not hold the applications: {state.get('error', '')}"
+    if held:
+        return "" if state.get("phase") == "held" else "the guest hook reported no hold"
+    if not state.get("in_time"):
+        return "the guest's applications were released at their cap before the disks were taken"
+    return ""
 
 
 def _view(qmp: Qmp, disks: list[Disk], name: str, repo: Repository) -> PointInTime:
@@ -301,7 +409,7 @@ def _volume_record(
         ),
         "snapshot_ms": round(view.transaction_ms, 3),
     }
-    if achieved == "filesystem":
+    if achieved in ("application", "filesystem"):
         record.update(freeze_ms=round(freeze.freeze_ms, 3), guest_filesystems=freeze.frozen_count)
     record["bitmap"] = view.bitmap  # records the writes after this instant, for the next backup
     if link.parent is not None:

@@ -13,6 +13,7 @@ left a half-read answer in the channel.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import socket
@@ -235,6 +236,35 @@ class GuestAgent:
             error = reply["error"]
             raise QmpError(f"guest agent {command}: {error.get('desc', error)}")
         return reply.get("return")
+
+    def read_file(self, path: str, limit: int = 1 << 20) -> bytes | None:
+        """A guest file's content through guest-file-*, or None when it cannot be opened."""
+        try:
+            handle = self.execute("guest-file-open", {"path": path, "mode": "r"})
+        except QmpError:
+            return None
+        data = b""
+        try:
+            while len(data) < limit:
+                chunk = self.execute("guest-file-read", {"handle": handle, "count": 65536})
+                data += base64.b64decode(chunk.get("buf-b64", ""))
+                if chunk.get("eof") or not chunk.get("count"):
+                    break
+        finally:
+            self.execute("guest-file-close", {"handle": handle})
+        return data
+
+    def write_file(self, path: str, data: bytes) -> None:
+        """Create or replace a guest file through guest-file-*."""
+        handle = self.execute("guest-file-open", {"path": path, "mode": "w"})
+        try:
+            self.execute(
+                "guest-file-write",
+                {"handle": handle, "buf-b64": base64.b64encode(data).decode()},
+            )
+            self.execute("guest-file-flush", {"handle": handle})
+        finally:
+            self.execute("guest-file-close", {"handle": handle})
 
     def close(self) -> None:
         self._conn.close()
