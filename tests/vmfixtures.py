@@ -36,7 +36,7 @@ from ffharness import is_root, privileged_required
 from freezeframe.vm.qmp import GuestAgent, Qmp, QmpError
 
 # Bump when the way the kernel or the initramfs is built changes: it is part of the cache keys.
-RECIPE_VERSION = "fflab-2"
+RECIPE_VERSION = "fflab-3"
 READY_MARKER = "FREEZEFRAME-LAB-READY"
 FAILED_MARKER = "FREEZEFRAME-LAB-FAILED"
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
@@ -45,6 +45,9 @@ RECORD = 64  # bytes per log record, as in tests/workloads.py
 # Loaded in dependency order (deps resolved from modules.dep); crc32c is only a soft dependency
 # of ext4/jbd2 (asked for through the crypto API at mount time), so it is named explicitly.
 GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "crc32c_generic", "ext4")
+# The agent as /init starts it once its port shows up (``$port``); ``guest_initramfs`` can start
+# it some other way (e.g. in a chroot, with an fsfreeze hook).
+DEFAULT_AGENT = 'qemu-ga -m virtio-serial -p "$port" -t /run -l /run/qemu-ga.log'
 KERNEL_APPEND = (
     "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off cryptomgr.notests 8250.nr_uarts=1 "
     "i8042.noaux i8042.nokbd i8042.nopnp tsc=reliable no_timer_check"
@@ -74,7 +77,9 @@ while :; do
 done
 """
 
-# /init: everything the guest does. __MODULES__ and the workload are filled in at build time.
+# /init: everything the guest does. __MODULES__, __AGENT__ and the workload are filled in at build
+# time; /etc/setup.sh (optional, from ``guest_initramfs(setup=...)``) is sourced once the modules
+# are loaded, before the disks are mounted.
 INIT_SCRIPT = r"""#!/bin/sh
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 mount -t proc proc /proc
@@ -96,6 +101,9 @@ while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; do
     [ $i -lt 3000 ] || fail "no /dev/vda and /dev/vdb"
     usleep 10000
 done
+if [ -f /etc/setup.sh ]; then
+    . /etc/setup.sh
+fi
 mount -t ext4 /dev/vda /mnt/a || fail "mount /dev/vda"
 mount -t ext4 /dev/vdb /mnt/b || fail "mount /dev/vdb"
 port=
@@ -108,7 +116,7 @@ while [ -z "$port" ]; do
     [ $i -lt 3000 ] || fail "no virtio port __PORT__"
     [ -n "$port" ] && [ -c "$port" ] || { port=; usleep 10000; }
 done
-qemu-ga -m virtio-serial -p "$port" -t /run -l /run/qemu-ga.log &
+__AGENT__ &
 echo "__READY__ agent on $port"
 sh /etc/workload.sh &
 # PID 1 must never exit: wait for the agent and the workload, reap orphans, then idle.
@@ -399,7 +407,15 @@ class _Newc:
         return bytes(self.out)
 
 
-def _build_initramfs(kernel: GuestKernel, workload: str, dest: Path) -> None:
+def _build_initramfs(
+    kernel: GuestKernel,
+    workload: str,
+    dest: Path,
+    *,
+    modules: Sequence[str] = (),
+    setup: str = "",
+    agent: str = DEFAULT_AGENT,
+) -> None:
     started = time.monotonic()
     archive = _Newc()
     for d in ("dev", "proc", "sys", "run", "tmp", "mnt/a", "mnt/b", "etc", "root", "var"):
@@ -416,7 +432,7 @@ def _build_initramfs(kernel: GuestKernel, workload: str, dest: Path) -> None:
     archive.file("usr/sbin/qemu-ga", Path(qemu_ga).read_bytes(), 0o755)
     for lib in _shared_libraries(qemu_ga):
         archive.file(lib, Path(lib).read_bytes(), 0o755)
-    order = _module_load_order(kernel.modules, GUEST_MODULES)
+    order = _module_load_order(kernel.modules, [*GUEST_MODULES, *modules])
     loaded = []
     for rel in order:
         name = re.sub(r"\.(xz|gz|zst)$", "", rel)
@@ -424,12 +440,15 @@ def _build_initramfs(kernel: GuestKernel, workload: str, dest: Path) -> None:
         loaded.append(name)
     init = (
         INIT_SCRIPT.replace("__MODULES__", " ".join(loaded))
+        .replace("__AGENT__", agent)
         .replace("__PORT__", AGENT_PORT_NAME)
         .replace("__READY__", READY_MARKER)
         .replace("__FAILED__", FAILED_MARKER)
     )
     archive.file("init", init.encode(), 0o755)
     archive.file("etc/workload.sh", workload.encode(), 0o755)
+    if setup:
+        archive.file("etc/setup.sh", setup.encode(), 0o755)
     archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     archive.file("etc/group", b"root:x:0:\n")
     # Uncompressed: a few MiB load in no time, and TCG would spend a second inflating them.
@@ -442,8 +461,19 @@ def _file_digest(path: str | None) -> str:
 
 
 @functools.cache
-def guest_initramfs(workload: str) -> Path:
-    """The initramfs running ``workload`` (busybox sh) after boot; cached per recipe+workload."""
+def guest_initramfs(
+    workload: str,
+    *,
+    modules: tuple[str, ...] = (),
+    setup: str = "",
+    agent: str = DEFAULT_AGENT,
+) -> Path:
+    """The initramfs running ``workload`` (busybox sh) after boot; cached per recipe+workload.
+
+    ``modules``: more kernel modules for /init to load (with their dependencies); ``setup``: a
+    busybox sh script /init sources before it mounts the disks; ``agent``: the command that
+    starts the guest agent (``$port`` is its virtio port).
+    """
     _which("busybox", "qemu-ga", "ldd")
     kernel = guest_kernel()
     key = "\n".join(
@@ -458,7 +488,12 @@ def guest_initramfs(workload: str) -> Path:
             workload,
         ]
     )
-    entry = _cached(key, functools.partial(_build_initramfs, kernel, workload))
+    if modules or setup or agent != DEFAULT_AGENT:  # the default recipe keeps its key
+        key += "\n" + "\n".join([" ".join(modules), setup, agent])
+    build = functools.partial(
+        _build_initramfs, kernel, workload, modules=modules, setup=setup, agent=agent
+    )
+    entry = _cached(key, build)
     return entry / "initramfs.cpio"
 
 
@@ -722,6 +757,7 @@ def _qemu_argv(
     memory_mib: int,
     sockets: Path,
     serial_log: Path,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     argv = [
         "qemu-system-x86_64",
@@ -756,7 +792,7 @@ def _qemu_argv(
             "-device",
             f"virtio-blk-pci,drive=disk{index},id=vd{'abcdefgh'[index]}",
         ]
-    return argv
+    return argv + list(extra_args)
 
 
 def _boot(
@@ -824,8 +860,13 @@ def running_vm(
     memory_mib: int = 512,
     fmt: str | None = None,
     boot_timeout: float = 120.0,
+    initramfs: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Vm]:
     """Boots the lab guest on ``disks`` (vda, vdb) and stops it (QMP quit, then kill) on exit.
+
+    ``initramfs``: one built by ``guest_initramfs`` with more options (``workload`` is then
+    ignored); ``extra_args``: appended to qemu's command line (more devices).
 
     Tries KVM first when /dev/kvm opens (with a short boot deadline, since a nested KVM can
     hang rather than fail), then TCG; the first VM's verdict holds for the whole process.
@@ -833,7 +874,7 @@ def running_vm(
     _which("qemu-system-x86_64")
     fmt = fmt or ("qcow2" if Path(disks[0]).suffix == ".qcow2" else "raw")
     kernel = guest_kernel()
-    initramfs = guest_initramfs(workload)
+    initramfs = initramfs or guest_initramfs(workload)
     workdir.mkdir(parents=True, exist_ok=True)
     serial_log = workdir / "serial.log"
     stderr_log = workdir / "qemu.log"
@@ -854,6 +895,7 @@ def running_vm(
                 memory_mib=memory_mib,
                 sockets=sockets,
                 serial_log=serial_log,
+                extra_args=extra_args,
             )
             last = accel == accels[-1]
             try:

@@ -116,7 +116,7 @@ def test_a_killed_holder_leaves_no_label_behind(server: PgServer, tmp_path: Path
     _request(env, "killed")
     assert _hook(env, "freeze")["phase"] == "held"
     pid_file = Path(env["FREEZEFRAME_GUEST_STATE_DIR"]) / "holder.pid"
-    os.kill(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert _until(lambda: not _label(server).exists(), 3), "the watchdog left the label"
     # The next freeze finds the dead holder's pid file and starts afresh.
     _request(env, "after")
@@ -147,7 +147,7 @@ def test_install_writes_the_hook_and_checks_the_config(tmp_path: Path) -> None:
     installed = json.loads(done.stdout)
     assert installed["quiescers"] == ["sqlite"] and installed["cap_s"] == 30
     assert os.access(hook_file, os.X_OK)
-    assert 'guest-hook "$1"' in hook_file.read_text()
+    assert '-m freezeframe.guest "$1"' in hook_file.read_text()
     recorded = Path(env["FREEZEFRAME_GUEST_STATE_DIR"]) / "installed.json"
     assert json.loads(recorded.read_text()) == installed
     Path(env["FREEZEFRAME_GUEST_CONFIG"]).write_text("cap_s = -1\n")
@@ -156,3 +156,28 @@ def test_install_writes_the_hook_and_checks_the_config(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "cap_s must be a positive number" in done.stderr
+
+
+def test_the_installed_script_holds_on_freeze_and_releases_on_thaw_as_qemu_ga_runs_it(
+    server: PgServer, tmp_path: Path
+) -> None:
+    """qemu-ga runs the script with one word and no environment of ours but the state
+    directory here (a test's); the thaw is the script's own shell."""
+    env = _guest(tmp_path, [f"postgresql:{server.conninfo}"])
+    hook_file = tmp_path / "hooks" / "freezeframe"
+    argv = [sys.executable, "-m", "freezeframe", "guest-hook", "install", "--hook"]
+    subprocess.run([*argv, str(hook_file)], env=env, check=True, capture_output=True)
+    script_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    script_env["FREEZEFRAME_GUEST_STATE_DIR"] = env["FREEZEFRAME_GUEST_STATE_DIR"]
+    state = Path(env["FREEZEFRAME_GUEST_STATE_DIR"]) / "state.json"
+    _request(env, "script")
+    subprocess.run([hook_file, "freeze"], env=script_env, check=True, timeout=60)
+    assert json.loads(state.read_text())["phase"] == "held"
+    assert _label(server).exists()
+    started = time.monotonic()
+    subprocess.run([hook_file, "thaw"], env=script_env, check=True, timeout=60)
+    released = json.loads(state.read_text())
+    assert released["phase"] == "released" and released["in_time"] is True, released
+    assert not _label(server).exists()
+    print(f"shell thaw took {time.monotonic() - started:.3f} s")
+    subprocess.run([hook_file, "thaw"], env=script_env, check=True, timeout=10)  # idempotent

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -28,22 +29,31 @@ COMMAND_TIMEOUT_S = 60.0  # an undo command (a thaw script) gets this long
 class Watchdog:
     """Parent side. Use as a context manager; leaving it releases everything still armed."""
 
-    def __init__(self) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "freezeframe.capture.watchdog"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd="/",  # never hold a directory on a volume that gets frozen
-            start_new_session=True,  # a Ctrl-C to the run's process group must not kill it
-        )
+    def __init__(self, *, fork: bool = False) -> None:
+        """``fork``: a forked copy of this process instead of a new interpreter, for where
+        starting Python costs seconds (a slow guest); only from a process with no threads."""
+        self._process: subprocess.Popen[str] | None = None
+        if fork:
+            self._pid, self._stdin, self._stdout = _forked()
+        else:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "freezeframe.capture.watchdog"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd="/",  # never hold a directory on a volume that gets frozen
+                start_new_session=True,  # a Ctrl-C to the run's process group must not kill it
+            )
+            assert process.stdin is not None and process.stdout is not None
+            self._pid, self._stdin, self._stdout = process.pid, process.stdin, process.stdout
+            self._process = process
         self._next = 0
         if self._read()["event"] != "ready":
             raise FreezeframeError("the freeze watchdog did not start")
 
     @property
     def pid(self) -> int:
-        return self._process.pid
+        return self._pid
 
     def arm_freeze(self, mount_point: str, deadline_s: float) -> int:
         """Make the watchdog responsible for thawing ``mount_point``; returns a token."""
@@ -79,9 +89,12 @@ class Watchdog:
         return bool(self._read().get("in_time"))
 
     def close(self) -> None:
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        self._process.wait(timeout=10)
+        self._stdin.close()
+        if self._process is not None:
+            self._process.wait(timeout=10)
+        else:
+            os.waitpid(self._pid, 0)
+        self._stdout.close()
 
     def __enter__(self) -> Watchdog:
         return self
@@ -95,17 +108,41 @@ class Watchdog:
         self.close()
 
     def _send(self, message: dict[str, Any]) -> None:
-        assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps(message) + "\n")
-        self._process.stdin.flush()
+        self._stdin.write(json.dumps(message) + "\n")
+        self._stdin.flush()
 
     def _read(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
+        line = self._stdout.readline()
         if not line:
             raise FreezeframeError("the freeze watchdog died")
         reply: dict[str, Any] = json.loads(line)
         return reply
+
+
+def _forked() -> tuple[int, IO[str], IO[str]]:
+    """A child of this process serving the watchdog loop on two pipes; (pid, to, from)."""
+    commands_r, commands_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.setsid()
+            os.chdir("/")
+            os.dup2(commands_r, 0)
+            os.dup2(replies_w, 1)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # no other pipe kept open by us
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            serve(os.fdopen(0, "r"), os.fdopen(1, "w"))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(commands_r)
+    os.close(replies_w)
+    return pid, os.fdopen(commands_w, "w"), os.fdopen(replies_r, "r")
 
 
 def _undo(kind: str, target: str) -> None:

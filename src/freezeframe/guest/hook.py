@@ -20,12 +20,9 @@ import time
 from typing import Any
 
 from freezeframe import __version__
-from freezeframe.capture.application import ApplicationHold
-from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import FreezeframeError, UsageError
 from freezeframe.guest import protocol
 from freezeframe.guest.config import GuestConfig, load
-from freezeframe.quiesce import spec
 from freezeframe.quiesce.base import IN_IMAGE_KEY, PATHS_KEY
 
 READY = b"ready\n"
@@ -64,9 +61,21 @@ def freeze(directory: str, config_file: str) -> dict[str, Any]:
         finally:
             os._exit(status)
     os.close(writer)
-    _wait_ready(reader, config.timeout_s * (len(config.quiesce) + 1) + SETTLE_S)
+    waited_s = config.timeout_s * (len(config.quiesce) + 1) + SETTLE_S
+    _wait_ready(reader, waited_s)
     os.close(reader)
-    return protocol.read_json(state_file) or {"run": run, "phase": protocol.FAILED}
+    state = protocol.read_json(state_file) or {}
+    if state.get("run") != run or state.get("phase") not in (protocol.HELD, protocol.FAILED):
+        # Not held by now: the agent freezes when this returns, so the hold would come too
+        # late. Release whatever the holder got to, and say so.
+        _release_holder(directory, config.timeout_s + SETTLE_S)
+        state = {
+            "run": run,
+            "phase": protocol.FAILED,
+            "error": f"the applications were not held within {waited_s:g} s",
+        }
+        protocol.write_json(state_file, state)
+    return state
 
 
 def thaw(directory: str, timeout_s: float = 30.0 + SETTLE_S) -> dict[str, Any]:
@@ -80,12 +89,13 @@ def install(directory: str, config_file: str, hook_file: str) -> dict[str, Any]:
     The configuration is checked first, so a broken one is found now, not at the first backup.
     """
     config = load(config_file)
-    command = _own_command()
-    script = (
-        "#!/bin/sh\n"
-        "# freezeframe: hold the guest's applications while qemu-ga freezes its file systems.\n"
-        f"export {protocol.CONFIG_ENV}={config_file}\n"
-        f'exec {command} guest-hook "$1"\n'
+    script = HOOK_SCRIPT.format(
+        config_env=protocol.CONFIG_ENV,
+        config=config_file,
+        state_env=protocol.STATE_DIR_ENV,
+        state=protocol.STATE_DIR,
+        pid_file=protocol.HOLDER_PID,
+        python=sys.executable,
     )
     os.makedirs(os.path.dirname(hook_file), exist_ok=True)
     with open(hook_file, "w", encoding="utf-8") as f:
@@ -103,12 +113,25 @@ def install(directory: str, config_file: str, hook_file: str) -> dict[str, Any]:
     return installed
 
 
-def _own_command() -> str:
-    """How the hook calls this freezeframe: the installed console script, else this Python."""
-    script = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if os.path.basename(script) == "freezeframe" and os.access(script, os.X_OK):
-        return script
-    return f"{sys.executable} -m freezeframe"
+# The thaw is done in shell: the guest's applications wait for it, and a Python start costs
+# seconds on a slow guest. It does what ``thaw`` below does.
+HOOK_SCRIPT = """#!/bin/sh
+# freezeframe: hold the guest's applications while qemu-ga freezes its file systems.
+export {config_env}={config}
+state=${{{state_env}:-{state}}}
+if [ "$1" = thaw ]; then
+    pid=$(cat "$state/{pid_file}" 2>/dev/null) || exit 0
+    grep -qaE 'freezeframe.guest|guest-hook' "/proc/$pid/cmdline" 2>/dev/null || exit 0
+    kill -TERM "$pid" 2>/dev/null || exit 0
+    i=0
+    while [ -e "$state/{pid_file}" ] && [ -e "/proc/$pid" ] && [ $i -lt 700 ]; do
+        sleep 0.05
+        i=$((i + 1))
+    done
+    exit 0
+fi
+exec {python} -m freezeframe.guest "$1"
+"""
 
 
 def _take_request(directory: str) -> dict[str, Any] | None:
@@ -126,9 +149,14 @@ def _take_request(directory: str) -> dict[str, Any] | None:
 
 
 def _hold(config: GuestConfig, run: str, cap_s: float, directory: str, ready: int) -> int:
+    from freezeframe.capture.application import ApplicationHold  # noqa: PLC0415 - only a hold
+    from freezeframe.capture.watchdog import Watchdog  # noqa: PLC0415
+    from freezeframe.quiesce import spec  # noqa: PLC0415
+
     state_file = os.path.join(directory, protocol.STATE)
     pid_file = os.path.join(directory, protocol.HOLDER_PID)
-    protocol.write_json(pid_file, {"pid": os.getpid(), "run": run})
+    with open(pid_file, "w", encoding="ascii") as f:  # plain, for the hook script's thaw
+        f.write(f"{os.getpid()}\n")
     released = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: released.set())
     environment = {
@@ -141,7 +169,7 @@ def _hold(config: GuestConfig, run: str, cap_s: float, directory: str, ready: in
     held = False
     try:
         quiescers = [spec.parse(text) for text in config.quiesce]
-        with Watchdog() as watchdog:
+        with Watchdog(fork=True) as watchdog:
             hold = ApplicationHold(
                 quiescers,
                 watchdog,
@@ -183,10 +211,11 @@ def _hold(config: GuestConfig, run: str, cap_s: float, directory: str, ready: in
 def _release_holder(directory: str, timeout_s: float) -> None:
     """SIGTERM to a running holder, then wait for it to remove its pid file (its last act)."""
     pid_file = os.path.join(directory, protocol.HOLDER_PID)
-    holder = protocol.read_json(pid_file)
-    if holder is None:
+    try:
+        with open(pid_file, encoding="ascii") as f:
+            pid = int(f.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
         return
-    pid = int(holder.get("pid", 0))
     if not _is_holder(pid):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_file)  # left by a holder that was killed
@@ -208,7 +237,8 @@ def _is_holder(pid: int) -> bool:
             state = f.read().rsplit(b")", 1)[-1].split()[0]
     except OSError:
         return False
-    return b"guest-hook" in cmdline and state != b"Z"
+    is_hook = b"freezeframe.guest" in cmdline or b"guest-hook" in cmdline
+    return is_hook and state != b"Z"
 
 
 def _wait_ready(reader: int, timeout_s: float) -> None:

@@ -25,7 +25,7 @@ REQUEST = "request.json"
 STATE = "state.json"
 # written by `guest-hook install`: {"version", "hook", "config", "quiescers", "cap_s"}
 INSTALLED = "installed.json"
-HOLDER_PID = "holder.pid"
+HOLDER_PID = "holder.pid"  # the holder's pid, as plain text for the hook script
 
 HELD, FAILED, RELEASED = "held", "failed", "released"
 

@@ -272,8 +272,8 @@ class _GuestFreeze:
 
     At `application` (``run_id`` given) a request left in the guest first makes the agent's
     fsfreeze hook hold the guest's applications (``freezeframe guest-hook``) before the freeze;
-    the hook's state, read back while frozen and after the thaw, says whether they were held
-    across the transaction and what the quiescers recorded."""
+    the hook's state, read back after the thaw (the agent serves no file while frozen), says
+    whether they were held across the transaction and what the quiescers recorded."""
 
     def __init__(
         self,
@@ -294,14 +294,12 @@ class _GuestFreeze:
         self.failed = False
         self.overran = False
         self.application_error = ""
-        self._held: dict[str, Any] = {}
-        self._released: dict[str, Any] = {}
+        self._hold_state: dict[str, Any] = {}
         self._token: int | None = None
 
     def hold_report(self) -> dict[str, Any]:
-        """The applications' hold as the guest reported it after the thaw (else while held)."""
-        state = self._released or self._held
-        report = dict(state.get("hold") or {})
+        """The applications' hold as the guest reported it after the thaw."""
+        report = dict(self._hold_state.get("hold") or {})
         if report:
             report["in_guest"] = True
         return report
@@ -325,14 +323,10 @@ class _GuestFreeze:
                 self.frozen_count = int(
                     agent.execute("guest-fsfreeze-freeze", timeout_s=self.cap_s)
                 )
-                if self.run_id is not None:
-                    self._held = self._hook_state(agent)
         except QmpError:
             self.failed = True
             self.thaw()
             raise
-        if self.run_id is not None:
-            self.application_error = _hold_problem(self._held, self.run_id, held=True)
         hold_s = float(os.environ.get(HOLD_FREEZE_ENV, "0") or 0)
         if hold_s:
             time.sleep(hold_s)
@@ -343,13 +337,11 @@ class _GuestFreeze:
             with GuestAgent(self.spec.qga, AGENT_TIMEOUT_S) as agent:
                 if agent.execute("guest-fsfreeze-status") == "frozen":
                     agent.execute("guest-fsfreeze-thaw", timeout_s=self.cap_s)
-                if self.run_id is not None and self._held:
-                    # The thaw hook returned after the holder released and reported.
-                    self._released = self._hook_state(agent)
-                    if not self.application_error:
-                        self.application_error = _hold_problem(
-                            self._released, self.run_id, held=False
-                        )
+                if self.run_id is not None:
+                    # The agent refuses file commands while frozen; by now the thaw hook has
+                    # released the holder, which reported first.
+                    self._hold_state = self._hook_state(agent)
+                    self.application_error = _hold_problem(self._hold_state, self.run_id)
         finally:
             self.freeze_ms = (time.monotonic() - self.frozen_at) * 1000
             if self._token is not None and not self.watchdog.disarm(self._token):
@@ -370,8 +362,9 @@ def _guest_file(name: str) -> str:
     return f"{protocol.STATE_DIR}/{name}"
 
 
-def _hold_problem(state: dict[str, Any], run_id: str, *, held: bool) -> str:
-    """Why the guest's applications were not held across the transaction ('' when they were)."""
+def _hold_problem(state: dict[str, Any], run_id: str) -> str:
+    """Why the guest's applications were not held across the transaction ('' when they were).
+    The hook returns to the agent, which then freezes, only once they are held or failed."""
     if state.get("run") != run_id:
         return (
             "the guest hook did not run on the freeze (qemu-ga needs its fsfreeze hook "
@@ -379,9 +372,7 @@ def _hold_problem(state: dict[str, Any], run_id: str, *, held: bool) -> str:
         )
     if state.get("phase") == "failed" or state.get("error"):
         return f"the guest hook could not hold the applications: {state.get('error', '')}"
-    if held:
-        return "" if state.get("phase") == "held" else "the guest hook reported no hold"
-    if not state.get("in_time"):
+    if state.get("phase") != "released" or not state.get("in_time"):
         return "the guest's applications were released at their cap before the disks were taken"
     return ""
 

@@ -1,0 +1,205 @@
+"""Application-aware backups of a running QEMU VM: PostgreSQL 15 under pgbench inside the guest
+(tests/vmguestlab.py: data directory on one virtual disk, WAL on the other, beside the
+dependent-writes workload), held by ``freezeframe guest-hook`` as the guest agent's fsfreeze
+hook. Every restored pair of images keeps the invariant across the disks and needs no journal
+replay, and, booted as a VM, its PostgreSQL starts in backup recovery from the label the hook
+put in the image, is consistent at the backup's recorded end, and keeps pgbench's sums.
+A SIGKILL of freezeframe during the hold thaws the guest, releases the hold and removes the
+label. FREEZEFRAME_VM_TRIALS sets the trials (default 3)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ffharness import Cli, spawn_freezeframe
+from vmfixtures import Vm, check_images
+from vmguestlab import (
+    GUEST_CONFIG_PATH,
+    HOOK_PATH,
+    PG_DATA,
+    boot_restored,
+    make_app_disks,
+    pgbench_progress,
+    running_app_vm,
+    wait_pg_ready,
+)
+
+TRIALS = int(os.environ.get("FREEZEFRAME_VM_TRIALS", "3"))
+CONFIG = """cap_s = 60
+timeout_s = 60
+quiesce = ["postgresql:host=/tmp dbname=postgres user=postgres"]
+"""
+BROKEN_CONFIG = """quiesce = ["postgresql:host=/nonexistent dbname=postgres connect_timeout=2"]
+"""
+STATE_DIR = "/var/lib/freezeframe/guest"
+
+
+def _spec(vm: Vm) -> str:
+    return f"qmp:{vm.qmp_socket},qga={vm.qga_socket},name=pg"
+
+
+def _needs_recovery(image: Path) -> bool:
+    header = subprocess.run(
+        ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    return "needs_recovery" in header
+
+
+def _in_guest(vm: Vm, *argv: str) -> int:
+    status = vm.guest_exec(list(argv), timeout=120).exitcode
+    vm.release_agent()
+    return status
+
+
+def _label_in_live_guest(vm: Vm) -> bool:
+    return _in_guest(vm, "/usr/bin/test", "-e", f"{PG_DATA}/backup_label") == 0
+
+
+@pytest.fixture(scope="module")
+def pg_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
+    """The guest with PostgreSQL under pgbench and freezeframe's hook installed in it."""
+    work = tmp_path_factory.mktemp("appvm")
+    disks = make_app_disks(work / "disks")
+    with running_app_vm(work / "vm", disks, guest_config=CONFIG) as vm:
+        wait_pg_ready(vm)
+        installed = vm.guest_exec(
+            [sys.executable, "-m", "freezeframe", "--json", "guest-hook", "install",
+             "--hook", HOOK_PATH, "--config", GUEST_CONFIG_PATH],
+            timeout=120,
+        )  # fmt: skip
+        assert installed.exitcode == 0, installed.stderr
+        assert json.loads(installed.stdout)["quiescers"] == ["postgresql"]
+        vm.release_agent()
+        yield vm
+
+
+def test_doctor_sees_the_guest_hook(pg_vm: Vm, cli: Cli) -> None:
+    [vm] = cli("doctor", "--vm", _spec(pg_vm))["vms"]
+    assert vm["guest_hook"]["quiescers"] == ["postgresql"]
+    assert vm["reachable"] == ["application", "filesystem", "crash"]
+
+
+def test_application_backups_restore_to_a_booting_guest_whose_postgresql_starts_from_its_label(
+    pg_vm: Vm, repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    taken: list[tuple[str, dict[str, Any]]] = []
+    for _trial in range(TRIALS):
+        [snapshot] = cli("backup", "--vm", _spec(pg_vm), "--consistency", "application")["vms"]
+        record = snapshot["consistency"]
+        assert record["achieved"] == "application", record
+        [held] = record["quiesce"]["quiescers"]
+        assert held["kind"] == "postgresql" and held["result"] == "ok", held
+        assert record["quiesce"]["in_guest"] is True
+        assert held["positions"]["label_in_image"] == [f"{PG_DATA}/backup_label"]
+        assert all(v["guest_filesystems"] == 2 for v in record["volumes"])
+        taken.append((snapshot["snapshot_id"], held["positions"]))
+        print(
+            f"guest frozen {record['volumes'][0]['freeze_ms']:.0f} ms (hook included), "
+            f"PostgreSQL's label in place {record['quiesce']['window_ms']:.0f} ms"
+        )
+    # The hold ended with the thaw: PostgreSQL committed on, the label left the live directory.
+    before = pgbench_progress(pg_vm)
+    time.sleep(2)
+    assert pgbench_progress(pg_vm) > before
+    assert not _label_in_live_guest(pg_vm)
+    for trial, (snapshot_id, positions) in enumerate(taken):
+        target = tmp_path / f"restore-{trial}"
+        cli("restore", snapshot_id[:12], "--target", target)
+        images = [target / "vm" / "pg" / f"{drive}.raw" for drive in pg_vm.drive_ids]
+        assert not any(_needs_recovery(image) for image in images)
+        ok, detail = check_images(images, tmp_path / f"check-{trial}", fmt="raw")
+        assert ok, f"trial {trial}: {detail}"
+        restored = boot_restored(tmp_path / f"boot-{trial}", images)
+        assert restored.started, restored.log
+        assert restored.recovery.backup_recovery, restored.log
+        assert not restored.recovery.crash_recovery, restored.log
+        assert restored.recovery.redo_start == positions["start_lsn"], restored.log
+        assert restored.recovery.consistent_at == positions["stop_lsn"], restored.log
+        assert restored.consistent, f"trial {trial}: pgbench sums {restored.balances}"
+        assert restored.balances is not None and restored.balances[3] != 0
+        subprocess.run(["rm", "-rf", str(target)], check=True)
+        print(
+            f"trial {trial}: restored guest booted in {restored.boot_seconds:.1f} s, "
+            f"PostgreSQL ready {restored.ready_seconds:.1f} s later, sums {restored.balances}"
+        )
+
+
+def test_a_hold_the_guest_cannot_make_fails_the_run_or_degrades_to_filesystem(
+    pg_vm: Vm, repo: Path, cli: Cli
+) -> None:
+    config = pg_vm.read_guest_file(GUEST_CONFIG_PATH)
+    pg_vm.release_agent()
+    _write_guest_file(pg_vm, GUEST_CONFIG_PATH, BROKEN_CONFIG.encode())
+    try:
+        failed = cli("backup", "--vm", _spec(pg_vm), "--consistency", "application", expect=1)
+        assert failed["error"]["code"] == "consistency_unreachable"
+        message = failed["error"]["message"]
+        assert "could not hold the applications: postgresql" in message, message
+        degraded = cli(
+            "backup", "--vm", _spec(pg_vm), "--consistency", "application",
+            "--fallback", "degrade",
+        )  # fmt: skip
+        record = degraded["vms"][0]["consistency"]
+        assert record["achieved"] == "filesystem"
+        assert "postgresql" in record["reason"]
+    finally:
+        _write_guest_file(pg_vm, GUEST_CONFIG_PATH, config)
+    assert pg_vm.qga("guest-fsfreeze-status") == "thawed"
+    pg_vm.release_agent()
+
+
+def test_sigkill_during_the_hold_thaws_the_guest_and_removes_the_label(
+    pg_vm: Vm, repo: Path, tmp_path: Path
+) -> None:
+    env = {"FREEZEFRAME_TEST_HOLD_FREEZE_S": "60"}
+    run = spawn_freezeframe(
+        "backup", "--vm", _spec(pg_vm), "--consistency", "application", repo=repo, env=env
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # Frozen means the hook has returned: PostgreSQL's label is in place (the agent runs
+        # no command while frozen, so it is looked at after the thaw).
+        while pg_vm.qga("guest-fsfreeze-status") != "frozen":
+            pg_vm.release_agent()
+            assert run.poll() is None, "the backup ended before the freeze"
+            assert time.monotonic() < deadline, "the guest never froze"
+            time.sleep(0.1)
+        pg_vm.release_agent()
+        run.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        run.wait()
+        while pg_vm.qga("guest-fsfreeze-status") != "thawed":
+            pg_vm.release_agent()
+            assert time.monotonic() - killed < 2, "the guest stayed frozen"
+            time.sleep(0.05)
+        pg_vm.release_agent()
+        while _label_in_live_guest(pg_vm):
+            assert time.monotonic() - killed < 30, "the label stayed in the live directory"
+            time.sleep(0.2)
+        print(f"label gone {time.monotonic() - killed:.1f} s after the SIGKILL")
+        before = pgbench_progress(pg_vm)
+        time.sleep(1)
+        assert pgbench_progress(pg_vm) > before
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        pg_vm.release_agent()
+
+
+def _write_guest_file(vm: Vm, path: str, data: bytes) -> None:
+    handle = vm.qga("guest-file-open", {"path": path, "mode": "w"})
+    vm.qga("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(data).decode()})
+    vm.qga("guest-file-close", {"handle": handle})
+    vm.release_agent()
