@@ -1,9 +1,11 @@
 """Application-aware backups of a running QEMU VM: PostgreSQL 15 under pgbench inside the guest
 (tests/vmguestlab.py: data directory on one virtual disk, WAL on the other, beside the
 dependent-writes workload), held by ``freezeframe guest-hook`` as the guest agent's fsfreeze
-hook. Every restored pair of images keeps the invariant across the disks and needs no journal
-replay, and, booted as a VM, its PostgreSQL starts in backup recovery from the label the hook
-put in the image, is consistent at the backup's recorded end, and keeps pgbench's sums.
+hook. At every level each restored pair of images keeps the invariant across the disks and,
+booted as a VM, its PostgreSQL starts and keeps pgbench's sums and every transaction committed
+before the backup; at `filesystem` and `application` no journal needs replay; at `application`
+PostgreSQL starts in backup recovery from the label the hook put in the image and is
+consistent at the backup's recorded end, where below it needs crash recovery.
 A SIGKILL of freezeframe during the hold thaws the guest, releases the hold and removes the
 label. FREEZEFRAME_VM_TRIALS sets the trials (default 3)."""
 
@@ -90,48 +92,65 @@ def test_doctor_sees_the_guest_hook(pg_vm: Vm, cli: Cli) -> None:
     assert vm["reachable"] == ["application", "filesystem", "crash"]
 
 
-def test_application_backups_restore_to_a_booting_guest_whose_postgresql_starts_from_its_label(
-    pg_vm: Vm, repo: Path, cli: Cli, tmp_path: Path
+@pytest.mark.parametrize("level", ["application", "filesystem", "crash"])
+def test_every_level_restores_to_a_booting_guest_whose_postgresql_starts_balanced(
+    pg_vm: Vm, repo: Path, cli: Cli, tmp_path: Path, level: str
 ) -> None:
-    taken: list[tuple[str, dict[str, Any]]] = []
+    """At `application` the restored server starts from the label the hook put in the image,
+    consistent at the recorded end of the backup; below it, by crash recovery (for contrast)."""
+    taken: list[tuple[str, dict[str, Any], int]] = []
     for _trial in range(TRIALS):
-        [snapshot] = cli("backup", "--vm", _spec(pg_vm), "--consistency", "application")["vms"]
+        committed = pgbench_progress(pg_vm)
+        pg_vm.release_agent()
+        [snapshot] = cli("backup", "--vm", _spec(pg_vm), "--consistency", level)["vms"]
         record = snapshot["consistency"]
-        assert record["achieved"] == "application", record
-        [held] = record["quiesce"]["quiescers"]
-        assert held["kind"] == "postgresql" and held["result"] == "ok", held
-        assert record["quiesce"]["in_guest"] is True
-        assert held["positions"]["label_in_image"] == [f"{PG_DATA}/backup_label"]
-        assert all(v["guest_filesystems"] == 2 for v in record["volumes"])
-        taken.append((snapshot["snapshot_id"], held["positions"]))
-        print(
-            f"guest frozen {record['volumes'][0]['freeze_ms']:.0f} ms (hook included), "
-            f"PostgreSQL's label in place {record['quiesce']['window_ms']:.0f} ms"
-        )
-    # The hold ended with the thaw: PostgreSQL committed on, the label left the live directory.
+        assert record["achieved"] == level, record
+        positions: dict[str, Any] = {}
+        if level == "application":
+            [held] = record["quiesce"]["quiescers"]
+            assert held["kind"] == "postgresql" and held["result"] == "ok", held
+            assert record["quiesce"]["in_guest"] is True
+            positions = held["positions"]
+            assert positions["label_in_image"] == [f"{PG_DATA}/backup_label"]
+            print(
+                f"guest frozen {record['volumes'][0]['freeze_ms']:.0f} ms (hook included), "
+                f"PostgreSQL's label in place {record['quiesce']['window_ms']:.0f} ms"
+            )
+        else:
+            assert record["quiesce"] == {}
+        if level != "crash":
+            assert all(v["guest_filesystems"] == 2 for v in record["volumes"])
+        taken.append((snapshot["snapshot_id"], positions, committed))
+    # Any hold ended with the thaw: PostgreSQL committed on, no label in the live directory.
     before = pgbench_progress(pg_vm)
     time.sleep(2)
     assert pgbench_progress(pg_vm) > before
     assert not _label_in_live_guest(pg_vm)
-    for trial, (snapshot_id, positions) in enumerate(taken):
+    for trial, (snapshot_id, positions, committed) in enumerate(taken):
         target = tmp_path / f"restore-{trial}"
         cli("restore", snapshot_id[:12], "--target", target)
         images = [target / "vm" / "pg" / f"{drive}.raw" for drive in pg_vm.drive_ids]
-        assert not any(_needs_recovery(image) for image in images)
+        if level != "crash":
+            assert not any(_needs_recovery(image) for image in images)
         ok, detail = check_images(images, tmp_path / f"check-{trial}", fmt="raw")
         assert ok, f"trial {trial}: {detail}"
         restored = boot_restored(tmp_path / f"boot-{trial}", images)
         assert restored.started, restored.log
-        assert restored.recovery.backup_recovery, restored.log
-        assert not restored.recovery.crash_recovery, restored.log
-        assert restored.recovery.redo_start == positions["start_lsn"], restored.log
-        assert restored.recovery.consistent_at == positions["stop_lsn"], restored.log
         assert restored.consistent, f"trial {trial}: pgbench sums {restored.balances}"
-        assert restored.balances is not None and restored.balances[3] != 0
+        assert restored.history_rows is not None and restored.history_rows >= committed
+        if level == "application":
+            assert restored.recovery.backup_recovery, restored.log
+            assert not restored.recovery.crash_recovery, restored.log
+            assert restored.recovery.redo_start == positions["start_lsn"], restored.log
+            assert restored.recovery.consistent_at == positions["stop_lsn"], restored.log
+        else:
+            assert restored.recovery.crash_recovery, restored.log
+            assert not restored.recovery.backup_recovery, restored.log
         subprocess.run(["rm", "-rf", str(target)], check=True)
         print(
-            f"trial {trial}: restored guest booted in {restored.boot_seconds:.1f} s, "
-            f"PostgreSQL ready {restored.ready_seconds:.1f} s later, sums {restored.balances}"
+            f"{level} trial {trial}: restored guest booted in {restored.boot_seconds:.1f} s, "
+            f"PostgreSQL ready {restored.ready_seconds:.1f} s later, kept "
+            f"{restored.history_rows} transactions (>= {committed} committed before)"
         )
 
 
@@ -143,8 +162,8 @@ def test_a_hold_the_guest_cannot_make_fails_the_run_or_degrades_to_filesystem(
     _write_guest_file(pg_vm, GUEST_CONFIG_PATH, BROKEN_CONFIG.encode())
     try:
         failed = cli("backup", "--vm", _spec(pg_vm), "--consistency", "application", expect=1)
-        assert failed["error"]["code"] == "consistency_unreachable"
         message = failed["error"]["message"]
+        assert failed["error"]["code"] == "consistency_unreachable", message
         assert "could not hold the applications: postgresql" in message, message
         degraded = cli(
             "backup", "--vm", _spec(pg_vm), "--consistency", "application",

@@ -86,8 +86,14 @@ def test_restored_definition_names_the_disks(repo: Path, cli: Cli, tmp_path: Pat
         assert [d["drive"] for d in report["disks"]] == vm.drive_ids
         assert report["guest_agent"]["answers"] is True
         assert report["reachable"] == ["filesystem", "crash"]
-        result = cli("backup", "--vm", f"qmp:{vm.qmp_socket},name=lab")
+        files = tmp_path / "files"
+        files.mkdir()
+        (files / "notes.txt").write_text("beside the VM\n")
+        # Paths and a VM in one run: a snapshot of the paths, then one of the VM.
+        result = cli("backup", files, "--vm", f"qmp:{vm.qmp_socket},name=lab")
+        assert result["paths"]["paths"] == [str(files)]
         [snapshot] = result["vms"]
+        assert snapshot["snapshot_id"] != result["paths"]["snapshot_id"]
         assert snapshot["consistency"]["achieved"] == "crash"
         assert "no guest agent" in snapshot["consistency"]["reason"]
         listed = cli("ls", snapshot["snapshot_id"][:12], "/vm/lab")
@@ -272,6 +278,10 @@ def test_bad_vm_specs_and_an_unreachable_monitor_are_one_line_errors(
     assert "Traceback" not in cli.stderr
     wrong = cli("backup", "--vm", "ssh:host", expect=2)
     assert "expected qmp:PATH" in wrong["error"]["message"]
-    both = cli("backup", tmp_path, "--vm", f"qmp:{tmp_path}/x.sock", expect=2)
-    assert "separate runs" in both["error"]["message"]
+    # A bad spec beside paths fails before the paths are backed up.
+    both = cli("backup", tmp_path, "--vm", "qmp:", expect=2)
+    assert "expected qmp:PATH" in both["error"]["message"]
+    assert cli("snapshots") == []
+    only_vms = cli("backup", "--vm", f"qmp:{tmp_path}/x.sock", "--quiesce", "sqlite:/a", expect=2)
+    assert "guest hook" in only_vms["error"]["message"]
     assert cli("backup", expect=2)["error"]["code"] == "usage"

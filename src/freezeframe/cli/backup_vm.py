@@ -1,8 +1,10 @@
-"""``freezeframe backup --vm SPEC``: one snapshot per VM."""
+"""``freezeframe backup --vm SPEC``: one snapshot per VM (a VM's applications are held inside
+it, by the guest hook, not by ``--quiesce``)."""
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration, snapshot_json
@@ -14,15 +16,16 @@ from freezeframe.vm.machine import VmSpec
 from freezeframe.vm.nbdreader import open_export
 
 
-def run(ctx: CommandContext) -> int:
-    if ctx.args.paths:
-        raise UsageError("back up VMs (--vm) and paths in separate runs")
-    if ctx.args.quiesce:
-        raise UsageError("--quiesce applies to paths; a VM's applications are quiesced inside it")
-    specs = [VmSpec.parse(spec) for spec in ctx.args.vm]
+def parse_specs(texts: list[str]) -> list[VmSpec]:
+    specs = [VmSpec.parse(text) for text in texts]
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise UsageError("two --vm have the same name; give each name=NAME")
+    return specs
+
+
+def back_up(ctx: CommandContext, specs: list[VmSpec]) -> list[VmBackupResult]:
+    """One snapshot per VM, in order; warnings shown as they come."""
     repo = ctx.open_repository()
     results: list[VmBackupResult] = []
     try:
@@ -47,11 +50,15 @@ def run(ctx: CommandContext) -> int:
                 results.append(result)
     finally:
         repo.close()
-    ctx.out.result(
-        {"vms": [snapshot_json(r.snapshot) for r in results]},
-        lambda: "\n".join(_text(r) for r in results),
-    )
-    return 0
+    return results
+
+
+def json_of(results: list[VmBackupResult]) -> dict[str, Any]:
+    return {"vms": [snapshot_json(r.snapshot) for r in results]}
+
+
+def text_of(results: list[VmBackupResult]) -> str:
+    return "\n".join(_text(r) for r in results)
 
 
 def _render(name: str, p: DiskProgress, elapsed: float) -> str:

@@ -37,7 +37,7 @@ from freezeframe.repository.tree import Node, encode_tree
 from freezeframe.vm import incremental
 from freezeframe.vm.diskstore import DiskProgress, ImageReader, StoredDisk, store_disk
 from freezeframe.vm.machine import Disk, VmSpec, disks_of
-from freezeframe.vm.pointintime import PointInTime, cleanup
+from freezeframe.vm.pointintime import PointInTime, cleanup, sole_run
 from freezeframe.vm.qmp import GuestAgent, Qmp, QmpError
 
 LEVELS = ("application", "filesystem", "crash")
@@ -136,7 +136,7 @@ def backup_vm(
     warnings: list[str] = []
     started = datetime.now(UTC)
     t0 = time.monotonic()
-    with Qmp(spec.qmp) as qmp:
+    with Qmp(spec.qmp) as qmp, sole_run(spec.name):
         leftovers = cleanup(qmp, spec.name)
         if leftovers:
             warnings.append(f"removed what an earlier run left: {', '.join(leftovers)}")

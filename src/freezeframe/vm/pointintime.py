@@ -15,14 +15,16 @@ moment freezeframe dies, and the next run runs it first).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from freezeframe.errors import FreezeframeError
 from freezeframe.vm.machine import Disk
 from freezeframe.vm.qmp import Qmp, QmpError
 
@@ -35,6 +37,24 @@ CANCEL_WAIT_S = 10.0
 
 def scratch_dir(vm_name: str) -> str:
     return os.path.join(SCRATCH_ROOT, vm_name)
+
+
+@contextlib.contextmanager
+def sole_run(vm_name: str) -> Iterator[None]:
+    """One backup of a VM at a time on this host: each run first removes what a dead one left
+    (``cleanup``), which must never be a live run's view. The lock dies with its process."""
+    os.makedirs(SCRATCH_ROOT, mode=0o700, exist_ok=True)
+    fd = os.open(f"{scratch_dir(vm_name)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise FreezeframeError(
+                f"VM {vm_name}: another freezeframe backup of it is running on this host"
+            ) from exc
+        yield
+    finally:
+        os.close(fd)
 
 
 class PointInTime:
