@@ -3,22 +3,37 @@ the disk's own read speed, restic and borg; an incremental after the guest rewro
 disk; the guest's freeze window under load; and how many restores break, beside naive copies.
 
 Usage (root): python bench/vm.py [--trials 10] [--disk-mib 2048] [--fill-mib 1024] [--work DIR]
-                                 [--json OUT] [--skip restic,borg]
+                                 [--json OUT] [--skip restic,borg,throughput,proof,app]
 
 Uses the test suite's VM lab (tests/vmfixtures.py): a tiny guest with two ext4 disks (qcow2)
 and the dependent-write workload (a log on vda, a commit on vdb after the log is durable).
 
-1. Throughput VM: both disks get --fill-mib MiB of /dev/urandom data written by the guest
+1. Throughput VM (idle but for what the bench asks of it): both disks get --fill-mib MiB of
+   /dev/urandom data written by the guest
    (make_disks' own filler repeats one 1 MiB block, which deduplication would make free). With
    the page cache dropped before each reader: `cat` of the image files (the limit), the first
    freezeframe backup (wall time of the whole run), then restic and borg of the same image
    files with the VM paused (`stop`, so they read still files; `cont` after).
 2. The guest writes 1 % of vda's size as a new random file (fsync), then an incremental
-   backup: bytes read against bytes changed (target: at most 2x).
+   backup: bytes read against bytes changed (target: at most 2x), and what the guest wrote to
+   its disks meanwhile as QEMU counts it (the file system's metadata and journal too).
 3./4. Proof VM (2 x 128 MiB disks, 64 MiB filler each, as in tests/system/test_vm_lab.py),
    workload running: TRIALS backups at `crash` and at `filesystem`, each restored and checked
    (invariant + e2fsck); the freeze window is the `filesystem` trials' freeze_ms. Then TRIALS
    naive copies of the live images (cp vda, 0.3 s pause, cp vdb), checked the same way.
+5. Application VM (tests/vmguestlab.py: the host's userland over 9p, PostgreSQL 15 under
+   pgbench with its data directory on vdb and its WAL on vda, beside the dependent writes, and
+   freezeframe's guest hook as the agent's fsfreeze hook): at `application`, `filesystem` and
+   `crash`, TRIALS backups while pgbench and the dependent writes run flat out; then, with that
+   VM paused (`stop`, so the 2 cores go to the checks), each restored, checked offline
+   (invariant, e2fsck, dumpe2fs needs_recovery) and booted (vmguestlab.boot_restored): did
+   PostgreSQL start, from the backup label or by crash recovery, consistent at the recorded
+   stop LSN, with pgbench's sums equal and every transaction committed before the backup
+   (pgbench_history's rows counted just before it). Freeze window (the agent's freeze call,
+   hook included) and, at `application`, the hold window (how long PostgreSQL was held).
+   Once: how long the guest's Python takes to start and to import psycopg, the hook's fixed
+   cost (under TCG).
+--skip takes restic, borg, throughput (sections 1-2), proof (3-4) and app (5).
 virtnbdbackup is not run: it needs libvirt, which the lab does not use (plain QEMU + QMP).
 Results go to bench/results/vm-<time>.json.
 """
@@ -43,7 +58,24 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "tests"))  # the VM lab the tests use
 
 from ffharness import FAST_INIT  # noqa: E402
-from vmfixtures import Vm, check_images, make_disks, running_vm  # noqa: E402
+from vmfixtures import (  # noqa: E402
+    Vm,
+    check_dependent_writes,
+    check_images,
+    make_disks,
+    mounted_images,
+    running_vm,
+)
+from vmguestlab import (  # noqa: E402
+    GUEST_CONFIG_PATH,
+    HOOK_PATH,
+    PYCACHE_PREFIX,
+    boot_restored,
+    make_app_disks,
+    pgbench_progress,
+    running_app_vm,
+    wait_pg_ready,
+)
 
 PROOF_DISK_MIB = 128  # small: every proof trial restores and checks both images
 PROOF_FILL_MIB = 64  # as the lab test: a cp of the image spans a few commits
@@ -51,6 +83,28 @@ NAIVE_PAUSE_S = 0.3  # the lab test's "slower copy": time a real disk A's copy w
 CHANGED_SHARE = 0.01  # the incremental: the guest rewrites 1 % of vda
 BLOCK = 64 * 1024  # dd block size in the guest
 MB = 1_000_000
+SECTIONS = ("restic", "borg", "throughput", "proof", "app")  # what --skip knows
+# The VMs' names for freezeframe: not the tests' (lab, pg, ...), since a backup first clears
+# what earlier runs left under its VM's name (/var/tmp/freezeframe-vm/NAME), and a test
+# running beside the bench would clear the bench's scratch directory mid-run, and back.
+TP_VM, PROOF_VM, APP_VM = "bench-lab", "bench-proof", "bench-pg"
+APP_LEVELS = ("application", "filesystem", "crash")
+# The guest's freezeframe config, as tests/system/test_vm_application.py has it.
+APP_CONFIG = """cap_s = 60
+timeout_s = 60
+quiesce = ["postgresql:host=/tmp dbname=postgres user=postgres"]
+"""
+# What the hook's Python pays before it holds anything, timed in the guest with the hook's
+# environment (its PYTHONPYCACHEPREFIX: byte code vmguestlab.warm_pycache compiled on the
+# host, which the guest cannot add to); "own" runs without the prefix, so Python reads the
+# site-packages' own __pycache__ (written by pip on the host).
+GUEST_IMPORTS = {
+    "python -c pass": "pass",
+    "import psycopg": "import psycopg",
+    "import psycopg (own __pycache__)": "import psycopg",
+    "import freezeframe.cli.main": "import freezeframe.cli.main",
+    "import freezeframe.quiesce.postgresql": "import freezeframe.quiesce.postgresql",
+}
 
 
 def _drop_caches() -> None:
@@ -129,12 +183,23 @@ def _other_tool(tool: Tool, base: Path, src: Path) -> dict[str, Any]:
     return {"version": tool.version(), "wall_s": round(wall, 2)}
 
 
+IDLE_GUEST = "exec sleep 2147483647\n"
+
+
+def _bytes_written(vm: Vm) -> int:
+    """What the guest wrote to its disks so far, as QEMU counts it."""
+    return sum(device["stats"]["wr_bytes"] for device in vm.qmp("query-blockstats"))
+
+
 def throughput(args: argparse.Namespace, base: Path, skip: set[str]) -> dict[str, Any]:
     """Sections 1 and 2 on a VM with --fill-mib MiB of random data per disk."""
     disks = make_disks(base / "disks", size_mib=args.disk_mib)
     repo, env = _init_repo(base)
     result: dict[str, Any] = {"disk_mib": args.disk_mib, "fill_mib": args.fill_mib}
-    with running_vm(base / "vm", disks) as vm:
+    # An idle guest: restic and borg read the image files of a stopped VM, so freezeframe's
+    # reader gets the cores to itself too, and the incremental sees only the 1 % rewrite (and
+    # the file system's own writes for it), not a workload writing all along.
+    with running_vm(base / "vm", disks, workload=IDLE_GUEST) as vm:
         result["accel"] = vm.accel
         print(
             f"throughput VM up ({vm.accel}); guest writes {args.fill_mib} MiB per disk", flush=True
@@ -154,7 +219,7 @@ def throughput(args: argparse.Namespace, base: Path, skip: set[str]) -> dict[str
         print(f"  cat of the images: {result['cat']}", flush=True)
 
         _drop_caches()
-        full = _backup(vm, repo, env, "lab", "filesystem")
+        full = _backup(vm, repo, env, TP_VM, "filesystem")
         s = full["summary"]
         result["freezeframe_full"] = {
             "wall_s": round(full["wall_s"], 2),
@@ -181,16 +246,19 @@ def throughput(args: argparse.Namespace, base: Path, skip: set[str]) -> dict[str
             print(f"  {tool.name}: {result[tool.name]}", flush=True)
 
         count = max(1, round(args.disk_mib * 2**20 * CHANGED_SHARE / BLOCK))
+        written_before = _bytes_written(vm)
         _guest(vm, f"dd if=/dev/urandom of=/mnt/a/new bs={BLOCK} count={count} conv=fsync")
         changed = count * BLOCK
+        written = _bytes_written(vm) - written_before
         _drop_caches()
-        inc = _backup(vm, repo, env, "lab", "filesystem")
+        inc = _backup(vm, repo, env, TP_VM, "filesystem")
         modes = [
             "incremental" if "incremental" in v else f"full: {v.get('full_read')}"
             for v in inc["consistency"]["volumes"]
         ]
         result["incremental"] = {
             "bytes_changed": changed,
+            "bytes_written_by_guest": written,  # QEMU's count: the data, metadata, journal
             "bytes_read": inc["summary"]["bytes_read"],
             "read_vs_changed": round(inc["summary"]["bytes_read"] / changed, 2),
             "wall_s": round(inc["wall_s"], 2),
@@ -211,13 +279,13 @@ def proof(trials: int, base: Path) -> dict[str, Any]:
         for level in ("crash", "filesystem"):
             broken, freeze, details = 0, [], []
             for trial in range(trials):
-                snap = _backup(vm, repo, env, "proof", level)
+                snap = _backup(vm, repo, env, PROOF_VM, level)
                 volumes = snap["consistency"]["volumes"]
                 if level == "filesystem":
                     freeze.append(max(v.get("freeze_ms") or 0 for v in volumes))
                 target = base / "restore"
                 _ff(repo, env, "restore", snap["snapshot_id"][:12], "--target", target)
-                images = [target / "vm" / "proof" / f"{d}.raw" for d in vm.drive_ids]
+                images = [target / "vm" / PROOF_VM / f"{d}.raw" for d in vm.drive_ids]
                 ok, detail = check_images(images, base / f"check-{level}-{trial}", fmt="raw")
                 shutil.rmtree(target)
                 broken += not ok
@@ -243,12 +311,274 @@ def proof(trials: int, base: Path) -> dict[str, Any]:
     return rows
 
 
+def _needs_recovery(image: Path) -> bool:
+    """Whether an ext4 image's journal must be replayed before it is mounted."""
+    header = subprocess.run(
+        ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    return "needs_recovery" in header
+
+
+def _offline_check(images: list[Path], workdir: Path) -> tuple[bool, bool, str]:
+    """check_images, its two verdicts apart: (invariant holds, e2fsck clean, detail)."""
+    try:
+        with mounted_images(images, workdir, "raw") as (mount_a, mount_b):
+            invariant, detail = check_dependent_writes(mount_a, mount_b)
+    except RuntimeError as error:
+        invariant, detail = False, f"could not mount: {error}"
+    clean = True
+    for raw in sorted(workdir.glob("scratch*.raw")):
+        fsck = subprocess.run(["e2fsck", "-fn", raw], capture_output=True, text=True, check=False)
+        if fsck.returncode != 0:
+            clean, detail = False, f"{detail}; e2fsck {raw.name}: exit {fsck.returncode}"
+        raw.unlink()
+    return invariant, clean, detail
+
+
+def _guest_python_ms(vm: Vm, rounds: int = 2) -> dict[str, list[int]]:
+    """Wall ms in the guest of `python -c ...` (GUEST_IMPORTS), with the hook's environment."""
+    lines = [
+        f"export PYTHONPYCACHEPREFIX={PYCACHE_PREFIX} FREEZEFRAME_GUEST_CONFIG={GUEST_CONFIG_PATH}",
+        't() { a=$(date +%s%N); "$@" >/dev/null 2>&1 || echo "failed: $*" >&2;'
+        " b=$(date +%s%N); echo $(( (b - a) / 1000000 )); }",
+    ]
+    for _round in range(rounds):
+        lines += [
+            f"t {'env -u PYTHONPYCACHEPREFIX ' if 'own' in name else ''}"
+            f"{sys.executable} -c '{code}'"
+            for name, code in GUEST_IMPORTS.items()
+        ]
+    done = vm.guest_exec(["/bin/sh", "-c", "\n".join(lines)], timeout=600)
+    vm.release_agent()
+    if done.exitcode != 0 or done.stderr:
+        raise RuntimeError(f"timing Python in the guest: {done.stderr[-300:]!r}")
+    values = [int(v) for v in done.stdout.split()]
+    names = list(GUEST_IMPORTS)
+    return {name: values[i :: len(names)] for i, name in enumerate(names)}
+
+
+def _verify_app(
+    repo: Path, env: dict[str, str], vm: Vm, snap: dict[str, Any], work: Path
+) -> dict[str, Any]:
+    """Restore one backup of the PostgreSQL VM, check its images offline, boot them."""
+    target = work / "restore"
+    _ff(repo, env, "restore", snap["snapshot_id"][:12], "--target", target)
+    images = [target / "vm" / APP_VM / f"{drive}.raw" for drive in vm.drive_ids]
+    try:
+        replay = [
+            d for d, image in zip(vm.drive_ids, images, strict=True) if _needs_recovery(image)
+        ]
+        invariant, clean, detail = _offline_check(images, work / "check")
+        restored = boot_restored(work / "boot", images)
+    finally:
+        subprocess.run(["rm", "-rf", str(target), str(work)], check=True)
+    rec = restored.recovery
+    positions = snap.get("positions") or {}
+    return {
+        "invariant": invariant,
+        "e2fsck_clean": clean,
+        "needs_recovery": replay,
+        "detail": detail,
+        "pg_started": restored.started,
+        "backup_recovery": rec.backup_recovery,
+        "crash_recovery": rec.crash_recovery,
+        "redo_start": rec.redo_start,
+        "consistent_at": rec.consistent_at,
+        "redo_at_start_lsn": bool(positions) and rec.redo_start == positions.get("start_lsn"),
+        "consistent_at_stop_lsn": bool(positions)
+        and rec.consistent_at == positions.get("stop_lsn"),
+        "sums_equal": restored.consistent,
+        "kept_committed": (restored.history_rows or 0) >= snap["committed_before"],
+        "balances": restored.balances,
+        "history_rows": restored.history_rows,
+        "boot_s": round(restored.boot_seconds, 1),
+        "pg_ready_s": round(restored.ready_seconds, 1),
+        "log_tail": "" if restored.started and restored.consistent else restored.log[-1500:],
+    }
+
+
+def _app_backup(vm: Vm, repo: Path, env: dict[str, str], level: str) -> dict[str, Any]:
+    """One backup at ``level`` and what the bench keeps of its record (or why it failed)."""
+    committed = pgbench_progress(vm)  # pgbench's transactions committed before the backup
+    vm.release_agent()
+    try:
+        snap = _backup(vm, repo, env, APP_VM, level)
+    except RuntimeError as error:
+        return {"failed": str(error)[-500:]}
+    record = snap["consistency"]
+    freezes = [v["freeze_ms"] for v in record["volumes"] if v.get("freeze_ms") is not None]
+    quiesce = record.get("quiesce") or {}
+    held = (quiesce.get("quiescers") or [{}])[0]
+    return {
+        "snapshot_id": snap["snapshot_id"],
+        "achieved": record["achieved"],
+        "wall_s": round(snap["wall_s"], 2),
+        "freeze_ms": max(freezes) if freezes else None,
+        "window_ms": quiesce.get("window_ms"),
+        "held": held.get("result"),
+        "positions": held.get("positions"),
+        "committed_before": committed,
+    }
+
+
+def _app_counts(level: str, backups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The table's counts for one level's trials."""
+    checked = [b["check"] for b in backups if "check" in b]
+
+    def count(key: str) -> int:
+        return sum(bool(c[key]) for c in checked)
+
+    row: dict[str, Any] = {
+        "trials": len(backups),
+        "backup_failed": sum("failed" in b for b in backups),
+        "not_achieved": sum(b.get("achieved") not in (None, level) for b in backups),
+        "broken_invariant": sum(not c["invariant"] for c in checked),
+        "e2fsck_failed": sum(not c["e2fsck_clean"] for c in checked),
+        "journal_replay": sum(bool(c["needs_recovery"]) for c in checked),
+        "pg_started": count("pg_started"),
+        "from_label": count("backup_recovery"),
+        "crash_recovery": sum(c["crash_recovery"] and not c["backup_recovery"] for c in checked),
+        "consistent_at_stop_lsn": count("consistent_at_stop_lsn")
+        if level == "application"
+        else None,
+        "sums_equal": count("sums_equal"),
+        "kept_committed": count("kept_committed"),
+    }
+    freeze = [b["freeze_ms"] for b in backups if b.get("freeze_ms") is not None]
+    hold = [b["window_ms"] for b in backups if b.get("window_ms") is not None]
+    row["freeze_ms"] = _percentiles(freeze) if level != "crash" else None
+    row["hold_ms"] = _percentiles(hold) if level == "application" else None
+    return row
+
+
+def _app_failures(level: str, row: dict[str, Any]) -> list[str]:
+    """What in a level's counts is not as a backup at that level promises."""
+    n = row["trials"] - row["backup_failed"]  # the restores checked
+    bad = [
+        f"{row[key]} {key}"
+        for key in ("backup_failed", "not_achieved", "broken_invariant", "e2fsck_failed")
+        if row[key]
+    ]
+    bad += [
+        f"{n - row[key]} not {key}"
+        for key in ("pg_started", "sums_equal", "kept_committed")
+        if row[key] < n
+    ]
+    if level != "crash" and row["journal_replay"]:
+        bad.append(f"{row['journal_replay']} journal_replay")
+    if level == "application":
+        bad += [
+            f"{n - row[key]} not {key}"
+            for key in ("from_label", "consistent_at_stop_lsn")
+            if row[key] < n
+        ]
+    return bad
+
+
+def app_proof(trials: int, base: Path) -> dict[str, Any]:
+    """Section 5: the PostgreSQL guest, TRIALS backups per level, each restored and booted."""
+    started = time.monotonic()
+    disks = make_app_disks(base / "disks")
+    repo, env = _init_repo(base)
+    result: dict[str, Any] = {"levels": {}}
+    with running_app_vm(base / "vm", disks, guest_config=APP_CONFIG) as vm:
+        result["accel"] = vm.accel
+        result["boot_s"] = round(vm.boot_seconds, 1)
+        result["pg_ready_s"] = round(wait_pg_ready(vm), 1)
+        installed = vm.guest_exec(
+            [sys.executable, "-m", "freezeframe", "--json", "guest-hook", "install",
+             "--hook", HOOK_PATH, "--config", GUEST_CONFIG_PATH],
+            timeout=300,
+        )  # fmt: skip
+        vm.release_agent()
+        if installed.exitcode != 0:
+            raise RuntimeError(f"guest-hook install: {installed.stderr[-500:]!r}")
+        result["quiescers"] = json.loads(installed.stdout)["quiescers"]
+        result["guest_python_ms"] = _guest_python_ms(vm)
+        print(
+            f"application VM up ({vm.accel}), PostgreSQL ready {result['pg_ready_s']} s, hook "
+            f"installed; guest Python ms: {result['guest_python_ms']}",
+            flush=True,
+        )
+        for level in APP_LEVELS:
+            backups = []
+            for trial in range(trials):
+                taken = _app_backup(vm, repo, env, level)
+                backups.append(taken)
+                print(f"  {level} backup {trial + 1}: {taken}", flush=True)
+            vm.qmp("stop")  # the checks and boots get the cores; the workload waits
+            try:
+                for trial, taken in enumerate(backups):
+                    if "failed" in taken:
+                        continue
+                    taken["check"] = _verify_app(repo, env, vm, taken, base / "verify")
+                    c = taken["check"]
+                    print(
+                        f"  {level} restore {trial + 1}: invariant {c['invariant']}, e2fsck "
+                        f"clean {c['e2fsck_clean']}, replay {c['needs_recovery']}, PG started "
+                        f"{c['pg_started']} (label {c['backup_recovery']}, crash recovery "
+                        f"{c['crash_recovery']}, consistent at {c['consistent_at']}), sums "
+                        f"equal {c['sums_equal']}, boot {c['boot_s']} s + {c['pg_ready_s']} s",
+                        flush=True,
+                    )
+            finally:
+                vm.qmp("cont")
+            row = _app_counts(level, backups)
+            row["failures"] = _app_failures(level, row)
+            row["backups"] = backups
+            result["levels"][level] = row
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def _ms(p: dict[str, float] | None) -> str:
+    return " / ".join(f"{p[k]:.0f}" for k in ("p50", "p95", "max")) if p else "-"
+
+
+def app_table(app: dict[str, Any]) -> str:
+    """Section 5 as a markdown table, with the guest's Python costs below it."""
+    lines = [
+        f"Application VM: PostgreSQL 15 + pgbench (2 clients) and the dependent writes, "
+        f"2 x 256 MiB qcow2, {app['accel']}",
+        "",
+        "| level | trials | broken invariant | e2fsck | journal replay | PG started "
+        "| from label / crash recovery | consistent at stop LSN | sums equal "
+        "| freeze p50/p95/max ms | hold p50/p95/max ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for level, row in app["levels"].items():
+        trials = str(row["trials"])
+        if row["backup_failed"] or row["not_achieved"]:
+            trials += f" ({row['backup_failed']} failed, {row['not_achieved']} lower level)"
+        stop = row["consistent_at_stop_lsn"]
+        lines.append(
+            f"| {level} | {trials} | {row['broken_invariant']} | {row['e2fsck_failed']} "
+            f"| {row['journal_replay']} | {row['pg_started']} "
+            f"| {row['from_label']} / {row['crash_recovery']} "
+            f"| {'-' if stop is None else stop} | {row['sums_equal']} "
+            f"| {_ms(row['freeze_ms'])} | {_ms(row['hold_ms'])} |"
+        )
+    kept = ", ".join(
+        f"{level} {row['kept_committed']}/{row['trials'] - row['backup_failed']}"
+        for level, row in app["levels"].items()
+    )
+    lines += [
+        "",
+        f"Restores that kept every pgbench transaction committed before the backup: {kept}.",
+    ]
+    timed = app.get("guest_python_ms") or {}
+    if timed:
+        lines += ["", "| in the guest, under pgbench (hook's env) | wall ms per run |", "|---|---|"]
+        lines += [f"| `{name}` | {', '.join(map(str, ms))} |" for name, ms in timed.items()]
+    return "\n".join(lines)
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def tables(tp: dict[str, Any], pr: dict[str, Any]) -> str:
-    """The four sections as markdown tables."""
+def throughput_tables(tp: dict[str, Any]) -> str:
+    """Sections 1 and 2 as markdown tables."""
     full, cat = tp["freezeframe_full"], tp["cat"]
     s = full["summary"]
     lines = [
@@ -275,16 +605,21 @@ def tables(tp: dict[str, Any], pr: dict[str, Any]) -> str:
     inc = tp["incremental"]
     lines += [
         "",
-        "| incremental after 1 % of vda rewritten | bytes changed | bytes read | read/changed "
-        "| wall s | volumes |",
+        "| incremental after 1 % of vda rewritten | bytes changed (guest wrote) | bytes read "
+        "| read/changed | wall s | volumes |",
         "|---|---|---|---|---|---|",
-        f"| filesystem | {inc['bytes_changed']} | {inc['bytes_read']} "
+        f"| filesystem | {inc['bytes_changed']} ({inc['bytes_written_by_guest']}) "
+        f"| {inc['bytes_read']} "
         f"| {inc['read_vs_changed']} ({'<= 2 ok' if inc['read_vs_changed'] <= 2 else '> 2'}) "
         f"| {inc['wall_s']} | {', '.join(inc['volumes'])} |",
-        "",
     ]
+    return "\n".join(lines)
+
+
+def proof_tables(pr: dict[str, Any]) -> str:
+    """Sections 3 and 4 as markdown tables."""
     fz = pr["filesystem"].get("freeze_ms")
-    lines += [
+    lines = [
         "| freeze window at filesystem, under load | trials | freeze ms p50 / p95 / max |",
         "|---|---|---|",
         f"| proof VM | {pr['filesystem']['trials']} "
@@ -305,7 +640,7 @@ def main() -> int:
     parser.add_argument("--fill-mib", type=int, default=1024)
     parser.add_argument("--work", type=Path, default=PROJECT / "bench" / "work" / "vm")
     parser.add_argument("--json", type=Path, help="default bench/results/vm-<time>.json")
-    parser.add_argument("--skip", default="", help="comma-separated: restic,borg")
+    parser.add_argument("--skip", default="", help=f"comma-separated, of: {','.join(SECTIONS)}")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("vm.py needs root: the VM lab uses KVM, loop mounts and drop_caches")
@@ -314,33 +649,63 @@ def main() -> int:
     # SIGTERM unwinds like Ctrl-C: the VMs are stopped by their context managers.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     skip = {s for s in args.skip.split(",") if s}
+    if skip - set(SECTIONS):
+        sys.exit(f"--skip: unknown {','.join(sorted(skip - set(SECTIONS)))}; know {SECTIONS}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.json or PROJECT / "bench" / "results" / f"vm-{stamp}.json"
     subprocess.run(["rm", "-rf", str(args.work)], check=True)
     args.work.mkdir(parents=True)
     started = time.monotonic()
-    tp = throughput(args, args.work / "throughput", skip)
-    shutil.rmtree(args.work / "throughput")
-    print(f"proof VM: {args.trials} trials each at crash and filesystem, then naive copies")
-    pr = proof(args.trials, args.work / "proof")
-    table = tables(tp, pr)
+    tp = pr = app = None
+    parts = []
+    if "throughput" not in skip:
+        tp = throughput(args, args.work / "throughput", skip)
+        shutil.rmtree(args.work / "throughput")
+        parts.append(throughput_tables(tp))
+    if "proof" not in skip:
+        print(f"proof VM: {args.trials} trials each at crash and filesystem, then naive copies")
+        pr = proof(args.trials, args.work / "proof")
+        shutil.rmtree(args.work / "proof")
+        parts.append(proof_tables(pr))
+    if "app" not in skip:
+        print(f"application VM: {args.trials} trials each at {', '.join(APP_LEVELS)}")
+        app = app_proof(args.trials, args.work / "app")
+        shutil.rmtree(args.work / "app")
+        parts.append(app_table(app))
+    table = "\n\n".join(parts)
     print("\n" + table)
-    print("\nvirtnbdbackup skipped: it drives libvirt, which this lab does not set up.")
+    if tp is not None:
+        print("\nvirtnbdbackup skipped: it drives libvirt, which this lab does not set up.")
+    failures = []
+    if pr is not None:
+        failures += [f"proof {lv}: {pr[lv]['broken']} broken" for lv in ("crash", "filesystem")]
+        failures = [f for f in failures if not f.endswith(": 0 broken")]
+    if app is not None:
+        failures += [
+            f"application VM {level}: {', '.join(row['failures'])}"
+            for level, row in app["levels"].items()
+            if row["failures"]
+        ]
     doc = {
         "started": stamp,
         "command": sys.argv,
         "freezeframe": Freezeframe().version(),
         "cpus": os.cpu_count(),
         "elapsed_s": round(time.monotonic() - started, 1),
+        "skipped": sorted(skip),
         "throughput": tp,
         "proof": pr,
+        "application": app,
+        "failures": failures,
         "virtnbdbackup": "skipped: needs libvirt, the lab runs plain QEMU with QMP",
         "table": table,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nwritten to {out}")
-    return 0 if pr["crash"]["broken"] == 0 and pr["filesystem"]["broken"] == 0 else 1
+    print(f"\nelapsed {doc['elapsed_s']} s; written to {out}")
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -109,9 +109,11 @@ umount /labconf
 """
 
 # The agent in the chroot: its commands see the host's userland and the guest's mounts.
+# Python in the guest cannot write byte code to the read-only share: the agent (and so the hook
+# that `guest-hook install` writes, and guest-exec) uses what warm_pycache compiled on the host.
 APP_AGENT = (
-    'chroot /host /usr/sbin/qemu-ga -m virtio-serial -p "$port" -t /run '
-    f"-l /run/qemu-ga.log -F{HOOK_PATH}"
+    f"PYTHONPYCACHEPREFIX={PYCACHE_PREFIX} chroot /host /usr/sbin/qemu-ga -m virtio-serial "
+    f'-p "$port" -t /run -l /run/qemu-ga.log -F{HOOK_PATH}'
 )
 
 # Starts PostgreSQL (as postgres, in the chroot) and prints PG_READY_MARKER once it accepts
@@ -253,15 +255,17 @@ def _postgres_ids() -> tuple[int, int]:
 
 @functools.cache
 def warm_pycache() -> Path:
-    """Compiles the freezeframe package and what ``freezeframe.cli.main`` imports into
-    PYCACHE_PREFIX (once a process; up to date sources are skipped)."""
+    """Compiles the freezeframe package and what ``freezeframe.cli.main`` and the guest hook's
+    quiescers import (psycopg...) into PYCACHE_PREFIX (once a process; up to date sources are
+    skipped)."""
     import freezeframe
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_PREFIX)
     package = Path(freezeframe.__file__).parent
     _run([sys.executable, "-m", "compileall", "-q", package], env=env)
-    _run([sys.executable, "-c", "import freezeframe.cli.main"], env=env)
+    imports = "import freezeframe.cli.main, freezeframe.guest.hook, freezeframe.quiesce.postgresql"
+    _run([sys.executable, "-c", imports], env=env)
     return PYCACHE_PREFIX
 
 
