@@ -26,7 +26,7 @@ def parse_specs(texts: list[str]) -> list[VmSpec]:
 
 def back_up(ctx: CommandContext, specs: list[VmSpec]) -> list[VmBackupResult]:
     """One snapshot per VM, in order; warnings shown as they come."""
-    repo = ctx.open_repository()
+    repo = ctx.open_repository(load_index=False)  # loaded under the lock
     results: list[VmBackupResult] = []
     try:
         with RepositoryLock(repo, exclusive=False) as lock:

@@ -147,7 +147,7 @@ def _back_up_paths(ctx: CommandContext) -> BackupResult:
             ctx.out.warn(warning)
     elif "auto" in quiesce:
         raise UsageError("--quiesce auto needs --consistency application or auto")
-    repo = ctx.open_repository()
+    repo = ctx.open_repository(load_index=False)  # loaded under the lock
     progress = BackupProgress()
     try:
         lock = RepositoryLock(repo, exclusive=False)

@@ -34,7 +34,7 @@ def _percent(text: str) -> float:
 def run(ctx: CommandContext) -> int:
     if ctx.args.read_data_subset is not None and ctx.args.read_data:
         raise UsageError("give --read-data or --read-data-subset, not both")
-    repo = ctx.open_repository()
+    repo = ctx.open_repository(load_index=False)  # loaded under the lock
     try:
         with RepositoryLock(repo, exclusive=False):
             result = check_repository(

@@ -37,6 +37,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="keep snapshots newer than DURATION (e.g. 1y2m3d4h) before the latest",
     )
     parser.add_argument("--host", help="only consider snapshots of this host")
+    parser.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="only consider snapshots with this tag (repeatable: all of them)",
+    )
     parser.add_argument("--prune", action="store_true", help="run prune afterwards")
     parser.add_argument("-n", "--dry-run", action="store_true", help="only show what would go")
 
@@ -75,10 +82,14 @@ def run(ctx: CommandContext) -> int:
         raise UsageError(
             "no policy given: nothing would be kept, so nothing is removed (use --keep-* options)"
         )
-    repo = ctx.open_repository()
+    repo = ctx.open_repository(load_index=False)  # loaded under the lock
     try:
         with RepositoryLock(repo, exclusive=True):
-            snapshots = [s for s in list_snapshots(repo) if a.host is None or s.host == a.host]
+            snapshots = [
+                s
+                for s in list_snapshots(repo)
+                if (a.host is None or s.host == a.host) and set(a.tag) <= set(s.tags)
+            ]
             groups = group_by(snapshots, lambda s: (s.host, tuple(sorted(s.paths))))
             report = []
             removed: list[Snapshot] = []

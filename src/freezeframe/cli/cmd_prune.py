@@ -22,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository()
+    repo = ctx.open_repository(load_index=False)  # loaded under the lock
     try:
         with RepositoryLock(repo, exclusive=True):
             plan = plan_prune(repo, max_unused_fraction=ctx.args.max_unused / 100)

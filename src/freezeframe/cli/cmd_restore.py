@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository()
+    repo = ctx.open_repository(load_index=False)  # loaded under the lock
     progress = RestoreProgress()
     try:
         snapshot = find_snapshot(repo, ctx.args.snapshot)

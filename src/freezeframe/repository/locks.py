@@ -90,6 +90,11 @@ class RepositoryLock:
                 f"the repository is locked: {conflict.describe()}; if that process is gone, "
                 "run `freezeframe unlock`"
             )
+        try:
+            self._repo.ensure_index()  # only now: see Repository.ensure_index
+        except BaseException:
+            self._repo.storage.delete(Kind.LOCKS, self._name)
+            raise
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
         self._refresher.start()
         return self

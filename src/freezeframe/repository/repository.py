@@ -43,6 +43,7 @@ class Repository:
         self.cipher = Cipher(master.encryption_key)
         self.hasher = IdHasher(master.id_key)
         self.index = Index()
+        self.index_loaded = False
         self._pending: set[bytes] = set()
         self._pending_lock = threading.Lock()
         self.packer = Packer(
@@ -94,6 +95,13 @@ class Repository:
         for packs in self._map(self.read_index_file, names):
             for pack, entries in packs.items():
                 self.index.add_pack(pack, entries)
+        self.index_loaded = True
+
+    def ensure_index(self) -> None:
+        """Load the index unless loaded: commands that lock the repository load it only once
+        they hold the lock, as a prune elsewhere rewrites it under its exclusive lock."""
+        if not self.index_loaded:
+            self.load_index()
 
     def read_index_file(self, name: str) -> dict[str, list[PackEntry]]:
         return decode_index(self.storage.get(Kind.INDEX, name), self.cipher, name)

@@ -105,9 +105,13 @@ class LocalStorage:
             except FileNotFoundError:
                 continue
             for entry in entries:
-                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-                    continue
-                yield ObjectInfo(entry.name, entry.stat(follow_symlinks=False).st_size)
+                try:
+                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                        continue
+                    size = entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # removed since the directory was read (another process's lock)
+                yield ObjectInfo(entry.name, size)
 
     def delete(self, kind: Kind, name: str) -> None:
         path = self.path_of(kind, name)
