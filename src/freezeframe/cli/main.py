@@ -39,6 +39,10 @@ COMMANDS: dict[str, str] = {
     "unlock": "remove stale locks left by crashed processes",
     "doctor": "show, per path, its volume and which consistency levels it can reach",
     "guest-hook": "inside a VM: qemu-ga's fsfreeze hook holding the guest's applications",
+    "plan": "list, show, validate or run the backup plans of the plans file",
+    "history": "show the plans' runs",
+    "status": "show each plan's last result, last success, next run and whether it is overdue",
+    "agent": "run the plans on their schedules (in the foreground)",
 }
 
 
