@@ -1,5 +1,5 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
-.PHONY: demo test lint bench bench-consistency bench-freeze-window bench-vm setup
+.PHONY: demo test lint bench bench-consistency bench-freeze-window bench-vm setup bench-setup
 
 setup:
 	./tools/bootstrap.sh
@@ -16,14 +16,17 @@ lint:
 	.venv/bin/mypy
 	.venv/bin/lint-imports
 
-bench: setup
+bench-setup:
+	BOOTSTRAP_EXTRA_APT="restic borgbackup" ./tools/bootstrap.sh
+
+bench: bench-setup
 	.venv/bin/python bench/run.py $(BENCH_ARGS)
 
-bench-consistency: setup
+bench-consistency: bench-setup
 	.venv/bin/python bench/consistency.py $(BENCH_ARGS)
 
-bench-freeze-window: setup
+bench-freeze-window: bench-setup
 	.venv/bin/python bench/freeze_window.py $(BENCH_ARGS)
 
-bench-vm: setup
+bench-vm: bench-setup
 	.venv/bin/python bench/vm.py $(BENCH_ARGS)

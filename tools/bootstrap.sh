@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 
 apt_packages=(python3 python3-venv python3-pip acl attr e2fsprogs util-linux btrfs-progs xfsprogs
     redis-server postgresql mariadb-server qemu-system-x86 qemu-utils qemu-guest-agent busybox-static)
+# The benchmarks run restic and borg beside freezeframe: `make bench*` asks for them here.
+if [ -n "${BOOTSTRAP_EXTRA_APT:-}" ]; then
+    read -r -a extra <<<"$BOOTSTRAP_EXTRA_APT"
+    apt_packages+=("${extra[@]}")
+fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
