@@ -27,7 +27,7 @@ def run(ctx: CommandContext) -> int:
 
 def _line(row: dict[str, Any]) -> str:
     last = row["last"]
-    result = "never run" if last is None else f"last {last['status']} {_when(last['started'])}"
+    result = "never run" if last is None else f"last run {last['status']} {_when(last['started'])}"
     if last is not None and last["achieved"]:
         result += f" ({last['achieved']})"
     success = f"last success {_when(row['last_success'])}" if row["last_success"] else "no success"
