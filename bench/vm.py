@@ -64,6 +64,7 @@ from vmfixtures import (  # noqa: E402
     check_images,
     make_disks,
     mounted_images,
+    needs_journal_replay,
     running_vm,
 )
 from vmguestlab import (  # noqa: E402
@@ -311,14 +312,6 @@ def proof(trials: int, base: Path) -> dict[str, Any]:
     return rows
 
 
-def _needs_recovery(image: Path) -> bool:
-    """Whether an ext4 image's journal must be replayed before it is mounted."""
-    header = subprocess.run(
-        ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True
-    ).stdout
-    return "needs_recovery" in header
-
-
 def _offline_check(images: list[Path], workdir: Path) -> tuple[bool, bool, str]:
     """check_images, its two verdicts apart: (invariant holds, e2fsck clean, detail)."""
     try:
@@ -366,7 +359,7 @@ def _verify_app(
     images = [target / "vm" / APP_VM / f"{drive}.raw" for drive in vm.drive_ids]
     try:
         replay = [
-            d for d, image in zip(vm.drive_ids, images, strict=True) if _needs_recovery(image)
+            d for d, image in zip(vm.drive_ids, images, strict=True) if needs_journal_replay(image)
         ]
         invariant, clean, detail = _offline_check(images, work / "check")
         restored = boot_restored(work / "boot", images)

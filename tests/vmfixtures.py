@@ -508,18 +508,10 @@ def make_disks(
     ``fill_mib`` puts a file of that many MiB of data (``/filler``) on each, like the data a
     real VM carries: copying the images then takes a while, as it would.
     """
-    _which("mkfs.ext4", "qemu-img")
-    if fmt not in ("qcow2", "raw"):
-        raise ValueError(f"unsupported disk format {fmt}")
     workdir.mkdir(parents=True, exist_ok=True)
     disks = []
     for index, label in enumerate(("lab-a", "lab-b")):
-        raw = workdir / f"disk{index}.raw"
-        with raw.open("wb") as f:
-            f.truncate(size_mib * 1024 * 1024)
-        # Inode tables and journal zeroed now, so the guest starts no lazy-init writer.
-        mkfs = ["mkfs.ext4", "-q", "-F", "-L", label]
-        mkfs += ["-E", "lazy_itable_init=0,lazy_journal_init=0"]
+        content = None
         if fill_mib:
             content = workdir / f"content{index}"
             content.mkdir(exist_ok=True)
@@ -527,18 +519,38 @@ def make_disks(
             with (content / "filler").open("wb") as f:
                 for _ in range(fill_mib):
                     f.write(block)
-            mkfs += ["-d", str(content)]
-        _run([*mkfs, raw])
-        if fill_mib:
+        disks.append(ext4_disk(workdir / f"disk{index}", label, size_mib, fmt, content))
+        if content is not None:
             shutil.rmtree(content)
-        if fmt == "qcow2":
-            disk = workdir / f"disk{index}.qcow2"
-            _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk])
-            raw.unlink()
-        else:
-            disk = raw
-        disks.append(disk)
     return disks
+
+
+def ext4_disk(base: Path, label: str, size_mib: int, fmt: str, content: Path | None = None) -> Path:
+    """An ext4 image ``base``.raw or .qcow2 holding a copy of ``content`` (owners and modes
+    kept, as ``mkfs.ext4 -d`` copies them)."""
+    _which("mkfs.ext4", "qemu-img")
+    if fmt not in ("qcow2", "raw"):
+        raise ValueError(f"unsupported disk format {fmt}")
+    raw = base.with_suffix(".raw")
+    with raw.open("wb") as f:
+        f.truncate(size_mib * 1024 * 1024)
+    # Inode tables and journal zeroed now, so the guest starts no lazy-init writer.
+    mkfs = ["mkfs.ext4", "-q", "-F", "-L", label, "-E", "lazy_itable_init=0,lazy_journal_init=0"]
+    if content is not None:
+        mkfs += ["-d", str(content)]
+    _run([*mkfs, raw])
+    if fmt == "raw":
+        return raw
+    disk = base.with_suffix(".qcow2")
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk])
+    raw.unlink()
+    return disk
+
+
+def needs_journal_replay(image: Path) -> bool:
+    """Whether a raw ext4 image's journal must be replayed before it mounts clean."""
+    header = _run(["dumpe2fs", "-h", image]).stdout
+    return "needs_recovery" in header
 
 
 def check_dependent_writes(mount_a: Path, mount_b: Path) -> tuple[bool, str]:

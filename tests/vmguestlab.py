@@ -45,6 +45,7 @@ from vmfixtures import (
     _run,
     _which,
     cache_root,
+    ext4_disk,
     guest_initramfs,
     running_vm,
 )
@@ -222,23 +223,10 @@ def make_app_disks(
         (data_dir / "pg_wal").unlink()
         os.symlink(PG_WAL, data_dir / "pg_wal")
         os.lchown(data_dir / "pg_wal", *_postgres_ids())
-        disks = []
-        for index, (label, content) in enumerate((("lab-a", content_a), ("lab-b", content_b))):
-            raw = workdir / f"disk{index}.raw"
-            with raw.open("wb") as f:
-                f.truncate(size_mib * 1024 * 1024)
-            _run(
-                ["mkfs.ext4", "-q", "-F", "-L", label, "-E",
-                 "lazy_itable_init=0,lazy_journal_init=0", "-d", content, raw]
-            )  # fmt: skip
-            if fmt == "qcow2":
-                disk = workdir / f"disk{index}.qcow2"
-                _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk])
-                raw.unlink()
-            else:
-                disk = raw
-            disks.append(disk)
-        return disks
+        return [
+            ext4_disk(workdir / f"disk{index}", label, size_mib, fmt, content)
+            for index, (label, content) in enumerate([("lab-a", content_a), ("lab-b", content_b)])
+        ]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from ffharness import Cli, spawn_freezeframe
-from vmfixtures import Vm, check_images
+from vmfixtures import Vm, check_images, needs_journal_replay
 from vmguestlab import (
     GUEST_CONFIG_PATH,
     HOOK_PATH,
@@ -49,13 +49,6 @@ STATE_DIR = "/var/lib/freezeframe/guest"
 
 def _spec(vm: Vm) -> str:
     return f"qmp:{vm.qmp_socket},qga={vm.qga_socket},name=pg"
-
-
-def _needs_recovery(image: Path) -> bool:
-    header = subprocess.run(
-        ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True
-    ).stdout
-    return "needs_recovery" in header
 
 
 def _in_guest(vm: Vm, *argv: str) -> int:
@@ -131,7 +124,7 @@ def test_every_level_restores_to_a_booting_guest_whose_postgresql_starts_balance
         cli("restore", snapshot_id[:12], "--target", target)
         images = [target / "vm" / "pg" / f"{drive}.raw" for drive in pg_vm.drive_ids]
         if level != "crash":
-            assert not any(_needs_recovery(image) for image in images)
+            assert not any(needs_journal_replay(image) for image in images)
         ok, detail = check_images(images, tmp_path / f"check-{trial}", fmt="raw")
         assert ok, f"trial {trial}: {detail}"
         restored = boot_restored(tmp_path / f"boot-{trial}", images)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ffharness import Cli, parse_json, run_freezeframe, spawn_freezeframe
-from vmfixtures import Vm, check_images, make_disks, running_vm
+from vmfixtures import Vm, check_images, make_disks, needs_journal_replay, running_vm
 
 TRIALS = int(os.environ.get("FREEZEFRAME_VM_TRIALS", "3"))
 SCRATCH = Path("/var/tmp/freezeframe-vm")
@@ -25,13 +25,6 @@ SCRATCH = Path("/var/tmp/freezeframe-vm")
 
 def _spec(vm: Vm, name: str = "lab") -> str:
     return f"qmp:{vm.qmp_socket},qga={vm.qga_socket},name={name}"
-
-
-def _needs_recovery(image: Path) -> bool:
-    header = subprocess.run(
-        ["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True
-    ).stdout
-    return "needs_recovery" in header
 
 
 def _commit(vm: Vm) -> int:
@@ -70,7 +63,7 @@ def test_every_restore_keeps_the_invariant_across_both_disks(
             cli("restore", snapshot["snapshot_id"][:12], "--target", target)
             images = [target / "vm" / "lab" / f"{drive}.raw" for drive in vm.drive_ids]
             if level == "filesystem":
-                assert not any(_needs_recovery(image) for image in images)
+                assert not any(needs_journal_replay(image) for image in images)
             ok, detail = check_images(images, tmp_path / f"check-{trial}", fmt="raw")
             assert ok, f"trial {trial}: {detail}"
             subprocess.run(["rm", "-rf", str(target)], check=True)

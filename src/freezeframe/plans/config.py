@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from freezeframe.errors import UsageError
 from freezeframe.plans.history import DEFAULT_PATH as DEFAULT_STATE_PATH
 from freezeframe.plans.schedule import Schedule, ScheduleError
+from freezeframe.repository.retention import RetentionPolicy, parse_duration
 
 DEFAULT_PATH = "/etc/freezeframe/plans.toml"
 PATH_ENV = "FREEZEFRAME_PLANS"
@@ -70,6 +71,8 @@ class AgentSettings(_Strict):
 
 
 class Retention(_Strict):
+    """forget's --keep-* options, applied to the plan's own snapshots after every run."""
+
     keep_last: Count | None = None
     keep_hourly: Count | None = None
     keep_daily: Count | None = None
@@ -79,16 +82,17 @@ class Retention(_Strict):
     keep_within: str | None = None  # e.g. "30d"
     prune: bool = True  # remove the data no snapshot uses any more
 
-    def is_empty(self) -> bool:
-        counts = (
-            self.keep_last,
-            self.keep_hourly,
-            self.keep_daily,
-            self.keep_weekly,
-            self.keep_monthly,
-            self.keep_yearly,
-        )
-        return all(c is None for c in counts) and self.keep_within is None
+    @field_validator("keep_within")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)  # its ValueError says what is expected
+        return value
+
+    def policy(self) -> RetentionPolicy:
+        within = parse_duration(self.keep_within) if self.keep_within else None
+        counts = self.model_dump(exclude={"keep_within", "prune"})
+        return RetentionPolicy(**counts, keep_within=within)
 
 
 class Check(_Strict):

@@ -119,7 +119,7 @@ def backup_step(name: str, plan: Plan) -> Step:
 
 def retention_step(name: str, plan: Plan) -> Step | None:
     keep = plan.retention
-    if keep.is_empty():
+    if keep.policy().is_empty():
         return None
     command = ["forget", "--tag", PLAN_TAG.format(name=name)]
     for unit in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):

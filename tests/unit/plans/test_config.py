@@ -60,6 +60,7 @@ def test_the_example_of_the_issue_loads(tmp_path: Path) -> None:
             ":14: plans.db.retention.keep_daily: Input should ",
         ),
         (("keep_daily = 7", "keep_dayly = 7"), ":14: plans.db.retention.keep_dayly: Extra inputs"),
+        (("keep_daily = 7", 'keep_within = "soon"'), ":14: plans.db.retention.keep_within: "),
         (('schedule = ["0 2 * * *"]', 'schedule = ["0 25 * * *"]'), ":11: plans.db.schedule: "),
         (
             ('sources = ["/srv/pg"]', 'sources = ["srv/pg"]'),
