@@ -93,7 +93,7 @@ APP_LEVELS = ("application", "filesystem", "crash")
 # The guest's freezeframe config, as tests/system/test_vm_application.py has it.
 APP_CONFIG = """cap_s = 60
 timeout_s = 60
-quiesce = ["postgresql:host=/tmp dbname=postgres user=postgres"]
+quiesce = ["postgresql:host=/run/pg dbname=postgres user=postgres"]
 """
 # What the hook's Python pays before it holds anything, timed in the guest with the hook's
 # environment (its PYTHONPYCACHEPREFIX: byte code vmguestlab.warm_pycache compiled on the

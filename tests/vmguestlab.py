@@ -11,9 +11,10 @@ run, and outside it, where /init and the dependent-writes workload run, since /m
 - /dev/vda (ext4) at /mnt/a: DEPENDENT_WRITES' a.log and PostgreSQL's WAL (/mnt/a/pg_wal);
 - /dev/vdb (ext4) at /mnt/b: b.commit and the data directory (/mnt/b/pgdata, whose pg_wal links
   to /mnt/a/pg_wal);
-- tmpfs on /tmp (PostgreSQL's socket and log), /run (the hook at /run/freezeframe-hook, the
+- tmpfs on /run (PostgreSQL's socket and log in /run/pg, the hook at /run/freezeframe-hook, the
   guest config at /run/freezeframe/guest.toml, the agent's log), /var/lib (with an empty
-  /var/lib/freezeframe/guest) and /mnt; everything else is the host's, read-only.
+  /var/lib/freezeframe/guest) and /mnt; everything else is the host's, read-only, /tmp too
+  (where a clone of the project, and so the Python the guest runs, may live).
 
 Use ``make_app_disks`` + ``running_app_vm`` (a context manager yielding a ``vmfixtures.Vm``)
 with ``APP_WORKLOAD`` (dependent writes + PostgreSQL + pgbench flat out), then
@@ -55,8 +56,8 @@ PG_FAILED_MARKER = "FREEZEFRAME-LAB-PG-FAILED"
 PG_BIN = str(BIN)  # the same path in the guest's chroot
 PG_DATA = "/mnt/b/pgdata"  # guest paths
 PG_WAL = "/mnt/a/pg_wal"
-PG_SOCKET_DIR = "/tmp"
-PG_LOG = "/tmp/postgresql.log"
+PG_SOCKET_DIR = "/run/pg"  # not /tmp: the guest sees the host's /tmp (a clone may live there)
+PG_LOG = "/run/pg/postgresql.log"
 HOOK_PATH = "/run/freezeframe-hook"
 GUEST_CONFIG_PATH = "/run/freezeframe/guest.toml"
 HOOK_LOG = "/run/hook.log"  # STUB_HOOK's log
@@ -97,10 +98,11 @@ mount -t sysfs sysfs /host/sys || fail "mount /host/sys"
 mount -t devtmpfs devtmpfs /host/dev || fail "mount /host/dev"
 mkdir -p /host/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm || fail "mount /host/dev/shm"
-for d in /host/tmp:1777 /host/run:0755 /host/var/lib:0755 /host/mnt:0755; do
+for d in /host/run:0755 /host/var/lib:0755 /host/mnt:0755; do
     mount -t tmpfs -o "mode=${d#*:}" tmpfs "${d%:*}" || fail "mount tmpfs ${d%:*}"
 done
 mkdir -p /host/mnt/a /host/mnt/b /host/var/lib/freezeframe/guest /host/run/freezeframe
+mkdir -m 1777 /host/run/pg
 rmdir /mnt/a /mnt/b /mnt && ln -s /host/mnt /mnt || fail "link /mnt"
 mount -t 9p -o $p9,ro labconf /labconf || fail "mount 9p labconf"
 cp /labconf/hook /host/run/freezeframe-hook || fail "copy the hook"
@@ -121,7 +123,7 @@ APP_AGENT = (
 # connections, or PG_FAILED_MARKER; $? is pg_ctl's status.
 _START_PG = f"""
 chroot /host /usr/sbin/runuser -u postgres -- {PG_BIN}/pg_ctl -D {PG_DATA} -l {PG_LOG} \\
-    -w -t 300 start >/host/tmp/pg_ctl.out 2>&1
+    -w -t 300 start >/host/run/pg/pg_ctl.out 2>&1
 status=$?
 if [ $status -eq 0 ]; then
     echo "{PG_READY_MARKER}"
@@ -140,15 +142,15 @@ APP_WORKLOAD = f"""
 {_START_PG}
     [ $status -eq 0 ] || exit 1
     exec chroot /host /usr/sbin/runuser -u postgres -- {PG_BIN}/pgbench -h {PG_SOCKET_DIR} \\
-        -n -c 2 -T 100000 postgres >/host/tmp/pgbench.log 2>&1
+        -n -c 2 -T 100000 postgres >/host/run/pg/pgbench.log 2>&1
 ) &
 {DEPENDENT_WRITES}
 """
 
 # The settings the cluster is made with (postgresql.auto.conf), valid on the host and in the
-# guest: the socket in /tmp, no TCP, a log on stderr (pg_ctl -l), memory for a 1 GiB guest.
+# guest: the socket in /run/pg, no TCP, a log on stderr (pg_ctl -l), memory for a 1 GiB guest.
 PG_SETTINGS = {
-    "unix_socket_directories": "'/tmp'",
+    "unix_socket_directories": "'/run/pg'",
     "listen_addresses": "''",
     "shared_buffers": "32MB",
     "max_wal_size": "96MB",
@@ -332,7 +334,7 @@ def pgbench_progress(vm: Vm) -> int:
 def guest_pg_log(vm: Vm) -> str:
     """PostgreSQL's log in the guest (and pg_ctl's output, if any)."""
     text = ""
-    for path in (PG_LOG, "/tmp/pg_ctl.out"):
+    for path in (PG_LOG, "/run/pg/pg_ctl.out"):
         with contextlib.suppress(QmpError, OSError, TimeoutError):  # e.g. no such file
             text += vm.read_guest_file(path).decode(errors="replace")
     return text

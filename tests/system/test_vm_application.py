@@ -40,7 +40,7 @@ from vmguestlab import (
 TRIALS = int(os.environ.get("FREEZEFRAME_VM_TRIALS", "3"))
 CONFIG = """cap_s = 60
 timeout_s = 60
-quiesce = ["postgresql:host=/tmp dbname=postgres user=postgres"]
+quiesce = ["postgresql:host=/run/pg dbname=postgres user=postgres"]
 """
 BROKEN_CONFIG = """quiesce = ["postgresql:host=/nonexistent dbname=postgres connect_timeout=2"]
 """
