@@ -356,3 +356,68 @@ def test_sighup_reloads_a_good_file_keeps_the_plans_of_a_broken_one_and_metrics_
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+
+
+@pytest.mark.parametrize("overlap", ["skip", "queue"])
+def test_a_run_due_while_the_last_one_runs_is_skipped_or_queued(
+    repo: Path, tmp_path: Path, overlap: str
+) -> None:
+    data = _data(tmp_path)
+    plans = _plans(
+        tmp_path,
+        f"""[plans.slow]
+repository = "{repo}"
+sources = ["{data}"]
+overlap = "{overlap}"
+[plans.slow.hooks]
+before = ["sleep 1.5"]
+""",
+    )
+    agent = Agent(str(plans), log=lambda _: None)
+    agent.fire("slow", "schedule")
+    agent.fire("slow", "schedule")  # due while the first one sleeps in its hook
+    agent.wait_idle()
+    time.sleep(0.2)
+    agent.wait_idle()  # a queued run starts as the first one ends
+    statuses = sorted(r.status for r in agent.history.runs("slow"))
+    if overlap == "skip":
+        assert statuses == ["skipped", "success"]
+        [skipped] = [r for r in agent.history.runs("slow") if r.status == "skipped"]
+        assert skipped.error == "the previous run was still running"
+    else:
+        assert statuses == ["success", "success"]
+
+
+def test_an_overdue_plan_alerts_once(
+    repo: Path, tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """Hourly runs that all fail: once an hour plus the grace has passed with no success, one
+    overdue alert (beside each run's failure alert), not one per tick."""
+    url, bodies = webhook
+    data = _data(tmp_path)
+    plans = _plans(
+        tmp_path,
+        f"""[agent]
+overdue_grace_s = 600
+[plans.failing]
+repository = "{repo}"
+sources = ["{data}"]
+schedule = ["0 * * * *"]
+timezone = "UTC"
+[plans.failing.hooks]
+before = ["exit 1"]
+[plans.failing.notify]
+webhook = ["{url}"]
+""",
+    )
+    start = datetime(2026, 11, 30, 0, 0, 30, tzinfo=UTC).timestamp()
+    now = [start]
+    agent = Agent(str(plans), clock=lambda: now[0], log=lambda _: None)
+    agent.begin()
+    while now[0] < start + 3 * 3600:
+        agent.tick()
+        agent.wait_idle()
+        now[0] += 300
+    kinds = [body["kind"] for body in bodies]
+    # The runs at 01:00 and 02:00 fail; overdue from 01:10 (the first slot plus the grace).
+    assert kinds == ["failed", "overdue", "failed"], kinds
