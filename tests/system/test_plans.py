@@ -69,6 +69,14 @@ def _data(tmp_path: Path, name: str = "data") -> Path:
     return data
 
 
+def _agent_on_a_test_clock(plans: Path) -> tuple[Agent, list[float]]:
+    """An agent started at 2026-11-30 00:00:30 UTC on a clock the test moves (``now[0]``)."""
+    now = [datetime(2026, 11, 30, 0, 0, 30, tzinfo=UTC).timestamp()]
+    agent = Agent(str(plans), clock=lambda: now[0], log=lambda _: None)
+    agent.begin()
+    return agent, now
+
+
 def _ff(plans: Path, *args: str, expect: int = 0) -> Any:
     done = run_freezeframe("--json", *args, "--config", str(plans), repo=None)
     assert done.returncode == expect, done.stderr
@@ -201,10 +209,8 @@ schedule = ["30 3 * * *"]
 before = ["test ! -e {flag}"]
 """,
     )
-    start = datetime(2026, 11, 30, 0, 0, 30, tzinfo=UTC).timestamp()
-    now = [start]
-    agent = Agent(str(plans), clock=lambda: now[0], log=lambda _: None)
-    agent.begin()
+    agent, now = _agent_on_a_test_clock(plans)
+    start = now[0]
     while now[0] < start + 24 * 3600:
         flag_wanted = abs(now[0] - (start + 12 * 3600)) < 60
         if flag_wanted:
@@ -410,10 +416,8 @@ before = ["exit 1"]
 webhook = ["{url}"]
 """,
     )
-    start = datetime(2026, 11, 30, 0, 0, 30, tzinfo=UTC).timestamp()
-    now = [start]
-    agent = Agent(str(plans), clock=lambda: now[0], log=lambda _: None)
-    agent.begin()
+    agent, now = _agent_on_a_test_clock(plans)
+    start = now[0]
     while now[0] < start + 3 * 3600:
         agent.tick()
         agent.wait_idle()
