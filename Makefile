@@ -17,7 +17,7 @@ lint:
 	.venv/bin/lint-imports
 
 bench-setup:
-	BOOTSTRAP_EXTRA_APT="restic borgbackup" ./tools/bootstrap.sh
+	BOOTSTRAP_EXTRA_APT="restic borgbackup virtnbdbackup libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients" ./tools/bootstrap.sh
 
 bench: bench-setup
 	.venv/bin/python bench/run.py $(BENCH_ARGS)

@@ -3,7 +3,8 @@ the disk's own read speed, restic and borg; an incremental after the guest rewro
 disk; the guest's freeze window under load; and how many restores break, beside naive copies.
 
 Usage (root): python bench/vm.py [--trials 10] [--disk-mib 2048] [--fill-mib 1024] [--work DIR]
-                                 [--json OUT] [--skip restic,borg,throughput,proof,app]
+                                 [--json OUT]
+                                 [--skip restic,borg,virtnbdbackup,throughput,proof,app]
 
 Uses the test suite's VM lab (tests/vmfixtures.py): a tiny guest with two ext4 disks (qcow2)
 and the dependent-write workload (a log on vda, a commit on vdb after the log is durable).
@@ -13,7 +14,17 @@ and the dependent-write workload (a log on vda, a commit on vdb after the log is
    (make_disks' own filler repeats one 1 MiB block, which deduplication would make free). With
    the page cache dropped before each reader: `cat` of the image files (the limit), the first
    freezeframe backup (wall time of the whole run), then restic and borg of the same image
-   files with the VM paused (`stop`, so they read still files; `cont` after).
+   files with the VM paused (`stop`, so they read still files; `cont` after). Then Debian's
+   virtnbdbackup (libvirt's backup API over NBD) on copies of those paused images (the same
+   bytes), once the plain-QEMU VM is stopped: a transient libvirt domain (type qemu, the same
+   guest, kernel, idle workload, virtio-blk vda/vdb and agent channel; kvm when the lab VM had
+   KVM) boots on the copies and `virtnbdbackup -l full` backs it up, page cache dropped first
+   (the agent freezes the guest's file systems). Needs libvirtd (apt: virtnbdbackup
+   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients); when none answers on
+   qemu:///system the bench starts one in a private mount namespace with its own qemu.conf
+   (see _libvirtd: no file in /etc changes; libvirtd itself creates its state directories
+   /run/libvirt, /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt, where the
+   domain's QEMU log goes) and stops it after; the domain is destroyed even on failure.
 2. The guest writes 1 % of vda's size as a new random file (fsync), then an incremental
    backup: bytes read against bytes changed (target: at most 2x), and what the guest wrote to
    its disks meanwhile as QEMU counts it (the file system's metadata and journal too).
@@ -33,22 +44,26 @@ and the dependent-write workload (a log on vda, a commit on vdb after the log is
    hook included) and, at `application`, the hold window (how long PostgreSQL was held).
    Once: how long the guest's Python takes to start and to import psycopg, the hook's fixed
    cost (under TCG).
---skip takes restic, borg, throughput (sections 1-2), proof (3-4) and app (5).
-virtnbdbackup is not run: it needs libvirt, which the lab does not use (plain QEMU + QMP).
+--skip takes restic, borg, virtnbdbackup, throughput (sections 1-2), proof (3-4) and app (5).
 Results go to bench/results/vm-<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import grp
 import json
 import math
 import os
+import pwd
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +74,14 @@ sys.path.insert(0, str(PROJECT / "tests"))  # the VM lab the tests use
 
 from ffharness import FAST_INIT  # noqa: E402
 from vmfixtures import (  # noqa: E402
+    AGENT_PORT_NAME,
+    KERNEL_APPEND,
+    READY_MARKER,
     Vm,
     check_dependent_writes,
     check_images,
+    guest_initramfs,
+    guest_kernel,
     make_disks,
     mounted_images,
     needs_journal_replay,
@@ -84,7 +104,7 @@ NAIVE_PAUSE_S = 0.3  # the lab test's "slower copy": time a real disk A's copy w
 CHANGED_SHARE = 0.01  # the incremental: the guest rewrites 1 % of vda
 BLOCK = 64 * 1024  # dd block size in the guest
 MB = 1_000_000
-SECTIONS = ("restic", "borg", "throughput", "proof", "app")  # what --skip knows
+SECTIONS = ("restic", "borg", "virtnbdbackup", "throughput", "proof", "app")  # what --skip knows
 # The VMs' names for freezeframe: not the tests' (lab, pg, ...), since a backup first clears
 # what earlier runs left under its VM's name (/var/tmp/freezeframe-vm/NAME), and a test
 # running beside the bench would clear the bench's scratch directory mid-run, and back.
@@ -192,6 +212,247 @@ def _bytes_written(vm: Vm) -> int:
     return sum(device["stats"]["wr_bytes"] for device in vm.qmp("query-blockstats"))
 
 
+# --- virtnbdbackup: the same guest as a transient libvirt domain --------------------------
+
+LIBVIRT_URI = "qemu:///system"
+VNB_APT = "virtnbdbackup libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients"
+# qemu.conf of the libvirtd the bench starts itself (bind-mounted over /etc/libvirt in the
+# daemon's own mount namespace, so the host's configuration is left alone): QEMU runs as root
+# and nothing relabels or chowns the lab's files (no security driver, no dynamic ownership),
+# and QEMU's stdout/stderr go to a plain file, so no virtlogd is needed.
+VNB_QEMU_CONF = """user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+stdio_handler = "file"
+"""
+# Debian's libvirt looks up the user and group it was built for (libvirt-qemu, kvm) before it
+# reads qemu.conf and fails when they do not exist; libvirt-daemon-system creates them, but it
+# also pulls in systemd. Missing ones are added to copies of /etc/passwd and /etc/group that
+# only the daemon's mount namespace sees.
+VNB_IDS = {"libvirt-qemu": 64055, "kvm": 64056}
+
+
+def _virsh(
+    *args: str, check: bool = True, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        ["virsh", "-c", LIBVIRT_URI, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if check and done.returncode != 0:
+        raise RuntimeError(f"virsh {' '.join(args)}: {(done.stdout + done.stderr).strip()[-500:]}")
+    return done
+
+
+def _libvirt_answers() -> bool:
+    try:
+        return _virsh("version", check=False, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _missing_ids() -> tuple[list[str], list[str]]:
+    """The libvirt-qemu user and the libvirt-qemu and kvm groups this host lacks."""
+    users, groups = [], []
+    try:
+        pwd.getpwnam("libvirt-qemu")
+    except KeyError:
+        users.append("libvirt-qemu")
+    for name in VNB_IDS:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            groups.append(name)
+    return users, groups
+
+
+@contextlib.contextmanager
+def _libvirtd(workdir: Path) -> Iterator[str]:
+    """A libvirtd on qemu:///system: the one running (left as found), or one started here in
+    its own mount namespace (the bench's qemu.conf and, if needed, passwd/group bind-mounted;
+    its log in workdir), stopped on exit. Yields how the daemon came to be."""
+    if _libvirt_answers():
+        yield "already running (left as found)"
+        return
+    etc = workdir / "etc-libvirt"
+    etc.mkdir(parents=True)
+    for conf in Path("/etc/libvirt").glob("*.conf"):
+        shutil.copy(conf, etc)
+    (etc / "qemu.conf").write_text(VNB_QEMU_CONF)
+    daemon_conf = workdir / "libvirtd.conf"
+    daemon_conf.write_text(f'log_outputs = "3:file:{workdir / "libvirtd.log"}"\n')
+    mounts = [(etc, "/etc/libvirt")]
+    users, groups = _missing_ids()
+    if users:
+        passwd = workdir / "passwd"
+        passwd.write_text(
+            Path("/etc/passwd").read_text()
+            + "".join(
+                f"{u}:x:{VNB_IDS[u]}:{VNB_IDS[u]}::/var/lib/libvirt:/bin/false\n" for u in users
+            )
+        )
+        mounts.append((passwd, "/etc/passwd"))
+    if groups:
+        group = workdir / "group"
+        group.write_text(
+            Path("/etc/group").read_text() + "".join(f"{g}:x:{VNB_IDS[g]}:\n" for g in groups)
+        )
+        mounts.append((group, "/etc/group"))
+    script = " && ".join(
+        [f"mount --bind {shlex.quote(str(src))} {dst}" for src, dst in mounts]
+        + [f"exec libvirtd -f {shlex.quote(str(daemon_conf))}"]
+    )
+    with (workdir / "libvirtd.out").open("ab") as out:
+        # unshare and sh exec: the process is libvirtd itself (not daemonized), so it is ours
+        # to stop by its pid.
+        daemon = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not _libvirt_answers():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                log = workdir / "libvirtd.log"
+                tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                raise RuntimeError(f"libvirtd did not come up (exit {daemon.poll()}): {tail}")
+            time.sleep(0.2)
+        yield f"started for the bench (own mount namespace), stopped after (pid {daemon.pid})"
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+            try:
+                daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+
+
+def _domain_xml(name: str, accel: str, disks: list[Path], serial_log: Path) -> str:
+    """The lab guest as a transient libvirt domain, as running_vm boots it: the lab VM's accel
+    (type qemu is TCG), q35, 2 vCPUs, 512 MiB, the lab's kernel, idle initramfs and command
+    line, virtio-blk vda/vdb (qcow2), the agent's virtio channel; QEMU runs as root and
+    libvirt leaves the files' owners alone (the seclabel), whatever the daemon's qemu.conf."""
+    kernel = guest_kernel()
+    initramfs = guest_initramfs(IDLE_GUEST)
+    disk_xml = "".join(
+        f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vd{"abcdefgh"[index]}' bus='virtio'/>
+    </disk>"""
+        for index, disk in enumerate(disks)
+    )
+    return f"""<domain type='{"kvm" if accel == "kvm" else "qemu"}'>
+  <name>{name}</name>
+  <memory unit='MiB'>512</memory>
+  <vcpu>2</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{kernel.vmlinux or kernel.vmlinuz}</kernel>
+    <initrd>{initramfs}</initrd>
+    <cmdline>{KERNEL_APPEND}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='maximum' check='none'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>{disk_xml}
+    <controller type='usb' model='none'/>
+    <serial type='file'><source path='{serial_log}'/><target port='0'/></serial>
+    <channel type='unix'>
+      <source mode='bind'/>
+      <target type='virtio' name='{AGENT_PORT_NAME}'/>
+    </channel>
+    <memballoon model='none'/>
+  </devices>
+  <seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>
+</domain>
+"""
+
+
+def _wait_domain(name: str, serial_log: Path, timeout: float = 180.0) -> float:
+    """Waits for the guest's ready marker and its agent; the seconds it took."""
+    started = time.monotonic()
+    while READY_MARKER not in (
+        serial_log.read_text(errors="replace") if serial_log.exists() else ""
+    ):
+        if time.monotonic() > started + timeout:
+            raise TimeoutError(f"libvirt guest not ready in {timeout} s")
+        time.sleep(0.1)
+    while _virsh("qemu-agent-command", name, '{"execute":"guest-ping"}', check=False).returncode:
+        if time.monotonic() > started + timeout:
+            raise TimeoutError(f"libvirt guest's agent not answering in {timeout} s")
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def _vnb_available() -> str | None:
+    """Why virtnbdbackup cannot run here, or None."""
+    missing = [t for t in ("virtnbdbackup", "virsh", "libvirtd", "unshare") if not shutil.which(t)]
+    return f"{', '.join(missing)} not on PATH (apt: {VNB_APT})" if missing else None
+
+
+def _virtnbdbackup(base: Path, accel: str, disks: list[Path], image_bytes: int) -> dict[str, Any]:
+    """A full virtnbdbackup of the guest booted by libvirt on ``disks``; the domain is
+    destroyed (and a libvirtd started here stopped) whatever happens."""
+    work = base / "virtnbdbackup"
+    work.mkdir()
+    version = subprocess.run(
+        ["virtnbdbackup", "--version"], capture_output=True, text=True, check=False
+    )
+    result: dict[str, Any] = {"version": (version.stdout + version.stderr).strip()}
+    name = f"ffbench-vnb-{os.getpid()}"
+    serial_log = work / "serial.log"
+    xml = work / "domain.xml"
+    xml.write_text(_domain_xml(name, accel, disks, serial_log))
+    with _libvirtd(work / "libvirtd") as daemon:
+        result["libvirtd"] = daemon
+        result["libvirt"] = " / ".join(
+            line.split(":", 1)[1].strip()
+            for line in _virsh("version").stdout.splitlines()
+            if line.startswith(("Using library", "Running hypervisor"))
+        )
+        _virsh("create", str(xml))
+        try:
+            result["boot_s"] = round(_wait_domain(name, serial_log), 1)
+            out = work / "out"
+            argv = [
+                "virtnbdbackup", "-U", LIBVIRT_URI, "-d", name, "-l", "full", "-o", str(out),
+                "-n", "-f", str(work / "nbd.sock"), "-S", str(work),
+            ]  # fmt: skip
+            _drop_caches()
+            started = time.monotonic()
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            wall = time.monotonic() - started
+            (work / "virtnbdbackup.log").write_text(done.stdout + done.stderr)
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"virtnbdbackup exit {done.returncode}: {(done.stdout + done.stderr)[-800:]}"
+                )
+        finally:
+            _virsh("destroy", name, check=False)
+    log = done.stdout + done.stderr
+    result |= {
+        "wall_s": round(wall, 2),
+        "mb_s": round(image_bytes / MB / wall, 1),
+        "data_bytes": sum(f.stat().st_size for f in out.glob("*.data")),  # its disk streams
+        "froze": "Freezed [" in log and "Thawed [" in log,
+        "command": " ".join(argv),
+    }
+    return result
+
+
 def throughput(args: argparse.Namespace, base: Path, skip: set[str]) -> dict[str, Any]:
     """Sections 1 and 2 on a VM with --fill-mib MiB of random data per disk."""
     disks = make_disks(base / "disks", size_mib=args.disk_mib)
@@ -246,6 +507,21 @@ def throughput(args: argparse.Namespace, base: Path, skip: set[str]) -> dict[str
                 result[tool.name] = run
             print(f"  {tool.name}: {result[tool.name]}", flush=True)
 
+        vnb_copies: list[Path] = []
+        if "virtnbdbackup" in skip:
+            result["virtnbdbackup"] = {"skipped": "--skip"}
+        elif why := _vnb_available():
+            result["virtnbdbackup"] = {"skipped": why}
+        else:  # copies of the paused images, the bytes restic and borg read, for libvirt's VM
+            (base / "vnb-disks").mkdir()
+            vm.qmp("stop")
+            try:
+                for disk in disks:
+                    vnb_copies.append(base / "vnb-disks" / disk.name)
+                    subprocess.run(["cp", str(disk), str(vnb_copies[-1])], check=True)
+            finally:
+                vm.qmp("cont")
+
         count = max(1, round(args.disk_mib * 2**20 * CHANGED_SHARE / BLOCK))
         written_before = _bytes_written(vm)
         _guest(vm, f"dd if=/dev/urandom of=/mnt/a/new bs={BLOCK} count={count} conv=fsync")
@@ -267,6 +543,13 @@ def throughput(args: argparse.Namespace, base: Path, skip: set[str]) -> dict[str
             "volumes": modes,
         }
         print(f"  incremental: {result['incremental']}", flush=True)
+    if vnb_copies:  # after the plain-QEMU VM stopped: one guest at a time, as for freezeframe
+        try:
+            result["virtnbdbackup"] = _virtnbdbackup(base, result["accel"], vnb_copies, image_bytes)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            result["virtnbdbackup"] = {"failed": str(error)[-1000:]}
+        shutil.rmtree(base / "vnb-disks")
+        print(f"  virtnbdbackup: {result['virtnbdbackup']}", flush=True)
     return result
 
 
@@ -594,7 +877,15 @@ def throughput_tables(tp: dict[str, Any]) -> str:
                 f"| {name} (VM paused) | {tp['image_bytes'] / MB:.0f} | {run['wall_s']} "
                 f"| {run['mb_s']} | {_ratio(full['read_mb_s'], run['mb_s'])} |"
             )
-    lines.append("| virtnbdbackup | skipped: needs libvirt, the lab runs plain QEMU | | | |")
+    vnb = tp.get("virtnbdbackup") or {"skipped": "not run"}
+    if "wall_s" in vnb:
+        lines.append(
+            f"| virtnbdbackup -l full (libvirt, same images) | {tp['image_bytes'] / MB:.0f} "
+            f"| {vnb['wall_s']} | {vnb['mb_s']} | {_ratio(full['read_mb_s'], vnb['mb_s'])} |"
+        )
+    else:
+        reason = vnb.get("skipped") or f"failed: {vnb.get('failed', '')[-200:]}"
+        lines.append(f"| virtnbdbackup | {reason.replace('|', '/')} | | | |")
     inc = tp["incremental"]
     lines += [
         "",
@@ -668,8 +959,15 @@ def main() -> int:
     table = "\n\n".join(parts)
     print("\n" + table)
     if tp is not None:
-        print("\nvirtnbdbackup skipped: it drives libvirt, which this lab does not set up.")
+        versions = [tp[n]["version"] for n in ("restic", "borg") if "version" in tp[n]]
+        vnb = tp.get("virtnbdbackup") or {}
+        if "version" in vnb:
+            versions.append(f"virtnbdbackup {vnb['version']} ({vnb.get('libvirt', '?')})")
+        if versions:
+            print("\n" + "; ".join(versions))
     failures = []
+    if tp is not None and "failed" in (tp.get("virtnbdbackup") or {}):
+        failures.append(f"virtnbdbackup: {tp['virtnbdbackup']['failed'][-300:]}")
     if pr is not None:
         failures += [f"proof {lv}: {pr[lv]['broken']} broken" for lv in ("crash", "filesystem")]
         failures = [f for f in failures if not f.endswith(": 0 broken")]
@@ -690,7 +988,6 @@ def main() -> int:
         "proof": pr,
         "application": app,
         "failures": failures,
-        "virtnbdbackup": "skipped: needs libvirt, the lab runs plain QEMU with QMP",
         "table": table,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
