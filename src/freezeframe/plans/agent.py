@@ -149,7 +149,7 @@ class Agent:
         self.log("agent: stopped")
 
     def wait_idle(self) -> None:
-        """Until no run is going (tests, and ``plan run`` under the agent's lock)."""
+        """Until no run is going (a queued run started meanwhile included)."""
         while True:
             with self._lock:
                 threads = [r.thread for r in self._running.values() if r.thread.is_alive()]
@@ -182,10 +182,6 @@ class Agent:
         grace = timedelta(seconds=self.plans.agent.overdue_grace_s)
         since = _dt(self.started or now)
         return schedule.overdue(_dt(last.started) if last else None, _dt(now), grace, since)
-
-    def next_run(self, name: str) -> float | None:
-        slot = self._slots.get(name)
-        return None if slot is None else slot.backup
 
     # --- inside ---------------------------------------------------------------------------
 
