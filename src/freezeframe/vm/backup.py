@@ -77,12 +77,18 @@ def reachable(spec: VmSpec) -> tuple[str, str]:
 
 def guest_hook(agent: GuestAgent) -> dict[str, Any] | None:
     """What ``freezeframe guest-hook install`` noted in the guest, or None."""
-    text = agent.read_file(f"{protocol.STATE_DIR}/{protocol.INSTALLED}")
+    return _guest_json(agent, protocol.INSTALLED)
+
+
+def _guest_json(agent: GuestAgent, name: str) -> dict[str, Any] | None:
+    """A JSON document of the guest hook's state directory, read through the agent (None when
+    missing or not a JSON object)."""
+    text = agent.read_file(_guest_file(name))
     try:
-        installed = json.loads(text) if text else None
+        document = json.loads(text) if text else None
     except ValueError:
         return None
-    return installed if isinstance(installed, dict) else None
+    return document if isinstance(document, dict) else None
 
 
 def examine(spec: VmSpec) -> dict[str, Any]:
@@ -340,22 +346,13 @@ class _GuestFreeze:
                 if self.run_id is not None:
                     # The agent refuses file commands while frozen; by now the thaw hook has
                     # released the holder, which reported first.
-                    self._hold_state = self._hook_state(agent)
+                    self._hold_state = _guest_json(agent, protocol.STATE) or {}
                     self.application_error = _hold_problem(self._hold_state, self.run_id)
         finally:
             self.freeze_ms = (time.monotonic() - self.frozen_at) * 1000
             if self._token is not None and not self.watchdog.disarm(self._token):
                 self.overran = True
             self._token = None
-
-    @staticmethod
-    def _hook_state(agent: GuestAgent) -> dict[str, Any]:
-        text = agent.read_file(_guest_file(protocol.STATE))
-        try:
-            state = json.loads(text) if text else {}
-        except ValueError:
-            state = {}
-        return state if isinstance(state, dict) else {}
 
 
 def _guest_file(name: str) -> str:
