@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 from freezeframe.errors import FreezeframeError
 from freezeframe.plans import config
@@ -23,6 +22,7 @@ from freezeframe.plans.history import History, Run
 from freezeframe.plans.notify import Event
 from freezeframe.plans.runner import RunControl, notifier_for, run_check, run_plan
 from freezeframe.plans.schedule import Schedule
+from freezeframe.plans.status import is_overdue, utc
 
 IDLE_S = 60.0  # the longest the loop sleeps: a changed clock (NTP, suspend) is noticed soon
 STOP_GRACE_S = 300.0  # how long SIGTERM waits for runs to stop safely
@@ -173,15 +173,9 @@ class Agent:
         return True
 
     def overdue(self, name: str, now: float | None = None) -> bool:
-        plan = self.plans.plans.get(name)
-        if plan is None or not plan.schedule:
-            return False
+        """Overdue since this agent started watching (``status`` counts from the first run)."""
         now = self.clock() if now is None else now
-        last = self.history.last(name, ("success", "degraded"))
-        schedule = Schedule.parse(plan.schedule, plan.timezone)
-        grace = timedelta(seconds=self.plans.agent.overdue_grace_s)
-        since = _dt(self.started or now)
-        return schedule.overdue(_dt(last.started) if last else None, _dt(now), grace, since)
+        return is_overdue(name, self.plans, self.history, now, since=self.started or now)
 
     # --- inside ---------------------------------------------------------------------------
 
@@ -197,7 +191,7 @@ class Agent:
             if catch_up and plan.catch_up and plan.schedule:
                 schedule = Schedule.parse(plan.schedule, plan.timezone)
                 last = self._last_fire(name)
-                missed = schedule.missed(_dt(last) if last else None, _dt(now))
+                missed = schedule.missed(utc(last) if last else None, utc(now))
                 if missed is not None:
                     self.log(f"plan {name}: the run due {missed.isoformat()} was missed")
                     self._slots = {**self._slots, **slots}
@@ -209,7 +203,7 @@ class Agent:
         expressions = plan.check.schedule if check else plan.schedule
         if not expressions:
             return None
-        return Schedule.parse(expressions, plan.timezone).next_after(_dt(now)).timestamp()
+        return Schedule.parse(expressions, plan.timezone).next_after(utc(now)).timestamp()
 
     def _last_fire(self, name: str) -> float | None:
         for run in self.history.runs(name, limit=50):
@@ -250,7 +244,3 @@ class Agent:
         event = Event(kind="overdue", plan=name, message=message, run=None, time=now)
         for error in notifier_for(plan, self.plans).alert(event):
             self.log(f"plan {name}: notify: {error}")
-
-
-def _dt(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)

@@ -141,6 +141,12 @@ class History:
             row = db.execute(sql + " ORDER BY started DESC, id DESC LIMIT 1", params).fetchone()
         return None if row is None else _run(row)
 
+    def first_started(self, plan: str) -> float | None:
+        """When the plan's first recorded run started (None: it never ran)."""
+        with self._db() as db:
+            row = db.execute("SELECT min(started) FROM runs WHERE plan = ?", (plan,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def counts(self, plan: str) -> dict[str, int]:
         with self._db() as db:
             rows = db.execute(

@@ -19,22 +19,31 @@ def plan_status(name: str, plans: PlansFile, history: History, now: float) -> di
     next_run = overdue = None
     if plan.schedule:
         schedule = Schedule.parse(plan.schedule, plan.timezone)
-        next_run = schedule.next_after(_dt(now)).timestamp()
-        first = history.runs(name, limit=1_000_000)[-1:]  # the plan's first run: since then
-        since = _dt(first[0].started) if first else _dt(now)
-        grace = timedelta(seconds=plans.agent.overdue_grace_s)
-        overdue = schedule.overdue(
-            _dt(success.started) if success else None, _dt(now), grace, since
-        )
+        next_run = schedule.next_after(utc(now)).timestamp()
+        first = history.first_started(name)  # a plan is watched from its first run on
+        overdue = is_overdue(name, plans, history, now, since=now if first is None else first)
     return {
         "plan": name,
         "last": last.to_json() if last else None,
         "last_success": success.to_json()["ended"] if success else None,
-        "next_run": _dt(next_run).isoformat() if next_run is not None else None,
+        "next_run": utc(next_run).isoformat() if next_run is not None else None,
         "overdue": overdue,
         "last_check": check.to_json() if check else None,
     }
 
 
-def _dt(seconds: float) -> datetime:
+def is_overdue(name: str, plans: PlansFile, history: History, now: float, since: float) -> bool:
+    """No successful (or degraded) run since a scheduled time plus the grace; a plan that never
+    succeeded is measured from ``since``. False for a plan without a schedule."""
+    plan = plans.plans.get(name)
+    if plan is None or not plan.schedule:
+        return False
+    success = history.last(name, ("success", "degraded"))
+    schedule = Schedule.parse(plan.schedule, plan.timezone)
+    grace = timedelta(seconds=plans.agent.overdue_grace_s)
+    last = utc(success.started) if success else None
+    return schedule.overdue(last, utc(now), grace, utc(since))
+
+
+def utc(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
