@@ -686,9 +686,13 @@ class Vm:
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30.0
     ) -> Any:
         """Runs a guest-agent command and returns its ``return``."""
+        return self.agent(timeout).execute(command, arguments, timeout)
+
+    def agent(self, timeout: float = 30.0) -> GuestAgent:
+        """The tests' connection to the guest agent (opened on first use)."""
         if self._qga is None:
             self._qga = GuestAgent(str(self.qga_socket), timeout)
-        return self._qga.execute(command, arguments, timeout)
+        return self._qga
 
     def guest_exec(self, argv: Sequence[str], timeout: float = 30.0) -> GuestExec:
         """Runs a program in the guest through the agent and waits for it."""
@@ -710,16 +714,10 @@ class Vm:
 
     def read_guest_file(self, path: str) -> bytes:
         """A guest file's content, read with guest-file-open/read/close."""
-        handle = self.qga("guest-file-open", {"path": path, "mode": "r"})
-        data = b""
-        try:
-            while True:
-                chunk = self.qga("guest-file-read", {"handle": handle, "count": 65536})
-                data += base64.b64decode(chunk["buf-b64"])
-                if chunk["eof"] or not chunk["count"]:
-                    return data
-        finally:
-            self.qga("guest-file-close", {"handle": handle})
+        data = self.agent().read_file(path, limit=1 << 30)
+        if data is None:
+            raise QmpError(f"guest agent: cannot open {path} in the guest")
+        return data
 
     def commit(self) -> int:
         """The log length DEPENDENT_WRITES has committed so far (0 before the first)."""

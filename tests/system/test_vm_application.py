@@ -11,7 +11,6 @@ label. FREEZEFRAME_VM_TRIALS sets the trials (default 3)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -211,7 +210,5 @@ def test_sigkill_during_the_hold_thaws_the_guest_and_removes_the_label(
 
 
 def _write_guest_file(vm: Vm, path: str, data: bytes) -> None:
-    handle = vm.qga("guest-file-open", {"path": path, "mode": "w"})
-    vm.qga("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(data).decode()})
-    vm.qga("guest-file-close", {"handle": handle})
+    vm.agent().write_file(path, data)
     vm.release_agent()
