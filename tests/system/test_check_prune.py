@@ -20,6 +20,7 @@ from freezeframe.backup.files_cache import FilesCache
 from freezeframe.errors import IntegrityError, StorageError, UsageError
 from freezeframe.repository.check import CheckResult, DamagedFile, check_repository
 from freezeframe.repository.compression import compress
+from freezeframe.repository.crypto import config_mac_key
 from freezeframe.repository.diff import diff_snapshots
 from freezeframe.repository.index import Index
 from freezeframe.repository.keys import KdfParams
@@ -54,7 +55,8 @@ class Fixture:
         storage = LocalStorage(self.path)
         repo = Repository.init(storage, PASSWORD, KdfParams(1, 8192, 1))
         small = dataclasses.replace(repo.config, pack_size=PACK_SIZE)
-        storage.put(Kind.CONFIG, "config", small.to_bytes())
+        sealed = small.sealed(config_mac_key(repo.master.encryption_key))
+        storage.put(Kind.CONFIG, "config", sealed.to_bytes())
         repo.close()
 
     def open(self) -> Repository:

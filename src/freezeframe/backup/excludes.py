@@ -27,6 +27,8 @@ import posixpath
 import re
 from collections.abc import Sequence
 
+from freezeframe.errors import UsageError
+
 __all__ = ["ExcludeMatcher"]
 
 _STAR = "[^/]*"
@@ -35,8 +37,8 @@ _END = r"(?=/|\Z)"  # the match must end on a component boundary
 _DIR_CACHE_SIZE = 8192
 
 
-def _bad(pattern: str, reason: str) -> ValueError:
-    return ValueError(f"invalid exclude pattern {pattern!r}: {reason}")
+def _bad(pattern: str, reason: str) -> UsageError:
+    return UsageError(f"invalid exclude pattern {pattern!r}: {reason}")
 
 
 def _class_char(part: str, i: int, pattern: str) -> tuple[str, int]:
@@ -138,7 +140,7 @@ class ExcludeMatcher:
     def __init__(self, patterns: Sequence[str]) -> None:
         """Compile ``patterns`` (empty strings are ignored, as in restic).
 
-        Raises ``ValueError`` naming the first invalid pattern.
+        Raises ``UsageError`` naming the first invalid pattern.
         """
         if isinstance(patterns, str):
             raise TypeError("patterns must be a sequence of strings, not a single string")

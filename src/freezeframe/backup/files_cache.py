@@ -11,6 +11,7 @@ about 250 MB as Python objects, but about 120 MB this way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from dataclasses import dataclass
@@ -112,10 +113,7 @@ class FilesCache:
     def load(self) -> None:
         """Read the cache; a missing or unreadable cache is simply empty."""
         try:
-            raw = zstandard.ZstdDecompressor().decompress(
-                self.path.read_bytes(), max_output_size=1 << 34
-            )
-            self._old = _decode(raw)
+            self._old = _decode(_decompress(self.path.read_bytes()))
         except (OSError, zstandard.ZstdError, struct.error, ValueError):
             self._old = {}
 
@@ -130,7 +128,7 @@ class FilesCache:
             if key not in self._new and age < MAX_AGE:
                 parts += (key, value[:age_offset] + bytes((age,)) + value[age_offset + 1 :])
         data = zstandard.ZstdCompressor(level=1).compress(b"".join(parts))
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_dirs(self.path.parent)
         tmp = self.path.with_name(self.path.name + f".tmp-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -138,6 +136,29 @@ class FilesCache:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+
+def _private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents 0700 whatever the umask: the cache names
+    every file backed up."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+        os.chmod(path, 0o700)
+
+
+def _decompress(data: bytes) -> bytes:
+    """The cache's zstd frame, decoded as a stream: a one-shot decompress allocates whatever
+    size the frame header declares, so a damaged header could ask for terabytes."""
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    raw = decompressor.decompress(data)
+    if not decompressor.eof:
+        raise ValueError("files cache is truncated")
+    return raw
 
 
 def _decode(raw: bytes) -> dict[bytes, bytes]:

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
+from freezeframe.backup.excludes import ExcludeMatcher
 from freezeframe.backup.files_cache import FilesCache, default_cache_dir
 from freezeframe.backup.progress import BackupProgress
 from freezeframe.capture.service_pause import parse as parse_quiescer
@@ -120,6 +121,7 @@ def run(ctx: CommandContext) -> int:
             "guest hook (docs/vm.md)"
         )
     specs = backup_vm.parse_specs(ctx.args.vm)  # bad specs fail before anything is taken
+    ExcludeMatcher(ctx.args.exclude)  # and so do bad patterns
     result = _back_up_paths(ctx) if ctx.args.paths else None
     if result is not None:
         for path, message in result.errors:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.repository.keys import KdfParams
+from freezeframe.errors import UsageError
+from freezeframe.repository.keys import KDF_MEMORY_KIB_RANGE, KDF_TIME_RANGE, KdfParams
 from freezeframe.repository.repository import Repository
 
 
@@ -25,11 +26,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=defaults.time_cost,
         help="Argon2id passes (default: %(default)s)",
     )
+    parser.add_argument(
+        "--group-readable",
+        action="store_true",
+        help="let the directory's group read the repository (0750/0640; default: only its "
+        "owner, 0700/0600), e.g. for a backup operator's group",
+    )
 
 
 def run(ctx: CommandContext) -> int:
+    low, high = (bound // 1024 for bound in KDF_MEMORY_KIB_RANGE)
+    if not max(low, 1) <= ctx.args.argon2_memory <= high:
+        raise UsageError(f"--argon2-memory must be {max(low, 1)}..{high} MiB")
+    if not KDF_TIME_RANGE[0] <= ctx.args.argon2_time <= KDF_TIME_RANGE[1]:
+        raise UsageError(f"--argon2-time must be {KDF_TIME_RANGE[0]}..{KDF_TIME_RANGE[1]}")
     kdf = KdfParams(time_cost=ctx.args.argon2_time, memory_kib=ctx.args.argon2_memory * 1024)
-    repo = Repository.init(ctx.storage(), ctx.password(confirm=True), kdf)
+    repo = Repository.init(
+        ctx.storage(),
+        ctx.password(confirm=True),
+        kdf,
+        group_readable=ctx.args.group_readable,
+        warn=ctx.out.warn,
+    )
     ctx.out.result(
         {"id": repo.config.repository_id, "location": ctx.location},
         f"created repository {repo.config.repository_id[:8]} at {ctx.location}\n"

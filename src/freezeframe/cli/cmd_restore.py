@@ -7,10 +7,10 @@ from pathlib import Path
 
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration
-from freezeframe.errors import EXIT_PARTIAL, UsageError
+from freezeframe.errors import EXIT_FATAL, EXIT_PARTIAL, UsageError
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.snapshot import find_snapshot
-from freezeframe.restore.restorer import RestoreProgress, restore_snapshot
+from freezeframe.restore.restorer import RestoreProgress, RestoreResult, restore_snapshot
 from freezeframe.vm.images import FORMATS, convert_images, disk_includes, vm_root
 
 
@@ -56,10 +56,13 @@ def run(ctx: CommandContext) -> int:
             result = restore_snapshot(repo, snapshot, target, includes=includes, progress=progress)
     finally:
         repo.close()
-    if vm is not None:
+    if vm is not None and not result.damaged:
         convert_images(target / vm.lstrip("/"), ctx.args.format)
     for path, message in result.errors:
         ctx.out.warn(f"{path}: {message}")
+    for damage in result.damaged:
+        if damage.ranges:
+            ctx.out.warn(f"{damage.path}: damaged bytes {_ranges(damage.ranges)}")
     ctx.out.result(
         {
             "snapshot_id": snapshot.id,
@@ -68,12 +71,36 @@ def run(ctx: CommandContext) -> int:
             "dirs": result.dirs,
             "bytes": result.bytes,
             "errors": [{"path": p, "error": m} for p, m in result.errors],
+            "damaged": [
+                {"path": d.path, "error": d.message, "ranges": [list(r) for r in d.ranges]}
+                for d in result.damaged
+            ],
         },
-        f"restored {result.files} files ({human_bytes(result.bytes)}) of snapshot "
-        f"{snapshot.short_id} to {target}"
-        + (f"; {len(result.errors)} errors" if result.errors else ""),
+        lambda: _text(result, snapshot.short_id, target),
     )
+    if result.damaged:
+        return EXIT_FATAL
     return EXIT_PARTIAL if result.errors else 0
+
+
+def _text(result: RestoreResult, short_id: str, target: Path) -> str:
+    text = (
+        f"restored {result.files} files ({human_bytes(result.bytes)}) of snapshot "
+        f"{short_id} to {target}"
+    )
+    if result.errors:
+        text += f"; {len(result.errors)} errors"
+    if result.damaged:
+        text += (
+            f"\n{len(result.damaged)} paths could not be restored intact from the repository "
+            "(listed above; damaged files were removed): run `freezeframe check --read-data`"
+        )
+    return text
+
+
+def _ranges(ranges: tuple[tuple[int, int], ...]) -> str:
+    """Inclusive, as HTTP ranges are written (the JSON has half-open [start, end) pairs)."""
+    return ", ".join(f"{start}-{end - 1}" for start, end in ranges)
 
 
 def _render(p: RestoreProgress, elapsed: float) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from freezeframe.cli.output import Output
 from freezeframe.errors import UsageError
@@ -17,6 +17,7 @@ from freezeframe.storage.local import LocalStorage
 class CommandContext:
     args: argparse.Namespace
     out: Output
+    _password: bytes | None = field(default=None, init=False, repr=False)
 
     @property
     def location(self) -> str:
@@ -29,7 +30,12 @@ class CommandContext:
         return LocalStorage(self.location)
 
     def password(self, *, confirm: bool = False) -> bytes:
-        return resolve_password(self.args.password_file, confirm=confirm)
+        """Asked for (or read) once per command, however many steps need it."""
+        if self._password is None:
+            self._password = resolve_password(self.args.password_file, confirm=confirm)
+        return self._password
 
     def open_repository(self, *, load_index: bool = True) -> Repository:
-        return Repository.open(self.storage(), self.password(), load_index=load_index)
+        return Repository.open(
+            self.storage(), self.password(), load_index=load_index, warn=self.out.warn
+        )

@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 fatal error (wrong password, no repository, lock held, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import importlib
 import signal
@@ -18,9 +19,16 @@ from types import ModuleType
 from freezeframe import __version__
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import Output
-from freezeframe.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, FreezeframeError
+from freezeframe.errors import (
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    FreezeframeError,
+    UsageError,
+)
 
 _M_ARENA_MAX = -8
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # Command name -> help. Each command's module (freezeframe.cli.cmd_<name>) is imported only
 # when that command runs, so `backup` does not pay for importing restore, prune or check.
@@ -36,7 +44,9 @@ COMMANDS: dict[str, str] = {
     "prune": "remove unreferenced data from the repository",
     "stats": "show repository statistics",
     "key": "list, add, remove or change the passwords of the repository",
-    "unlock": "remove stale locks left by crashed processes",
+    "unlock": "remove stale and damaged locks left by crashed processes",
+    "repair": "repair a damaged repository: index, packs, snapshots or config",
+    "migrate": "upgrade the repository to the current format version",
     "doctor": "show, per path, its volume and which consistency levels it can reach",
     "guest-hook": "inside a VM: qemu-ga's fsfreeze hook holding the guest's applications",
     "plan": "list, show, validate or run the backup plans of the plans file",
@@ -88,7 +98,8 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors become exceptions, so ``main`` returns a status instead of exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise _ArgumentError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("freezeframe").strip()
+        raise _ArgumentError(f"{command}: {message}" if command else message)
 
 
 class _ArgumentError(Exception):
@@ -131,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command != selected:  # a global option's value looked like a command name
             args = build_parser(args.command).parse_args(arguments)
     except _ArgumentError as exc:
-        sys.stderr.write(f"{exc}\n")
+        _usage_error(str(exc), json_mode="--json" in arguments)
         return EXIT_USAGE
     except SystemExit as exc:  # --help and --version
         return int(exc.code or 0)
@@ -156,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FATAL
 
 
+def _usage_error(message: str, *, json_mode: bool) -> None:
+    """Arguments that do not parse still get one line, and under ``--json`` the error
+    document a script reads (the namespace, and so ``Output``, does not exist yet)."""
+    Output(json_mode=json_mode, quiet=False, progress=False).error(message, UsageError.code)
+
+
 def _limit_malloc_arenas() -> None:
     """glibc gives each thread its own malloc arena and keeps freed chunk buffers in each;
     fewer arenas lower peak memory (382 -> 310 MB on a 200,000-file backup with one)."""
@@ -167,7 +184,23 @@ def _limit_malloc_arenas() -> None:
 
 
 def entry_point() -> None:
-    """The console script: SIGTERM is treated like Ctrl-C so a run stops cleanly."""
+    """The console script: SIGTERM is treated like Ctrl-C so a run stops cleanly.
+
+    Once ``main`` has returned, the work is done (a snapshot may be saved), so SIGINT and
+    SIGTERM are ignored from then on: the interpreter's shutdown gives Python-handled signals
+    their default action back, and a late signal, delivered to any thread, would otherwise end
+    the process by the signal instead of with the status ``main`` returned."""
     _limit_malloc_arenas()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    sys.exit(main())
+    status = EXIT_INTERRUPTED
+    # A KeyboardInterrupt out here arrived after main's own handlers: the outcome is decided.
+    with contextlib.suppress(KeyboardInterrupt):
+        status = main()
+    for stop in _STOP_SIGNALS:
+        while True:
+            try:
+                signal.signal(stop, signal.SIG_IGN)
+                break
+            except KeyboardInterrupt:
+                continue
+    sys.exit(status)

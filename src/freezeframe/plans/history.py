@@ -77,7 +77,13 @@ class History:
     def __init__(self, path: str = DEFAULT_PATH) -> None:
         self.path = path
         directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)  # makedirs' mode is filtered by the umask
+        # Runs' errors may name hosts, paths and commands: only root reads them. SQLite gives
+        # its journal files the database's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        os.chmod(path, 0o600)
         with self._db() as db:
             db.executescript(_SCHEMA)
 

@@ -23,16 +23,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from freezeframe.errors import FreezeframeError, IntegrityError, UsageError
+from freezeframe.errors import FreezeframeError, IntegrityError, NotFound, UsageError
 from freezeframe.repository.crypto import content_name
 from freezeframe.repository.index import decode_index
-from freezeframe.repository.pack import BlobType, PackEntry, decode_header, encode_header
+from freezeframe.repository.keys import KeyFile
+from freezeframe.repository.pack import BlobType, PackEntry, read_header, stored_header_size
+from freezeframe.repository.packverify import PackReport, verify_pack
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot, load_snapshot
 from freezeframe.repository.tree import decode_tree
 from freezeframe.storage.base import Kind
 
 Progress = Callable[[str, int, int], None]
+
+_REPAIR_INDEX = "`freezeframe repair index` rewrites the index from the packs"
 
 TREE_WORKERS = 4
 PACK_WORKERS = 3
@@ -78,14 +82,6 @@ class _TreeInfo:
     bad_entries: list[bytes] = field(default_factory=list)
 
 
-@dataclass
-class _PackReport:
-    errors: list[str] = field(default_factory=list)
-    bad_blobs: set[bytes] = field(default_factory=set)
-    size: int = 0
-    verified: int = 0
-
-
 def check_repository(
     repo: Repository,
     *,
@@ -101,8 +97,11 @@ def check_repository(
             raise UsageError("the read-data subset must be a percentage in (0, 100]")
         read_data = True
     checker = _Checker(repo, progress or _no_progress)
+    checker.check_storage()
+    checker.check_keys()
     checker.check_indexes()
     checker.check_packs()
+    checker.index_unindexed_packs()
     if read_data:
         checker.read_packs(read_data_subset, seed)
     checker.find_damaged_blobs()
@@ -124,9 +123,33 @@ class _Checker:
         self.damaged_blobs: set[bytes] = set()
         self.snapshots: list[Snapshot] = []
         self.trees: dict[bytes, _TreeInfo] = {}
+        self.unindexed: set[str] = set()  # packs described only by their headers
+        self.needed_unindexed: set[str] = set()  # ... that hold blobs snapshots use
 
     def error(self, message: str) -> None:
         self.result.errors.append(message)
+
+    # -- the storage and the keys ----------------------------------------------------------
+
+    def check_storage(self) -> None:
+        self.result.warnings += self.repo.storage.audit()
+
+    def check_keys(self) -> None:
+        """Every key file must match its name and parse; a damaged one may be a password's
+        only way in, so it is an error even when another key opened the repository."""
+        for name in sorted(self.repo.list_names(Kind.KEYS)):
+            try:
+                data = self.repo.storage.get(Kind.KEYS, name)
+                if content_name(data) != name:
+                    raise IntegrityError(f"key {name[:8]}: its content does not match its name")
+                KeyFile.from_bytes(data, name)
+            except NotFound:
+                continue
+            except FreezeframeError as exc:
+                self.error(
+                    f"{exc}; if it still opens with its password, `key passwd` writes it again, "
+                    f"else `freezeframe key remove {name[:8]}`"
+                )
 
     # -- indexes and packs -----------------------------------------------------------------
 
@@ -148,18 +171,17 @@ class _Checker:
                                 f"{pack} differently from another index"
                             )
         self.result.index_files_checked = len(names)
-        for pack, blobs in self.packs.items():
-            for entry in blobs.values():
-                self.copies.setdefault(entry.blob_id, []).append((pack, entry))
 
     def _read_index(self, name: str) -> dict[str, list[PackEntry]] | str:
         try:
             data = self.repo.storage.get(Kind.INDEX, name)
             if content_name(data) != name:
-                return f"index {name}: its content does not match its name"
+                return f"index {name}: its content does not match its name; {_REPAIR_INDEX}"
             return decode_index(data, self.repo.cipher, name)
+        except NotFound:
+            return {}
         except FreezeframeError as exc:
-            return str(exc)
+            return f"{exc}; {_REPAIR_INDEX}"
 
     def check_packs(self) -> None:
         self.stored = {info.name: info.size for info in self.repo.storage.list(Kind.DATA)}
@@ -177,16 +199,39 @@ class _Checker:
                     break
                 offset += entry.length
             else:
-                expected = offset + len(encode_header(entries, self.repo.cipher))
+                expected = offset + stored_header_size(len(entries))
                 if self.stored[pack] != expected:
                     self.error(
                         f"pack {pack} is {self.stored[pack]} bytes but the index implies {expected}"
                     )
-        for pack in sorted(set(self.stored) - set(self.packs)):
-            self.result.warnings.append(
-                f"pack {pack} is not named by any index (left by an interrupted backup?); "
-                "`prune` removes it"
-            )
+
+    def index_unindexed_packs(self) -> None:
+        """Packs no index names are read by their headers, so their blobs are found (a lost
+        index file must not make intact data look lost); whether that is an error depends on
+        whether snapshots use them (see ``finish``)."""
+        unindexed = sorted(set(self.stored) - set(self.packs))
+        with ThreadPoolExecutor(max_workers=TREE_WORKERS) as pool:
+            outcomes = pool.map(self._read_header, unindexed)
+            for pack, outcome in zip(unindexed, outcomes, strict=True):
+                if isinstance(outcome, str):
+                    self.result.warnings.append(
+                        f"pack {pack} is not named by any index and its header cannot be read "
+                        f"({outcome}); `freezeframe repair packs {pack[:8]}` removes it"
+                    )
+                    continue
+                self.packs[pack] = {entry.blob_id: entry for entry in outcome}
+                self.unindexed.add(pack)
+        for pack, blobs in self.packs.items():
+            for entry in blobs.values():
+                self.copies.setdefault(entry.blob_id, []).append((pack, entry))
+
+    def _read_header(self, pack: str) -> list[PackEntry] | str:
+        try:
+            return read_header(self.repo.storage, self.repo.cipher, pack, self.stored[pack])
+        except NotFound:
+            return []
+        except FreezeframeError as exc:
+            return str(exc)
 
     def read_packs(self, subset: float | None, seed: int | None) -> None:
         packs = sorted(p for p in self.packs if p not in self.missing)
@@ -204,44 +249,11 @@ class _Checker:
                 self.bad_copies.update((pack, blob_id) for blob_id in report.bad_blobs)
                 self.result.packs_read += 1
                 self.result.bytes_read += report.size
-                self.result.blobs_verified += report.verified
+                self.result.blobs_verified += len(report.intact)
                 self.progress("packs", done, len(packs))
 
-    def _read_pack(self, pack: str) -> _PackReport:
-        report = _PackReport()
-        blobs = self.packs[pack]
-        try:
-            data = self.repo.storage.get(Kind.DATA, pack)
-        except FreezeframeError as exc:
-            report.errors.append(f"pack {pack} cannot be read: {exc}")
-            report.bad_blobs.update(blobs)
-            return report
-        report.size = len(data)
-        if content_name(data) != pack:
-            report.errors.append(f"pack {pack}: its content does not match its name (BLAKE3)")
-        try:
-            header = {e.blob_id: e for e in decode_header(data, self.repo.cipher, pack)}
-        except IntegrityError as exc:
-            report.errors.append(f"{exc}; its blobs are checked one by one using the index")
-        else:
-            differ = set(header.items()) ^ set(blobs.items())
-            if differ:
-                report.errors.append(
-                    f"pack {pack}: its header and the index disagree about {len(differ)} blobs"
-                )
-        for entry in blobs.values():
-            stored = data[entry.offset : entry.offset + entry.length]
-            try:
-                self.repo.open_blob(stored, entry.blob_type, entry.blob_id, entry.raw_length)
-            except IntegrityError as exc:
-                kind = entry.blob_type.name.lower()
-                report.errors.append(
-                    f"pack {pack}: {kind} blob {entry.blob_id.hex()} is damaged ({exc})"
-                )
-                report.bad_blobs.add(entry.blob_id)
-            else:
-                report.verified += 1
-        return report
+    def _read_pack(self, pack: str) -> PackReport:
+        return verify_pack(self.repo, pack, self.packs[pack])
 
     def find_damaged_blobs(self) -> None:
         """A blob is lost when every copy of it is in a missing pack or failed verification."""
@@ -286,6 +298,7 @@ class _Checker:
         copies = self.copies.get(tree_id)
         if not copies:
             return _TreeInfo(readable=False), [f"tree {name} is not in the index"]
+        self._note_use(copies)
         if tree_id in self.damaged_blobs:
             return _TreeInfo(readable=False), []  # reported with its pack already
         for pack, entry in copies:
@@ -324,7 +337,13 @@ class _Checker:
         if any(entry.blob_type != BlobType.DATA for _pack, entry in copies):
             errors.append(f"blob {blob_id.hex()[:16]} is used as data but stored as a tree")
             return False
+        self._note_use(copies)
         return blob_id not in self.damaged_blobs
+
+    def _note_use(self, copies: list[tuple[str, PackEntry]]) -> None:
+        """A used blob found only in packs no index names: the index must be repaired."""
+        if all(pack in self.unindexed for pack, _entry in copies):
+            self.needed_unindexed.add(copies[0][0])
 
     # -- what the damage means -------------------------------------------------------------
 
@@ -335,6 +354,17 @@ class _Checker:
             for relative in self._damaged_paths(snapshot.tree, memo):
                 damaged.add(DamagedFile(snapshot.id, os.fsdecode(b"/" + relative)))
         result = self.result
+        for pack in sorted(self.unindexed):
+            if pack in self.needed_unindexed:
+                self.error(
+                    f"pack {pack} holds blobs that snapshots use, but no index names it (an "
+                    f"index file was lost or damaged); {_REPAIR_INDEX}"
+                )
+            else:
+                result.warnings.append(
+                    f"pack {pack} is not named by any index (left by an interrupted backup?); "
+                    "`prune` removes it"
+                )
         result.damaged = sorted(damaged)
         result.errors = list(dict.fromkeys(result.errors))  # several files may share a blob
         return result

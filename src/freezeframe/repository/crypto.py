@@ -56,6 +56,19 @@ class IdHasher:
         return blake3.blake3(data, key=self._key).digest()
 
 
+CONFIG_MAC_CONTEXT = "freezeframe 2026-12-07 repository config MAC"
+
+
+def config_mac_key(encryption_key: bytes) -> bytes:
+    """A key of its own for the config's MAC, derived from the master encryption key."""
+    return blake3.blake3(encryption_key, derive_key_context=CONFIG_MAC_CONTEXT).digest()
+
+
+def config_mac(mac_key: bytes, values: bytes) -> bytes:
+    """Keyed BLAKE3 of the config's canonical values."""
+    return blake3.blake3(values, key=mac_key).digest()
+
+
 def content_name(data: bytes) -> str:
     """The name of a stored file (pack, index, snapshot): unkeyed BLAKE3 of its stored bytes,
     so ``check`` can verify a file without the key and a rename is detected."""

@@ -72,6 +72,11 @@ class Index:
                     e.blob_id, (pack_no, e.blob_type, e.offset, e.length, e.raw_length)
                 )
 
+    def pack_names(self) -> set[str]:
+        """Every pack an index file named (also those whose blobs are all found elsewhere)."""
+        with self._lock:
+            return set(self._pack_names)
+
     def packs(self) -> set[str]:
         """Packs that hold at least one indexed blob."""
         used = {entry[0] for entry in self._blobs.values()}
@@ -106,7 +111,7 @@ def decode_index(data: bytes, cipher: Cipher, name: str) -> dict[str, list[PackE
         plain = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=1 << 31)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"index {name} does not decompress") from exc
-    if plain[:4] != _MAGIC or plain[4] != INDEX_FORMAT_VERSION:
+    if len(plain) < 5 or plain[:4] != _MAGIC or plain[4] != INDEX_FORMAT_VERSION:
         raise IntegrityError(f"index {name} has an unknown format")
     packs: dict[str, list[PackEntry]] = {}
     pos = 5

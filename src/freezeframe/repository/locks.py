@@ -2,13 +2,16 @@
 
 A lock is an encrypted file in ``locks/``, refreshed every few minutes while its holder lives.
 A lock is stale when it has not been refreshed for 30 minutes, or when it belongs to this host and
-its process is gone; stale locks are ignored and removed by ``unlock``.
+its process is gone; stale locks are ignored and removed by ``unlock``. A lock that cannot be
+read (damaged) might be an exclusive one: it conflicts with every lock until ``unlock`` removes
+it.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 import socket
 import threading
@@ -16,7 +19,7 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from freezeframe.errors import FreezeframeError, RepositoryLocked
+from freezeframe.errors import IntegrityError, NotFound, RepositoryLocked
 from freezeframe.process import process_exists
 from freezeframe.repository.repository import Repository
 from freezeframe.storage.base import Kind
@@ -34,37 +37,61 @@ class LockInfo:
     host: str
     pid: int
     user: str
+    damaged: bool = False
 
     def is_stale(self, now: float) -> bool:
+        if self.damaged:
+            return False
         if now - self.time > STALE_SECONDS:
             return True
         return self.host == socket.gethostname() and not process_exists(self.pid)
 
     def describe(self) -> str:
+        if self.damaged:
+            return f"a lock that cannot be read (locks/{self.name[:16]}..., damaged)"
         kind = "an exclusive" if self.exclusive else "a shared"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
         return f"{kind} lock by PID {self.pid} on {self.host} ({self.user}) since {when}"
+
+
+def parse_lock(data: bytes, name: str) -> LockInfo:
+    """A decrypted lock document; IntegrityError when it is not one."""
+    try:
+        doc = json.loads(data)
+        info = LockInfo(
+            name,
+            float(doc["time"]),
+            bool(doc["exclusive"]),
+            str(doc["host"]),
+            int(doc["pid"]),
+            str(doc["user"]),
+        )
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise IntegrityError(f"lock {name[:8]} is malformed: {exc}") from exc
+    if not isinstance(doc["exclusive"], bool) or not math.isfinite(info.time):
+        raise IntegrityError(f"lock {name[:8]} is malformed")
+    return info
 
 
 def read_locks(repo: Repository) -> list[LockInfo]:
     locks = []
     for name in repo.list_names(Kind.LOCKS):
         try:
-            doc = json.loads(repo.load_file(Kind.LOCKS, name, LOCK_AAD))
-        except FreezeframeError:
-            continue  # removed while listing, or written by another key's holder mid-way
-        locks.append(
-            LockInfo(name, doc["time"], doc["exclusive"], doc["host"], doc["pid"], doc["user"])
-        )
+            locks.append(parse_lock(repo.load_file(Kind.LOCKS, name, LOCK_AAD), name))
+        except NotFound:
+            continue  # removed since the listing
+        except IntegrityError:
+            locks.append(LockInfo(name, 0.0, True, "", 0, "", damaged=True))
     return locks
 
 
 def remove_locks(repo: Repository, *, include_live: bool) -> list[LockInfo]:
-    """Remove stale locks (all locks with ``include_live``); returns what was removed."""
+    """Remove stale and damaged locks (all locks with ``include_live``); returns what was
+    removed. A damaged lock's holder, if it lives, notices before it commits anything."""
     now = time.time()
     removed = []
     for lock in read_locks(repo):
-        if include_live or lock.is_stale(now):
+        if include_live or lock.damaged or lock.is_stale(now):
             repo.storage.delete(Kind.LOCKS, lock.name)
             removed.append(lock)
     return removed
@@ -73,9 +100,10 @@ def remove_locks(repo: Repository, *, include_live: bool) -> list[LockInfo]:
 class RepositoryLock:
     """A held lock as a context manager; a background thread keeps it fresh."""
 
-    def __init__(self, repo: Repository, *, exclusive: bool) -> None:
+    def __init__(self, repo: Repository, *, exclusive: bool, load_index: bool = True) -> None:
         self._repo = repo
         self._exclusive = exclusive
+        self._load_index = load_index
         self._name: str | None = None
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
@@ -91,7 +119,8 @@ class RepositoryLock:
                 "run `freezeframe unlock`"
             )
         try:
-            self._repo.ensure_index()  # only now: see Repository.ensure_index
+            if self._load_index:
+                self._repo.ensure_index()  # only now: see Repository.ensure_index
         except BaseException:
             self._repo.storage.delete(Kind.LOCKS, self._name)
             raise

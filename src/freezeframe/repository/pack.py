@@ -12,16 +12,22 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from freezeframe.errors import IntegrityError
-from freezeframe.repository.crypto import ID_SIZE, Cipher
+from freezeframe.repository.crypto import ID_SIZE, OVERHEAD, Cipher
+from freezeframe.storage.base import Kind, Storage
 
 _ENTRY = struct.Struct("<BII32s")
 _TRAILER = struct.Struct("<I")
 HEADER_AAD = b"freezeframe-pack-header"
+# Read from a pack's end to find its header in one request (a header holds 41 bytes a blob).
+TAIL_READ = 64 * 1024
 
 
 class BlobType(IntEnum):
     DATA = 0
     TREE = 1
+
+
+_BLOB_TYPES = frozenset(int(t) for t in BlobType)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,11 @@ def encode_header(entries: list[PackEntry], cipher: Cipher) -> bytes:
     return sealed + _TRAILER.pack(len(sealed))
 
 
+def stored_header_size(count: int) -> int:
+    """Bytes a pack of ``count`` blobs spends after its blobs: the sealed header and trailer."""
+    return count * _ENTRY.size + OVERHEAD + _TRAILER.size
+
+
 def decode_header(pack: bytes, cipher: Cipher, name: str) -> list[PackEntry]:
     """The entries of a whole pack, checked to tile the blob area exactly."""
     if len(pack) < _TRAILER.size:
@@ -54,12 +65,36 @@ def decode_header(pack: bytes, cipher: Cipher, name: str) -> list[PackEntry]:
     header_start = len(pack) - _TRAILER.size - header_length
     if header_start < 0:
         raise IntegrityError(f"pack {name} has an impossible header length")
-    plain = cipher.decrypt(pack[header_start : -_TRAILER.size], HEADER_AAD, f"pack {name} header")
+    return _entries(pack[header_start : -_TRAILER.size], header_start, cipher, name)
+
+
+def read_header(storage: Storage, cipher: Cipher, name: str, size: int) -> list[PackEntry]:
+    """The entries of a stored pack of ``size`` bytes, reading only its end: the header of a
+    16 MiB pack is a few KiB, so an index can be rebuilt without reading the data."""
+    if size < _TRAILER.size + OVERHEAD:
+        raise IntegrityError(f"pack {name} is truncated")
+    tail_length = min(size, TAIL_READ)
+    tail = storage.get(Kind.DATA, name, size - tail_length, tail_length)
+    (header_length,) = _TRAILER.unpack_from(tail, len(tail) - _TRAILER.size)
+    header_start = size - _TRAILER.size - header_length
+    if header_start < 0:
+        raise IntegrityError(f"pack {name} has an impossible header length")
+    if header_length + _TRAILER.size <= tail_length:
+        sealed = tail[tail_length - _TRAILER.size - header_length : -_TRAILER.size]
+    else:
+        sealed = storage.get(Kind.DATA, name, header_start, header_length)
+    return _entries(sealed, header_start, cipher, name)
+
+
+def _entries(sealed: bytes, header_start: int, cipher: Cipher, name: str) -> list[PackEntry]:
+    plain = cipher.decrypt(sealed, HEADER_AAD, f"pack {name} header")
     if len(plain) % _ENTRY.size:
         raise IntegrityError(f"pack {name} header has a partial entry")
     entries = []
     offset = 0
     for blob_type, length, raw_length, blob_id in _ENTRY.iter_unpack(plain):
+        if blob_type not in _BLOB_TYPES:
+            raise IntegrityError(f"pack {name} header names an unknown blob type {blob_type}")
         entries.append(PackEntry(BlobType(blob_type), blob_id, offset, length, raw_length))
         offset += length
     if offset != header_start:

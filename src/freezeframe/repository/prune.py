@@ -39,8 +39,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
 from freezeframe.errors import FreezeframeError, IntegrityError, UsageError
-from freezeframe.repository.crypto import content_name
-from freezeframe.repository.index import Index, encode_index
+from freezeframe.repository.index import Index
+from freezeframe.repository.indexfiles import delete_index_files, write_index_files
 from freezeframe.repository.pack import BlobType, PackEntry
 from freezeframe.repository.packer import Packer
 from freezeframe.repository.repository import Repository
@@ -52,8 +52,6 @@ from freezeframe.storage.base import Kind
 Progress = Callable[[str, int, int], None]
 
 WORKERS = 4
-# Blobs per new index file: keeps each file small enough to load and rewrite quickly.
-INDEX_FILE_BLOBS = 100_000
 
 
 @dataclass
@@ -215,7 +213,10 @@ def _read_indexes(repo: Repository, names: list[str]) -> dict[str, dict[bytes, P
         try:
             decoded = list(pool.map(repo.read_index_file, names))
         except FreezeframeError as exc:
-            raise IntegrityError(f"{exc}; prune changed nothing, run `check`") from exc
+            raise IntegrityError(
+                f"{exc}; prune changed nothing (it would lose what that index lists): run "
+                "`freezeframe repair index` first"
+            ) from exc
     for index_file in decoded:
         for pack, entries in index_file.items():
             merged = packs.setdefault(pack, {})
@@ -226,9 +227,12 @@ def _read_indexes(repo: Repository, names: list[str]) -> dict[str, dict[bytes, P
 
 def _used_blobs(repo: Repository, copies: dict[bytes, list[tuple[str, PackEntry]]]) -> set[bytes]:
     try:
-        snapshots = list_snapshots(repo)
+        snapshots = list_snapshots(repo, strict=True)
     except FreezeframeError as exc:
-        raise IntegrityError(f"{exc}; prune changed nothing, run `check`") from exc
+        raise IntegrityError(
+            f"{exc}; prune changed nothing (it cannot tell what that snapshot uses). "
+            "`freezeframe repair snapshots --forget` removes unreadable snapshots"
+        ) from exc
 
     def load_tree(tree_id: bytes) -> list[Node]:
         problem = "is not in the index"
@@ -240,7 +244,7 @@ def _used_blobs(repo: Repository, copies: dict[bytes, list[tuple[str, PackEntry]
                 problem = f"cannot be read ({exc})"
         raise IntegrityError(
             f"tree {tree_id.hex()[:16]} {problem}; prune changed nothing. Run `check`, then "
-            "forget the damaged snapshots"
+            "`freezeframe repair index` and `repair snapshots`"
         )
 
     trees, data = reachable_blobs((s.tree for s in snapshots), load_tree)
@@ -248,9 +252,9 @@ def _used_blobs(repo: Repository, copies: dict[bytes, list[tuple[str, PackEntry]
     absent = [blob_id for blob_id in used if blob_id not in copies]
     if absent:
         raise IntegrityError(
-            f"{len(absent)} blobs used by snapshots have no stored copy (first: "
-            f"{absent[0].hex()[:16]}); prune changed nothing. Run `check`, then forget the "
-            "damaged snapshots"
+            f"{len(absent)} blobs used by snapshots are in no index (first: "
+            f"{absent[0].hex()[:16]}); prune changed nothing. Run `freezeframe repair index` "
+            "(they may be in packs whose index was lost), then `check`"
         )
     return used
 
@@ -284,9 +288,7 @@ def execute_prune(
     report = progress or _no_progress
     stats = PruneStats(packs_kept=len(plan.keep), blobs_removed=plan.blobs_removed)
     # Under the exclusive lock no writer is running: temporaries are leftovers of crashes.
-    remove_temporaries = getattr(repo.storage, "remove_stale_temporaries", None)
-    if remove_temporaries is not None:
-        remove_temporaries()
+    repo.storage.remove_stale_temporaries()
     if plan.nothing_to_do:
         return stats
     if set(repo.list_names(Kind.INDEX)) != set(plan.index_files):
@@ -310,15 +312,11 @@ def execute_prune(
     # its own for the new packs, and those are superseded too.
     old_indexes = sorted(repo.list_names(Kind.INDEX))
     new_packs = {**plan.keep, **new_index.by_pack()}
-    written = set(_write_indexes(repo, new_packs))
+    written = set(write_index_files(repo, new_packs))
     stats.index_files_written = len(written)
 
     # (3) old indexes go: the new ones name every used blob.
-    old = [name for name in old_indexes if name not in written]
-    for done, name in enumerate(old, 1):
-        repo.storage.delete(Kind.INDEX, name)
-        report("delete index", done, len(old))
-    stats.index_files_deleted = len(old)
+    stats.index_files_deleted = delete_index_files(repo, old_indexes, written, report)
 
     # (4) packs that no index names any more.
     doomed = [*plan.delete, *plan.repack, *plan.orphans]
@@ -357,28 +355,6 @@ def _repack(repo: Repository, plan: PrunePlan, packer: Packer, report: Progress)
             for future in futures:
                 future.cancel()
             raise
-
-
-def _write_indexes(repo: Repository, packs: dict[str, list[PackEntry]]) -> list[str]:
-    names: list[str] = []
-    batch: dict[str, list[PackEntry]] = {}
-    count = 0
-    for pack in sorted(packs):
-        batch[pack] = packs[pack]
-        count += len(packs[pack])
-        if count >= INDEX_FILE_BLOBS:
-            names.append(_put_index(repo, batch))
-            batch, count = {}, 0
-    if batch:
-        names.append(_put_index(repo, batch))
-    return names
-
-
-def _put_index(repo: Repository, packs: dict[str, list[PackEntry]]) -> str:
-    data = encode_index(packs, repo.cipher)
-    name = content_name(data)
-    repo.storage.put(Kind.INDEX, name, data)
-    return name
 
 
 def _no_progress(_phase: str, _done: int, _total: int) -> None:

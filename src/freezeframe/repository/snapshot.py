@@ -48,6 +48,9 @@ class Snapshot:
     summary: dict[str, Any] = field(default_factory=dict)
     consistency: ConsistencyReport = field(default_factory=ConsistencyReport)
     parent: str | None = None
+    repair: dict[str, Any] = field(default_factory=dict)
+    """Set on a snapshot written by ``repair snapshots``: the original's id, when, and what
+    was removed or truncated."""
     id: str = ""
 
     @property
@@ -67,7 +70,7 @@ class Snapshot:
             "program_version": self.program_version,
             "summary": self.summary,
             "consistency": asdict(self.consistency),
-        }
+        } | ({"repair": self.repair} if self.repair else {})
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], snapshot_id: str) -> Snapshot:
@@ -85,6 +88,7 @@ class Snapshot:
                 program_version=doc.get("program_version", ""),
                 summary=dict(doc.get("summary", {})),
                 consistency=ConsistencyReport(**doc.get("consistency", {})),
+                repair=dict(doc.get("repair", {})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"snapshot {snapshot_id[:8]} is malformed: {exc}") from exc
@@ -98,16 +102,36 @@ def save_snapshot(repo: Repository, snapshot: Snapshot) -> str:
 
 def load_snapshot(repo: Repository, snapshot_id: str) -> Snapshot:
     data = repo.load_file(Kind.SNAPSHOTS, snapshot_id, SNAPSHOT_AAD)
+    return parse_snapshot(data, snapshot_id)
+
+
+def parse_snapshot(data: bytes, snapshot_id: str) -> Snapshot:
+    """A decrypted snapshot document; IntegrityError when it is not one."""
     try:
         doc = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise IntegrityError(f"snapshot {snapshot_id[:8]} is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"snapshot {snapshot_id[:8]} is malformed")
     return Snapshot.from_json(doc, snapshot_id)
 
 
-def list_snapshots(repo: Repository) -> list[Snapshot]:
-    """All snapshots, oldest first."""
-    snapshots = [load_snapshot(repo, name) for name in repo.list_names(Kind.SNAPSHOTS)]
+def list_snapshots(repo: Repository, *, strict: bool = False) -> list[Snapshot]:
+    """All snapshots, oldest first.
+
+    A snapshot file that cannot be read is left out with one warning, so one damaged file does
+    not hide every other snapshot; ``strict`` (prune: whatever it references must not be
+    deleted) raises instead."""
+    snapshots = []
+    for name in repo.list_names(Kind.SNAPSHOTS):
+        try:
+            snapshots.append(load_snapshot(repo, name))
+        except NotFound:
+            continue  # forgotten since the listing
+        except IntegrityError as exc:
+            if strict:
+                raise
+            repo.warn(f"{exc}; it is left out (`freezeframe repair snapshots` removes it)")
     return sorted(snapshots, key=lambda s: (s.time, s.id))
 
 

@@ -324,6 +324,8 @@ def _deliver(writes: list[_Write], data: bytes) -> int:
 
 
 def _fail(writes: list[_Write], message: str) -> None:
-    for job, _, _, _ in writes:
+    """A blob could not be read or verified: every file it belongs in is damaged there."""
+    for job, _, location, offset in writes:
+        job.damaged.append((offset, offset + location.raw_length))
         if job.error is None:
             job.error = message

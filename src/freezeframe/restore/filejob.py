@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from freezeframe.errors import IntegrityError, NotFound
 from freezeframe.repository.index import BlobLocation
@@ -38,6 +38,13 @@ class FileJob:
     pending: int = 0  # writes not done yet
     error: str | None = None
     starts: list[int] | None = None  # content offsets of ``extents``, for bisect
+    rel: tuple[bytes, ...] = ()  # the directory's names from the target down
+    parent_times: tuple[int, int] | None = None  # its recorded (atime, mtime), to put back
+    damaged: list[tuple[int, int]] = field(default_factory=list)
+    """Content ranges whose blobs could not be read or failed verification."""
+
+    def damaged_file_ranges(self) -> list[tuple[int, int]]:
+        return file_ranges(self.damaged, self.extents)
 
     def write(self, data: bytes, content_offset: int) -> None:
         """Write one chunk where it belongs."""
@@ -61,19 +68,30 @@ class FileJob:
             index += 1
 
 
+class MissingContent(NotFound):
+    """Blobs of a file are not in the repository; ``ranges`` are the bytes they held, as far
+    as the blobs that are there tell."""
+
+    def __init__(self, message: str, ranges: list[tuple[int, int]]) -> None:
+        super().__init__(message)
+        self.ranges = ranges
+
+
 def plan_file(repo: Repository, node: Node) -> tuple[list[tuple[bytes, BlobLocation, int]], int]:
     """(blob id, location, content offset) for each chunk of a file, and the content length;
-    NotFound/IntegrityError when a blob is missing or the node contradicts itself."""
+    MissingContent when blobs are missing, IntegrityError when the node contradicts itself."""
     writes = []
     offset = 0
-    for blob_id in node.content:
-        location = repo.index.lookup(blob_id)
-        if location is None:
-            raise NotFound(f"blob {blob_id.hex()[:16]} of this file is missing from the repository")
-        if location.blob_type != BlobType.DATA:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not a data blob")
+    missing: list[int] = []  # positions in node.content
+    for position, blob_id in enumerate(node.content):
+        location = repo.locate(blob_id)
+        if location is None or location.blob_type != BlobType.DATA:
+            missing.append(position)
+            continue
         writes.append((blob_id, location, offset))
         offset += location.raw_length
+    if missing:
+        raise _missing(node, writes, missing)
     if node.size < 0:
         raise IntegrityError("the recorded size is negative")
     if node.sparse_map is None:
@@ -84,6 +102,53 @@ def plan_file(repo: Repository, node: Node) -> tuple[list[tuple[bytes, BlobLocat
     elif offset > sum(length for _, length in node.sparse_map):
         raise IntegrityError("the content is longer than the recorded data extents")
     return writes, offset
+
+
+def _missing(
+    node: Node, found: list[tuple[bytes, BlobLocation, int]], missing: list[int]
+) -> MissingContent:
+    """Where missing blobs sat: exact when one is missing (the size gives its length), else
+    from the first missing one to the end."""
+    lengths = {blob_id: location.raw_length for blob_id, location, _ in found}
+    before = 0
+    for blob_id in node.content[: missing[0]]:
+        before += lengths[blob_id]
+    known = sum(lengths.get(blob_id, 0) for blob_id in node.content)
+    content_size = node.size if node.sparse_map is None else sum(n for _, n in node.sparse_map)
+    end = before + (content_size - known) if len(missing) == 1 else content_size
+    first = node.content[missing[0]].hex()[:16]
+    message = (
+        f"{len(missing)} of its {len(node.content)} blobs are missing from the repository "
+        f"(first: {first})"
+    )
+    return MissingContent(message, [(before, max(before, end))])
+
+
+def file_ranges(
+    content_ranges: list[tuple[int, int]], extents: list[tuple[int, int, int]] | None
+) -> list[tuple[int, int]]:
+    """Content ranges as byte ranges of the file (a sparse file's content sits in its data
+    extents), merged and sorted."""
+    ranges: list[tuple[int, int]] = []
+    for start, end in content_ranges:
+        if extents is None:
+            ranges.append((start, end))
+            continue
+        for content, file_offset, length in extents:
+            low, high = max(start, content), min(end, content + length)
+            if low < high:
+                ranges.append((file_offset + low - content, file_offset + high - content))
+    return merge_ranges(ranges)
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def sparse_extents(node: Node) -> list[tuple[int, int, int]]:

@@ -10,6 +10,9 @@ writing content into open files never touches a directory again.
 
 One entry that cannot be restored (a bad name in the tree, a missing or damaged blob, a full
 disk) becomes an error in the result and the restore goes on; only Ctrl-C and bugs stop it.
+What the repository could not deliver intact is also listed as damage, with the byte ranges
+lost, and a file with damaged content is removed once the restore ends: a file of the right
+size with zeros where the data should be would look restored.
 """
 
 from __future__ import annotations
@@ -28,7 +31,13 @@ from freezeframe.repository.snapshot import Snapshot
 from freezeframe.repository.tree import Node
 from freezeframe.repository.walk import load_tree
 from freezeframe.restore.content import ContentWriter
-from freezeframe.restore.filejob import FileJob, plan_file, sparse_extents
+from freezeframe.restore.filejob import (
+    FileJob,
+    MissingContent,
+    file_ranges,
+    plan_file,
+    sparse_extents,
+)
 from freezeframe.restore.links import HardLinks, is_linked
 from freezeframe.restore.metadata import (
     Fresh,
@@ -45,13 +54,24 @@ from freezeframe.restore.safepath import (
     create_entry,
     create_file,
     make_dir,
+    open_dir_path,
     open_target,
 )
 from freezeframe.restore.selection import Selection, narrow, select
 
-__all__ = ["RestoreProgress", "RestoreResult", "restore_snapshot"]
+__all__ = ["Damage", "RestoreProgress", "RestoreResult", "restore_snapshot"]
 
 _DEVICE_KINDS = {"chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A path the repository could not restore intact: a file (not left in the target) with
+    the byte ranges whose data is missing or damaged, or a directory whose listing is lost."""
+
+    path: str
+    message: str
+    ranges: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -63,6 +83,7 @@ class RestoreResult:
     dirs: int
     bytes: int
     errors: list[tuple[str, str]]  # (path as recorded in the snapshot, message), sorted
+    damaged: list[Damage] = field(default_factory=list)  # also in errors; sorted by path
 
 
 def restore_snapshot(
@@ -112,6 +133,11 @@ class _Restorer:
         self.progress = progress
         self.owner = os.geteuid() == 0
         self.errors: list[tuple[str, str]] = []
+        self.damaged: list[Damage] = []
+        self._remove: list[tuple[FileJob, os.stat_result]] = []
+        # Names linked to a first name restored earlier, by recorded inode: a damaged file's
+        # other names go with it.
+        self._linked: dict[tuple[int, int], list[_Name]] = {}
         self.files = 0
         self.dirs = 0
         self.bytes = 0
@@ -141,6 +167,7 @@ class _Restorer:
                 if child is not None:
                     stack.append(child)
             self._writer.finish()
+            self._remove_damaged_files()
         except BaseException:
             self._writer.abort()
             for left in stack[1:]:
@@ -149,7 +176,8 @@ class _Restorer:
         finally:
             os.close(self._root_fd)
         # Workers finish files in any order; sorted, the report reads like the tree.
-        return RestoreResult(self.files, self.dirs, self.bytes, sorted(self.errors))
+        damaged = sorted(self.damaged, key=lambda d: d.path)
+        return RestoreResult(self.files, self.dirs, self.bytes, sorted(self.errors), damaged)
 
     def _visit(self, parent: _Dir, node: Node) -> _Dir | None:
         path = parent.path + b"/" + node.name
@@ -158,7 +186,7 @@ class _Restorer:
             if node.name in parent.seen:
                 raise UnsafeName("refused a second entry with the same name in one directory")
         except FreezeframeError as exc:
-            self._error(path, str(exc))
+            self._damage(path, str(exc))
             return None
         parent.seen.add(node.name)
         selected, wanted = narrow(parent.wanted, node.name)
@@ -188,7 +216,7 @@ class _Restorer:
                 raise IntegrityError("the directory has no recorded contents")
             nodes = load_tree(self.repo, node.subtree)
         except FreezeframeError as exc:
-            self._error(path, f"contents not restored: {exc}")
+            self._damage(path, f"contents not restored: {exc}")
         except OSError as exc:
             self._error(path, f"contents not restored: {exc.strerror or exc}")
         with self._lock:
@@ -222,8 +250,10 @@ class _Restorer:
                 self._restore_special(parent, node, path, _DEVICE_KINDS[node.type])
             else:
                 raise IntegrityError(f"cannot restore a node of type {node.type!r}")
+        except MissingContent as exc:
+            self._damage(path, str(exc), file_ranges(exc.ranges, _extents_or_none(node)))
         except FreezeframeError as exc:
-            self._error(path, str(exc))
+            self._damage(path, str(exc))
         except OSError as exc:
             self._error(path, f"cannot restore: {exc.strerror or exc}")
         except (ValueError, OverflowError) as exc:  # impossible values in a damaged tree
@@ -234,7 +264,9 @@ class _Restorer:
         extents = sparse_extents(node) if node.sparse_map is not None else None
         mode = creation_mode(node)
         fd = create_file(parent.fd, node.name, mode)
-        job = FileJob(fd, node, path, writes, extents, data_bytes)
+        job = FileJob(fd, node, path, writes, extents, data_bytes, rel=parent.rel)
+        if parent.node is not None:
+            job.parent_times = (parent.node.atime_ns, parent.node.mtime_ns)
         if parent.node is not None and not parent.setgid:
             # Created by us in a directory without a default ACL (cleared on entry) or setgid
             # bit: its owner, mode and (absent) xattrs are known without asking.
@@ -300,7 +332,11 @@ class _Restorer:
             )
             return False
         if node.type == "file":
+            times = (parent.node.atime_ns, parent.node.mtime_ns) if parent.node else None
             with self._lock:
+                self._linked.setdefault((node.device, node.inode), []).append(
+                    _Name(parent.rel, node.name, path, times)
+                )
                 self.files += 1
                 self.progress.files_done += 1
                 self.progress.bytes_done += node.size
@@ -312,6 +348,10 @@ class _Restorer:
         problems = [job.error] if job.error is not None else []
         if job.error is None:
             problems += apply_to_fd(job.fd, job.node, owner=self.owner, fresh=job.fresh)
+        if job.damaged:
+            self._damage(job.path, f"{job.error}; removed", job.damaged_file_ranges(), quiet=True)
+            with self._lock:
+                self._remove.append((job, os.fstat(job.fd)))
         try:
             os.close(job.fd)
         except OSError as exc:
@@ -334,6 +374,76 @@ class _Restorer:
         with self._lock:
             self.errors.append((os.fsdecode(path), message))
             self.progress.errors += 1
+
+    def _damage(
+        self,
+        path: bytes,
+        message: str,
+        ranges: Sequence[tuple[int, int]] = (),
+        *,
+        quiet: bool = False,
+    ) -> None:
+        """Something the repository could not deliver intact (also an error, unless
+        ``quiet``: the caller reports the error itself)."""
+        with self._lock:
+            self.damaged.append(Damage(os.fsdecode(path), message, tuple(ranges)))
+        if not quiet:
+            self._error(path, message)
+
+    def _remove_damaged_files(self) -> None:
+        """Unlink the files whose content is damaged (every name of each), once every write is
+        done. Each name is found again from the target's descriptor without following symlinks,
+        and removed only if it is still the file this restore wrote; its directory gets its
+        recorded times back."""
+        for job, written in self._remove:
+            names = [_Name(job.rel, job.node.name, job.path, job.parent_times)]
+            if is_linked(job.node):
+                others = self._linked.get((job.node.device, job.node.inode), [])
+                names += others
+                self.files -= len(others)
+                for other in others:
+                    self._damage(
+                        other.path, f"a hard link to the damaged {os.fsdecode(job.path)}; removed"
+                    )
+            for name in names:
+                self._unlink_written(name, (written.st_dev, written.st_ino))
+
+    def _unlink_written(self, name: _Name, identity: tuple[int, int]) -> None:
+        try:
+            dir_fd = open_dir_path(self._root_fd, name.rel)
+        except (OSError, FreezeframeError) as exc:
+            self._error(name.path, f"the damaged file could not be removed: {exc}")
+            return
+        try:
+            st = os.stat(name.name, dir_fd=dir_fd, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == identity:
+                os.unlink(name.name, dir_fd=dir_fd)
+                if name.parent_times is not None:
+                    os.utime(dir_fd, ns=name.parent_times)
+        except OSError as exc:
+            self._error(name.path, f"the damaged file could not be removed: {exc.strerror or exc}")
+        finally:
+            os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class _Name:
+    """One name of a restored file: its directory (names from the target down), its name, its
+    path as recorded, and the directory's recorded (atime, mtime)."""
+
+    rel: tuple[bytes, ...]
+    name: bytes
+    path: bytes
+    parent_times: tuple[int, int] | None
+
+
+def _extents_or_none(node: Node) -> list[tuple[int, int, int]] | None:
+    if node.sparse_map is None:
+        return None
+    try:
+        return sparse_extents(node)
+    except IntegrityError:
+        return None
 
 
 def _reuse(fd: int, root: bool) -> bool:

@@ -6,6 +6,7 @@ this Protocol (restic's backend and kopia's blob.Storage are the models).
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,6 +37,10 @@ class Storage(Protocol):
 
     location: str
 
+    def create_layout(self, *, group_readable: bool = False) -> builtins.list[str]:
+        """Prepare the place of a new, empty repository (private to its owner, or readable by
+        its group); returns what it had to correct in a place that existed already."""
+
     def put(self, kind: Kind, name: str, data: bytes) -> None:
         """Store ``data`` under ``name``; fails if it cannot be made durable."""
 
@@ -50,6 +55,14 @@ class Storage(Protocol):
 
     def exists(self, kind: Kind, name: str) -> bool:
         """Whether an object is present."""
+
+    def remove_stale_temporaries(self) -> int:
+        """Remove what writers that crashed left half-written (only under the exclusive
+        lock, when no writer runs); returns how many objects."""
+
+    def audit(self) -> builtins.list[str]:
+        """Problems of the storage itself that a user should fix although the repository
+        works (for a directory: modes that let other users in); ``check`` reports them."""
 
     def close(self) -> None:
         """Release cached handles."""

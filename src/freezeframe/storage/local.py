@@ -2,12 +2,17 @@
 
 Data objects are spread over 256 subdirectories by the first two hex digits of their name so that
 no directory grows to hundreds of thousands of entries.
+
+Modes do not follow the umask: directories are 0700 and files 0600, so no other user can read
+or delete a snapshot. A repository created group-readable (``init --group-readable``: 0750 and
+0640) says so by its config file's mode, and every later writer follows it (as restic does).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -17,6 +22,9 @@ from freezeframe.errors import NotFound, StorageError
 from freezeframe.storage.base import Kind, ObjectInfo
 
 _OPEN_FILES_CACHED = 64
+_AUDIT_SHOWN = 10
+PRIVATE_MODES = (0o700, 0o600)
+GROUP_READABLE_MODES = (0o750, 0o640)
 
 
 class LocalStorage:
@@ -27,19 +35,65 @@ class LocalStorage:
         self.location = str(self.root)
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._fds_lock = threading.Lock()
+        self._dir_mode, self._file_mode = self._modes_in_use()
 
-    def create_layout(self) -> None:
-        """Create the directory tree of an empty repository."""
+    def _modes_in_use(self) -> tuple[int, int]:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            config_mode = (self.root / "config").stat().st_mode
+        except OSError:
+            return PRIVATE_MODES
+        return GROUP_READABLE_MODES if config_mode & stat.S_IRGRP else PRIVATE_MODES
+
+    def create_layout(self, *, group_readable: bool = False) -> list[str]:
+        """Create the directory tree of an empty repository; returns what it had to correct
+        in a directory that existed already (its modes, looser than a repository's)."""
+        self._dir_mode, self._file_mode = GROUP_READABLE_MODES if group_readable else PRIVATE_MODES
+        notes = []
+        try:
+            existed = self.root.is_dir()
+            if existed:
+                mode = stat.S_IMODE(self.root.stat().st_mode)
+                if mode & ~self._dir_mode:
+                    notes.append(
+                        f"{self.root} was mode {mode:04o}, which let other users read or delete "
+                        f"what it holds; it is now {self._dir_mode:04o}"
+                    )
+            else:
+                self.root.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dir(self.root)
             for kind in Kind:
                 if kind is not Kind.CONFIG:
-                    (self.root / kind.value).mkdir(exist_ok=True)
+                    self._make_dir(self.root / kind.value)
             for prefix in range(256):
-                (self.root / Kind.DATA.value / f"{prefix:02x}").mkdir(exist_ok=True)
+                self._make_dir(self.root / Kind.DATA.value / f"{prefix:02x}")
             _fsync_dir(self.root)
         except OSError as exc:
             raise StorageError(f"cannot create repository at {self.root}: {exc.strerror}") from exc
+        return notes
+
+    def _make_dir(self, path: Path) -> None:
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=self._dir_mode)
+        os.chmod(path, self._dir_mode)  # mkdir's mode is filtered by the umask
+
+    def audit(self) -> list[str]:
+        """Directories and files whose modes let more users in than the repository's own
+        (0700/0600, or 0750/0640 when group-readable)."""
+        problems = []
+        for directory, dirs, files in os.walk(self.root):
+            dirs.sort()
+            for name, wanted in [(None, self._dir_mode)] + [(f, self._file_mode) for f in files]:
+                path = Path(directory) / name if name else Path(directory)
+                try:
+                    mode = stat.S_IMODE(path.lstat().st_mode)
+                except FileNotFoundError:
+                    continue
+                if mode & ~wanted:
+                    problems.append(f"{path} is mode {mode:04o} (a repository's is {wanted:04o})")
+        if len(problems) > _AUDIT_SHOWN:
+            more = len(problems) - _AUDIT_SHOWN
+            problems = [*problems[:_AUDIT_SHOWN], f"... and {more} more with loose modes"]
+        return problems
 
     def path_of(self, kind: Kind, name: str) -> Path:
         """Where an object lives; names are checked so nothing escapes the repository."""
@@ -57,6 +111,7 @@ class LocalStorage:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
+                os.fchmod(fd, self._file_mode)  # the umask filtered open's mode
                 view = memoryview(data)
                 while view:
                     written = os.write(fd, view)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from freezeframe.backup.excludes import ExcludeMatcher
+from freezeframe.errors import UsageError
 
 
 def excluded(patterns: list[str], path: bytes, is_dir: bool = False) -> bool:
@@ -184,8 +185,8 @@ def test_invalid_utf8_path_bytes() -> None:
     "pattern",
     ["[", "a[b", "[]", "[]a]", "[^]", "[a-]", "[-a]", "*[._]log[.-][0-9]", "x\\", "[z-a]", "!"],
 )
-def test_invalid_pattern_raises(pattern: str) -> None:
-    with pytest.raises(ValueError, match="invalid exclude pattern") as info:
+def test_invalid_pattern_is_a_usage_error(pattern: str) -> None:
+    with pytest.raises(UsageError, match="invalid exclude pattern") as info:
         ExcludeMatcher(["ok", pattern])
     assert repr(pattern) in str(info.value)
 

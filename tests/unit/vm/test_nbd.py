@@ -69,6 +69,17 @@ def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, text=True, timeout=60)
 
 
+def _accepts(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 class QemuNbd:
     """qemu-nbd serving one image read-only on a unix socket, for as many clients as needed."""
 
@@ -87,7 +98,8 @@ class QemuNbd:
             env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 10
-        while not os.path.exists(self.socket):
+        # The socket file appears at bind(), before listen(): wait until it accepts.
+        while not _accepts(self.socket):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.process.kill()
                 _, errors = self.process.communicate()

@@ -1,0 +1,40 @@
+"""``freezeframe migrate``: upgrade a repository to the current format version."""
+
+from __future__ import annotations
+
+import argparse
+
+from freezeframe.cli.context import CommandContext
+from freezeframe.repository.locks import RepositoryLock
+from freezeframe.repository.migrate import migrate
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options: it does every step the repository needs
+
+
+def run(ctx: CommandContext) -> int:
+    password = ctx.password()
+    repo = ctx.open_repository(load_index=False)
+    try:
+        with RepositoryLock(repo, exclusive=True):
+            done = migrate(repo, password)
+    finally:
+        repo.close()
+    if done.unmarked_keys:
+        ctx.out.warn(
+            f"{len(done.unmarked_keys)} other keys still accept a version 1 config; "
+            "`freezeframe key passwd` with each of their passwords marks them"
+        )
+    doc = {
+        "from_version": done.from_version,
+        "to_version": done.to_version,
+        "steps": done.steps,
+        "unmarked_keys": done.unmarked_keys,
+    }
+    if not done.steps:
+        text = f"the repository is format version {done.to_version} already; nothing to do"
+    else:
+        text = "\n".join([*done.steps, f"format version {done.from_version} -> {done.to_version}"])
+    ctx.out.result(doc, text)
+    return 0
