@@ -175,6 +175,9 @@ def test_a_damaged_index_file_stops_no_command(
     _write(sources / "new.bin", random.Random(3).randbytes(50 * KiB))
     backup = cli("backup", sources)
     assert backup["summary"]["bytes_added"] < 100 * KiB  # the old blobs were found, not stored
+    # The backup refers to blobs only the pack headers described: it indexed those packs.
+    errors = cli("check", expect=1)["errors"]
+    assert errors and all(e.startswith("index ") for e in errors), errors
     failed = cli("prune", expect=1)
     assert failed["error"]["code"] == "integrity" and "repair index" in failed["error"]["message"]
     cli("repair", "index")

@@ -64,6 +64,13 @@ class Packer:
         if full is not None:
             self._write_pack(full)
 
+    def adopt(self, pack: str, entries: list[PackEntry]) -> None:
+        """Index a stored pack no index file names (found by its header) with the next index
+        file written: a writer that dedups against its blobs must not leave a snapshot that
+        refers to blobs only a header describes."""
+        with self._index_lock:
+            self._unindexed.setdefault(pack, entries)
+
     def flush(self) -> None:
         """Write every partly filled pack and all pending index entries."""
         with self._open_lock:

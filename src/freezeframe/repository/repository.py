@@ -178,7 +178,9 @@ class Repository:
 
     def index_unindexed_packs(self) -> int:
         """Add the blobs of every pack the index does not name, read from the pack headers
-        (once per run); returns how many packs that added."""
+        (once per run); returns how many packs that added. A command that writes (``flush``)
+        then writes an index file naming those packs too, before any snapshot can refer to
+        their blobs; one that only reads writes nothing."""
         with self._scan_lock:
             if self._headers_scanned:
                 return 0
@@ -193,6 +195,7 @@ class Repository:
                     self.warn(f"{entries}; its blobs cannot be found (`check --read-data`)")
                 elif entries:
                     self.index.add_pack(info.name, entries)
+                    self.packer.adopt(info.name, entries)
                     found += 1
             return found
 
