@@ -305,3 +305,27 @@ def test_repair_needs_a_repository(tmp_path: Path, make_cli: Callable[[Path], Cl
     missing = make_cli(tmp_path / "nowhere")
     failed = missing("repair", "index", expect=1)
     assert failed["error"]["code"] == "repository_not_found"
+
+
+def test_a_damaged_key_is_named_and_removed_with_another_password(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """A key whose bytes no longer match its name is listed as damaged and reported by
+    check; a flip in its wrapped key material makes its own password fail with a line that
+    names the damaged key, and the other password removes it."""
+    second = tmp_path / "second.pw"
+    second.write_text("second secret\n")
+    added = cli("key", "add", "--new-password-file", second)["id"]
+    key_file = repo / "keys" / added
+    doc = json.loads(key_file.read_bytes())
+    data = bytearray(doc["data"].encode())
+    data[10] = ord("A") if data[10] != ord("A") else ord("B")
+    doc["data"] = data.decode()
+    key_file.write_text(json.dumps(doc, indent=1))
+    listed = {k["id"]: k for k in cli("key", "list")}
+    assert listed[added]["damaged"] and not listed[next(k for k in listed if k != added)]["damaged"]
+    assert any(e.startswith(f"key {added[:8]}") for e in cli("check", expect=1)["errors"])
+    failed = cli("--password-file", second, "snapshots", expect=1)
+    assert f"key {added[:8]} is damaged" in failed["error"]["message"]
+    cli("key", "remove", added[:8])
+    assert cli("check")["ok"]

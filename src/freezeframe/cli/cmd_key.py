@@ -7,11 +7,12 @@ import sys
 
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import table
-from freezeframe.errors import NotFound, UsageError
+from freezeframe.errors import FreezeframeError, NotFound, UsageError
+from freezeframe.repository.crypto import content_name
 from freezeframe.repository.keys import KdfParams, KeyFile
 from freezeframe.repository.password import prompt_password, resolve_password
 from freezeframe.repository.repository import add_key
-from freezeframe.storage.base import Kind
+from freezeframe.storage.base import Kind, Storage
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,18 +32,8 @@ def run(ctx: CommandContext) -> int:
     storage = repo.storage
     action = ctx.args.action
     if action == "list":
-        keys = []
-        for info in sorted(storage.list(Kind.KEYS), key=lambda i: i.name):
-            key = KeyFile.from_bytes(storage.get(Kind.KEYS, info.name), info.name)
-            keys.append(
-                {
-                    "id": info.name,
-                    "current": info.name == repo.key_name,
-                    "user": key.user,
-                    "host": key.host,
-                    "created": key.created,
-                }
-            )
+        keys = [_describe(storage, info.name, repo.key_name) for info in storage.list(Kind.KEYS)]
+        keys.sort(key=lambda k: str(k["id"]))
         ctx.out.result(
             keys,
             lambda: table(
@@ -53,7 +44,7 @@ def run(ctx: CommandContext) -> int:
                         str(k["id"])[:8],
                         str(k["user"]),
                         str(k["host"]),
-                        str(k["created"]),
+                        str(k["created"]) + (" (damaged)" if k["damaged"] else ""),
                     ]
                     for k in keys
                 ],
@@ -82,6 +73,18 @@ def run(ctx: CommandContext) -> int:
     storage.delete(Kind.KEYS, matches[0])
     ctx.out.result({"removed": matches[0]}, f"removed key {matches[0][:8]}")
     return 0
+
+
+def _describe(storage: Storage, name: str, current: str) -> dict[str, object]:
+    """One key for `key list`; a damaged key is listed as such (`key remove` takes it away)."""
+    doc: dict[str, object] = {"id": name, "current": name == current, "damaged": False}
+    try:
+        data = storage.get(Kind.KEYS, name)
+        key = KeyFile.from_bytes(data, name)
+    except FreezeframeError:
+        return {**doc, "damaged": True, "user": "", "host": "", "created": ""}
+    damaged = content_name(data) != name
+    return {**doc, "damaged": damaged, "user": key.user, "host": key.host, "created": key.created}
 
 
 def _new_password(path: str | None) -> bytes:
