@@ -54,7 +54,9 @@ def _vm_text(vm: dict[str, Any]) -> str:
         lines.append(f"  agent:    does not answer: {agent.get('error')}")
     hook = vm["guest_hook"]
     if hook:
-        kinds = ", ".join(hook.get("quiescers") or []) or "no quiescer"
+        quiescers = hook.get("quiescers")
+        named = [str(q) for q in quiescers] if isinstance(quiescers, list) else []
+        kinds = ", ".join(named) or "no quiescer"
         lines.append(f"  hook:     installed (freezeframe {hook.get('version')}: {kinds}, "
                      f"cap {hook.get('cap_s')} s)")  # fmt: skip
     else:

@@ -34,8 +34,10 @@ def load(path: str) -> GuestConfig:
             document = tomllib.load(f)
     except FileNotFoundError as exc:
         raise UsageError(f"{path}: no such file (the guest hook's configuration)") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, text that is not UTF-8, a 5000-digit number
         raise UsageError(f"{path}: {exc}") from exc
+    except RecursionError as exc:
+        raise UsageError(f"{path}: values nested too deeply") from exc
     unknown = sorted(set(document) - {"quiesce", "cap_s", "timeout_s"})
     if unknown:
         raise UsageError(f"{path}: unknown setting {unknown[0]!r} (quiesce, cap_s, timeout_s)")
@@ -45,7 +47,8 @@ def load(path: str) -> GuestConfig:
     numbers = {}
     for name, default in (("cap_s", DEFAULT_CAP_S), ("timeout_s", DEFAULT_TIMEOUT_S)):
         value = document.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        # Nor NaN, infinity or more than a timer takes (threading.TIMEOUT_MAX is about 9e9 s).
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
             raise UsageError(f"{path}: {name} must be a positive number of seconds")
         numbers[name] = float(value)
     for text in quiesce:

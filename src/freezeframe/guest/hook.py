@@ -11,6 +11,7 @@ the host never asks, and its watchdog runs the quiescers' undo commands if the h
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -44,11 +45,11 @@ def freeze(directory: str, config_file: str) -> dict[str, Any]:
     state_file = os.path.join(directory, protocol.STATE)
     try:
         config = load(config_file)
+        cap_s = requested_cap(request, config.cap_s)
     except UsageError as exc:
         failed = {"run": run, "phase": protocol.FAILED, "error": str(exc)}
         protocol.write_json(state_file, failed)
         return failed
-    cap_s = min(config.cap_s, float(request.get("cap_s") or config.cap_s))
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:  # the holder
@@ -76,6 +77,19 @@ def freeze(directory: str, config_file: str) -> dict[str, Any]:
         }
         protocol.write_json(state_file, state)
     return state
+
+
+def requested_cap(request: dict[str, Any], config_cap_s: float) -> float:
+    """The hold's cap: the host's when it asks for less than the guest's own. A cap that is not
+    a positive number of seconds is refused (UsageError, reported as a failed hold), not
+    guessed at; none (or 0) means the guest's own."""
+    asked = request.get("cap_s") or config_cap_s
+    if isinstance(asked, bool) or not isinstance(asked, int | float) or not 0 < asked < math.inf:
+        raise UsageError(
+            f"the host's request asks for a cap_s ({type(asked).__name__}) that is not a "
+            "positive number of seconds"
+        )
+    return float(min(config_cap_s, asked))
 
 
 def thaw(directory: str, timeout_s: float = 30.0 + SETTLE_S) -> dict[str, Any]:

@@ -9,8 +9,11 @@ host reads through the agent while the guest is frozen and again after the thaw.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
+
+from freezeframe.documents import too_deep
 
 STATE_DIR = "/var/lib/freezeframe/guest"  # the host reads and writes here through the agent
 STATE_DIR_ENV = "FREEZEFRAME_GUEST_STATE_DIR"  # the guest side only (tests)
@@ -45,9 +48,37 @@ def write_json(path: str, document: dict[str, Any]) -> None:
 
 
 def read_json(path: str) -> dict[str, Any] | None:
+    """The document, or None when it is missing or not a JSON object (damaged, half-written by
+    an older version, nested too deeply to parse)."""
     try:
         with open(path, encoding="utf-8") as f:
             document = json.load(f)
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None
+
+
+_HOLD_NUMBERS = ("window_ms", "cap_s")
+
+
+def parse_hold(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``hold`` of a state document as the host may record it: ``window_ms`` and ``cap_s``
+    numbers, ``quiescers`` a list of objects, nothing nested much deeper than a quiescer's
+    positions.
+    {} when the guest reported no hold, None when what it reported is not a hold (a guest is
+    not trusted to write what the host's snapshot and output can take)."""
+    hold = state.get("hold")
+    if hold is None or hold == {}:
+        return {}
+    if not isinstance(hold, dict) or too_deep(hold, 6):
+        return None
+    for name in _HOLD_NUMBERS:
+        value = hold.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if not math.isfinite(value):
+            return None
+    quiescers = hold.get("quiescers", [])
+    if not isinstance(quiescers, list) or not all(isinstance(q, dict) for q in quiescers):
+        return None
+    return dict(hold)

@@ -39,7 +39,8 @@ ALERT_KINDS: tuple[AlertKind, ...] = ("failed", "degraded", "overdue")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: a cap or timeout of inf would never end (or overflow a timer).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StateSettings(_Strict):
@@ -187,8 +188,10 @@ def load(path: str) -> PlansFile:
     text = raw.decode("utf-8", errors="replace")
     try:
         document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or a number of thousands of digits
         raise UsageError(f"{path}: {exc}") from exc
+    except RecursionError as exc:
+        raise UsageError(f"{path}: values nested too deeply") from exc
     try:
         plans = PlansFile.model_validate({**document, "path": path})
     except ValidationError as exc:

@@ -51,6 +51,10 @@ def decompress(data: bytes, raw_length: int) -> bytes:
         out = bytes(payload)
     elif flag == ZSTD:
         try:
+            # zstandard allocates the size a frame header declares, whatever max_output_size
+            # says: a damaged header must not ask for terabytes.
+            if zstandard.frame_content_size(payload) > raw_length:
+                raise IntegrityError("blob is larger than its index entry says")
             out = _decompressor().decompress(payload, max_output_size=raw_length)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"blob does not decompress: {exc}") from exc

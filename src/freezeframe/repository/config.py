@@ -116,10 +116,14 @@ class RepositoryConfig:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise UnsupportedFormat("not a freezeframe repository (its config is not one)")
         version = doc.get("version")
-        if version not in READABLE_VERSIONS or type(version) is not int:
+        if type(version) is not int or version < 1:
+            raise IntegrityError(f"{_DAMAGED}: its format version is {version!r}")
+        if version not in READABLE_VERSIONS:
             raise UnsupportedFormat(
-                f"repository format version {version!r} is not supported by this freezeframe "
-                f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade freezeframe"
+                f"the repository config says format version {version}, which this freezeframe "
+                f"does not read (it reads {', '.join(map(str, READABLE_VERSIONS))}): upgrade "
+                "freezeframe, or if the config is damaged, `freezeframe repair config` "
+                "rewrites it"
             )
         try:
             chunker = doc["chunker"]

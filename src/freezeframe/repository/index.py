@@ -105,10 +105,16 @@ def encode_index(packs: dict[str, list[PackEntry]], cipher: Cipher) -> bytes:
     return cipher.encrypt(plain, INDEX_AAD)
 
 
+_MAX_PLAIN = 1 << 31
+
+
 def decode_index(data: bytes, cipher: Cipher, name: str) -> dict[str, list[PackEntry]]:
     compressed = cipher.decrypt(data, INDEX_AAD, f"index {name}")
     try:
-        plain = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=1 << 31)
+        # zstandard allocates what a frame header declares, whatever max_output_size says.
+        if zstandard.frame_content_size(compressed) > _MAX_PLAIN:
+            raise IntegrityError(f"index {name} declares more than {_MAX_PLAIN >> 30} GiB")
+        plain = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=_MAX_PLAIN)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"index {name} does not decompress") from exc
     if len(plain) < 5 or plain[:4] != _MAGIC or plain[4] != INDEX_FORMAT_VERSION:

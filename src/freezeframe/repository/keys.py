@@ -171,9 +171,15 @@ class KeyFile:
                 _bounded(kdf["memory_kib"], KDF_MEMORY_KIB_RANGE, "memory_kib"),
                 _bounded(kdf["parallelism"], KDF_PARALLELISM_RANGE, "parallelism"),
             )
+            # Argon2 itself refuses less than 8 KiB of memory per lane and salts under 8 bytes.
+            if params.memory_kib < 8 * params.parallelism:
+                raise ValueError(f"memory_kib {params.memory_kib} is under 8 per lane")
+            salt = _unb64(kdf["salt"])
+            if not 8 <= len(salt) <= 1024:
+                raise ValueError(f"a salt of {len(salt)} bytes")
             return cls(
                 kdf=params,
-                salt=_unb64(kdf["salt"]),
+                salt=salt,
                 wrapped=_unb64(doc["data"]),
                 host=doc.get("host", ""),
                 user=doc.get("user", ""),

@@ -54,6 +54,9 @@ class LockInfo:
         return f"{kind} lock by PID {self.pid} on {self.host} ({self.user}) since {when}"
 
 
+_MAX_SKEW_S = 86400.0
+
+
 def parse_lock(data: bytes, name: str) -> LockInfo:
     """A decrypted lock document; IntegrityError when it is not one."""
     try:
@@ -66,9 +69,12 @@ def parse_lock(data: bytes, name: str) -> LockInfo:
             int(doc["pid"]),
             str(doc["user"]),
         )
-    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise IntegrityError(f"lock {name[:8]} is malformed: {exc}") from exc
-    if not isinstance(doc["exclusive"], bool) or not math.isfinite(info.time):
+    # A time more than a day ahead of this clock is no skew but damage (and would never go
+    # stale); a PID outside what a kernel hands out cannot be asked about.
+    in_time = math.isfinite(info.time) and 0 <= info.time <= time.time() + _MAX_SKEW_S
+    if not isinstance(doc["exclusive"], bool) or not in_time or not 0 < info.pid < 2**31:
         raise IntegrityError(f"lock {name[:8]} is malformed")
     return info
 

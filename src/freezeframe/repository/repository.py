@@ -18,6 +18,7 @@ from freezeframe.errors import (
     NotFound,
     RepositoryExists,
     RepositoryNotFound,
+    UnsupportedFormat,
     WrongPassword,
 )
 from freezeframe.repository.compression import compress, decompress
@@ -114,7 +115,13 @@ class Repository:
         config = read_config(storage)
         master, key_name = unlock_master_key(storage, password)
         if master.repository_id != config.repository_id:
-            raise IntegrityError(f"key {key_name[:8]} belongs to another repository")
+            # The config's MAC cannot tell which of the two is wrong: name both.
+            raise IntegrityError(
+                f"the repository config's id ({config.repository_id[:8]}) is not key "
+                f"{key_name[:8]}'s ({master.repository_id[:8]}): the config is damaged "
+                "(`freezeframe repair config` rewrites it) or the key belongs to another "
+                "repository"
+            )
         if master.config_format > config.version:
             raise IntegrityError(
                 f"the repository config is format version {config.version} but its keys were "
@@ -321,6 +328,7 @@ def unlock_master_key(storage: Storage, password: bytes) -> tuple[MasterKey, str
     may be in its plain metadata), and when no key opens the error names it, since it may have
     been this password's."""
     damaged: list[str] = []
+    unknown: list[str] = []
     for info in sorted(storage.list(Kind.KEYS), key=lambda i: i.name):
         try:
             data = storage.get(Kind.KEYS, info.name)
@@ -333,6 +341,11 @@ def unlock_master_key(storage: Storage, password: bytes) -> tuple[MasterKey, str
             return key_file.unwrap(password), info.name
         except WrongPassword:
             continue
+        except UnsupportedFormat:
+            # A newer key format, or a damaged one: either way another key may open.
+            if info.name not in damaged:
+                unknown.append(info.name)
+            continue
         except IntegrityError:
             if info.name not in damaged:
                 damaged.append(info.name)
@@ -342,6 +355,11 @@ def unlock_master_key(storage: Storage, password: bytes) -> tuple[MasterKey, str
             f"no intact key opens with this password, and key {damaged[0][:8]} is damaged: it "
             "may have been this password's. Open the repository with another password, then "
             f"`freezeframe key remove {damaged[0][:8]}` and `key add`"
+        )
+    if unknown:
+        raise UnsupportedFormat(
+            f"no key opens with this password, and key {unknown[0][:8]} has a format this "
+            "freezeframe does not read (it may have been this password's): upgrade freezeframe"
         )
     raise WrongPassword("wrong password: no key of this repository opens with it")
 

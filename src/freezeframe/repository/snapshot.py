@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from freezeframe.documents import too_deep
 from freezeframe.errors import IntegrityError, NotFound, UsageError
 from freezeframe.repository.repository import Repository
 from freezeframe.storage.base import Kind
@@ -75,9 +76,12 @@ class Snapshot:
     @classmethod
     def from_json(cls, doc: dict[str, Any], snapshot_id: str) -> Snapshot:
         try:
+            when = datetime.fromisoformat(doc["time"])
+            if when.utcoffset() is None:  # would not sort beside the others
+                raise ValueError(f"time {doc['time']!r} has no UTC offset")
             return cls(
                 id=snapshot_id,
-                time=datetime.fromisoformat(doc["time"]),
+                time=when,
                 host=doc["host"],
                 user=doc["user"],
                 paths=list(doc["paths"]),
@@ -111,7 +115,7 @@ def parse_snapshot(data: bytes, snapshot_id: str) -> Snapshot:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise IntegrityError(f"snapshot {snapshot_id[:8]} is not JSON") from exc
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict) or too_deep(doc):
         raise IntegrityError(f"snapshot {snapshot_id[:8]} is malformed")
     return Snapshot.from_json(doc, snapshot_id)
 

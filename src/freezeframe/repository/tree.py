@@ -88,6 +88,14 @@ class Node:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Node:
+        """A node of a tree blob; IntegrityError when ``doc`` is not one."""
+        try:
+            return cls._from_json(doc)
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            raise IntegrityError(f"a tree node is malformed: {exc}") from exc
+
+    @classmethod
+    def _from_json(cls, doc: dict[str, Any]) -> Node:
         node_type = doc["type"]
         if node_type not in NODE_TYPES:
             raise IntegrityError(f"unknown node type {node_type!r}")
@@ -97,8 +105,8 @@ class Node:
             mode=int(doc["mode"]),
             uid=int(doc["uid"]),
             gid=int(doc["gid"]),
-            user=str(doc.get("user", "")),
-            group=str(doc.get("group", "")),
+            user=_text(doc.get("user", "")),
+            group=_text(doc.get("group", "")),
             mtime_ns=int(doc["mtime_ns"]),
             atime_ns=int(doc.get("atime_ns", 0)),
             ctime_ns=int(doc.get("ctime_ns", 0)),
@@ -132,7 +140,7 @@ def decode_tree(data: bytes) -> list[Node]:
     try:
         doc = json.loads(data)
         return [Node.from_json(n) for n in doc["nodes"]]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
         raise IntegrityError(f"a tree object is malformed: {exc}") from exc
 
 
@@ -141,6 +149,14 @@ def _put_bytes(doc: dict[str, Any], key: str, value: bytes) -> None:
         doc[key] = value.decode("utf-8")
     except UnicodeDecodeError:
         doc[key + "_b64"] = base64.b64encode(value).decode()
+
+
+def _text(value: object) -> str:
+    """Text that encodes again: JSON's "\\udcff" escape parses into a lone surrogate, which
+    encode_tree (UTF-8) would refuse with UnicodeEncodeError."""
+    text = str(value)
+    text.encode("utf-8")
+    return text
 
 
 def _get_bytes(doc: dict[str, Any], key: str) -> bytes | None:

@@ -86,7 +86,7 @@ def _guest_json(agent: GuestAgent, name: str) -> dict[str, Any] | None:
     text = agent.read_file(_guest_file(name))
     try:
         document = json.loads(text) if text else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None
 
@@ -305,7 +305,7 @@ class _GuestFreeze:
 
     def hold_report(self) -> dict[str, Any]:
         """The applications' hold as the guest reported it after the thaw."""
-        report = dict(self._hold_state.get("hold") or {})
+        report = protocol.parse_hold(self._hold_state) or {}
         if report:
             report["in_guest"] = True
         return report
@@ -371,6 +371,8 @@ def _hold_problem(state: dict[str, Any], run_id: str) -> str:
         return f"the guest hook could not hold the applications: {state.get('error', '')}"
     if state.get("phase") != "released" or not state.get("in_time"):
         return "the guest's applications were released at their cap before the disks were taken"
+    if protocol.parse_hold(state) is None:
+        return "the guest hook's report of the hold is malformed"
     return ""
 
 
