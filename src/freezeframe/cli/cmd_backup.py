@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
-from freezeframe.backup.excludes import ExcludeMatcher
-from freezeframe.backup.files_cache import FilesCache, default_cache_dir
-from freezeframe.backup.progress import BackupProgress
-from freezeframe.capture.service_pause import parse as parse_quiescer
+from freezeframe.backup.archiver import BackupResult
 from freezeframe.capture.session import (
     DEFAULT_APPLICATION_CAP_S,
     DEFAULT_FREEZE_CAP_S,
     DEFAULT_PAUSE_CAP_S,
     DEFAULT_QUIESCER_TIMEOUT_S,
     Caps,
-    Capture,
 )
 from freezeframe.cli import backup_vm
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration, snapshot_json
-from freezeframe.errors import EXIT_PARTIAL, UsageError
-from freezeframe.quiesce.discovery import expand_auto
-from freezeframe.quiesce.script import expand_directories
-from freezeframe.repository.locks import RepositoryLock
+from freezeframe.cli.reporting import CliReporter
+from freezeframe.errors import EXIT_PARTIAL
 from freezeframe.repository.snapshot import ConsistencyReport
+from freezeframe.service.backup import BackupRequest, backup
+from freezeframe.vm.machine import VmSpec
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -113,23 +107,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(ctx: CommandContext) -> int:
     """Paths into one snapshot, then each VM into one of its own (VMs and paths are not taken
     at one instant together)."""
-    if not ctx.args.paths and not ctx.args.vm:
-        raise UsageError("nothing to back up: give paths, or --vm SPEC")
-    if ctx.args.quiesce and not ctx.args.paths:
-        raise UsageError(
-            "--quiesce holds applications for paths; a VM's are held inside it by the "
-            "guest hook (docs/vm.md)"
-        )
-    specs = backup_vm.parse_specs(ctx.args.vm)  # bad specs fail before anything is taken
-    ExcludeMatcher(ctx.args.exclude)  # and so do bad patterns
-    result = _back_up_paths(ctx) if ctx.args.paths else None
-    if result is not None:
-        for path, message in result.errors:
-            ctx.out.warn(f"{path}: {message}")
-    vms = backup_vm.back_up(ctx, specs) if specs else []
+    a = ctx.args
+    request = BackupRequest(
+        paths=tuple(a.paths),
+        vms=tuple(VmSpec.parse(text) for text in a.vm),
+        excludes=tuple(a.exclude),
+        tags=tuple(a.tag),
+        host=a.host,
+        one_file_system=a.one_file_system,
+        consistency=a.consistency,
+        fallback=a.fallback,
+        caps=Caps(
+            pause_s=a.pause_cap,
+            freeze_s=a.freeze_cap,
+            application_s=a.quiesce_cap,
+            quiescer_s=a.quiesce_timeout,
+        ),
+        quiesce=tuple(a.quiesce),
+    )
+    request.validate()  # before a password is asked for
+    repo = ctx.open_repository(load_index=False)
+    try:
+        outcome = backup(repo, request, CliReporter(ctx.out))
+    finally:
+        repo.close()
+    result, vms = outcome.paths, outcome.vms
     if result is None:
         ctx.out.result(backup_vm.json_of(vms), lambda: backup_vm.text_of(vms))
         return 0
+    for path, message in result.errors:
+        ctx.out.warn(f"{path}: {message}")
     if not vms:
         ctx.out.result(_json(result), lambda: _text(result))
     else:
@@ -137,99 +144,7 @@ def run(ctx: CommandContext) -> int:
             {"paths": _json(result), **backup_vm.json_of(vms)},
             lambda: f"{_text(result)}\n{backup_vm.text_of(vms)}",
         )
-    return EXIT_PARTIAL if result.errors else 0
-
-
-def _back_up_paths(ctx: CommandContext) -> BackupResult:
-    paths = [_source(p) for p in ctx.args.paths]
-    quiesce = expand_directories(ctx.args.quiesce)
-    if ctx.args.consistency in ("auto", "application"):
-        quiesce, warnings = expand_auto(quiesce, paths)
-        for warning in warnings:
-            ctx.out.warn(warning)
-    elif "auto" in quiesce:
-        raise UsageError("--quiesce auto needs --consistency application or auto")
-    repo = ctx.open_repository(load_index=False)  # loaded under the lock
-    progress = BackupProgress()
-    try:
-        lock = RepositoryLock(repo, exclusive=False)
-        capture = Capture(
-            paths,
-            ctx.args.consistency,
-            ctx.args.fallback,
-            one_file_system=ctx.args.one_file_system,
-            caps=Caps(
-                pause_s=ctx.args.pause_cap,
-                freeze_s=ctx.args.freeze_cap,
-                application_s=ctx.args.quiesce_cap,
-                quiescer_s=ctx.args.quiesce_timeout,
-            ),
-            never_freeze=(os.path.abspath(ctx.location), str(default_cache_dir())),
-            quiescers=[parse_quiescer(spec) for spec in quiesce],
-        )
-        with lock, capture as captured:
-            for warning in captured.warnings:
-                ctx.out.warn(warning)
-            options = BackupOptions(
-                sources=[
-                    SourcePath(os.fsencode(p.read_path), os.fsencode(p.original))
-                    for p in captured.paths
-                ],
-                excludes=ctx.args.exclude + captured.excludes,
-                tags=ctx.args.tag,
-                host=ctx.args.host,
-                one_file_system=ctx.args.one_file_system,
-                consistency=ConsistencyReport(
-                    requested=captured.requested,
-                    achieved=captured.achieved,
-                    volumes=captured.volumes,
-                    reason=captured.reason,
-                    pause=captured.pause,
-                    quiesce=captured.quiesce,
-                ),
-                cache_checks_device=not captured.from_snapshot,
-                grafts={os.fsencode(g.original): os.fsencode(g.read_path) for g in captured.grafts},
-                replaced=_replaced(captured.added_files, captured.left_out),
-            )
-            archiver = Archiver(
-                repo,
-                options,
-                FilesCache.for_repository(repo.config.repository_id),
-                progress,
-                estimate_totals=ctx.out.show_progress,
-            )
-            with ctx.out.live(lambda t: _render(progress, t)):
-                return archiver.run(before_commit=lock.ensure_held)
-    finally:
-        repo.close()
-
-
-def _replaced(added: dict[str, str], left_out: list[str]) -> dict[bytes, bytes | None]:
-    replaced: dict[bytes, bytes | None] = {os.fsencode(p): None for p in left_out}
-    replaced.update({os.fsencode(p): os.fsencode(staged) for p, staged in added.items()})
-    return replaced
-
-
-def _source(path: str) -> str:
-    if not path:
-        raise UsageError("an empty path cannot be backed up")
-    return os.path.abspath(path)
-
-
-def _render(p: BackupProgress, elapsed: float) -> str:
-    rate = p.bytes_done / elapsed if elapsed > 0 else 0
-    line = (
-        f"[{human_duration(elapsed)}] {p.files_done} files, {human_bytes(p.bytes_done)}"
-        f" ({human_bytes(rate)}/s), {human_bytes(p.bytes_added)} new"
-    )
-    if p.total_bytes:
-        share = min(p.bytes_done / p.total_bytes, 1.0)
-        line += f", {share:.0%} of {human_bytes(p.total_bytes)}"
-        if p.scan_finished and rate > 0:
-            line += f", ETA {human_duration((p.total_bytes - p.bytes_done) / rate)}"
-    if p.errors:
-        line += f", {p.errors} errors"
-    return f"{line}\n{p.current_path[-100:]}"
+    return EXIT_PARTIAL if outcome.unreadable else 0
 
 
 def _json(result: BackupResult) -> dict[str, object]:

@@ -6,8 +6,7 @@ import argparse
 
 from freezeframe.cli.context import CommandContext
 from freezeframe.errors import EXIT_FATAL, UsageError
-from freezeframe.repository.check import check_repository
-from freezeframe.repository.locks import RepositoryLock
+from freezeframe.service.maintenance import check
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,12 +33,11 @@ def _percent(text: str) -> float:
 def run(ctx: CommandContext) -> int:
     if ctx.args.read_data_subset is not None and ctx.args.read_data:
         raise UsageError("give --read-data or --read-data-subset, not both")
-    repo = ctx.open_repository(load_index=False)  # loaded under the lock
+    repo = ctx.open_repository(load_index=False)
     try:
-        with RepositoryLock(repo, exclusive=False):
-            result = check_repository(
-                repo, read_data=ctx.args.read_data, read_data_subset=ctx.args.read_data_subset
-            )
+        result = check(
+            repo, read_data=ctx.args.read_data, read_data_subset=ctx.args.read_data_subset
+        )
     finally:
         repo.close()
     for warning in result.warnings:

@@ -9,15 +9,8 @@ from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import table
 from freezeframe.cli.snapshot_view import SNAPSHOT_HEADERS, snapshot_row
 from freezeframe.errors import UsageError
-from freezeframe.repository.locks import RepositoryLock
-from freezeframe.repository.prune import execute_prune, plan_prune
-from freezeframe.repository.retention import (
-    RetentionPolicy,
-    apply_policy,
-    group_by,
-    parse_duration,
-)
-from freezeframe.repository.snapshot import Snapshot, delete_snapshot, list_snapshots
+from freezeframe.repository.retention import RetentionPolicy, parse_duration
+from freezeframe.service.maintenance import ForgetRequest, forget
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -82,40 +75,23 @@ def run(ctx: CommandContext) -> int:
         raise UsageError(
             "no policy given: nothing would be kept, so nothing is removed (use --keep-* options)"
         )
-    repo = ctx.open_repository(load_index=False)  # loaded under the lock
+    request = ForgetRequest(policy, a.host, tuple(a.tag), prune=a.prune, dry_run=a.dry_run)
+    repo = ctx.open_repository(load_index=False)
     try:
-        with RepositoryLock(repo, exclusive=True):
-            snapshots = [
-                s
-                for s in list_snapshots(repo)
-                if (a.host is None or s.host == a.host) and set(a.tag) <= set(s.tags)
-            ]
-            groups = group_by(snapshots, lambda s: (s.host, tuple(sorted(s.paths))))
-            report = []
-            removed: list[Snapshot] = []
-            for (host, paths), members in groups.items():
-                decisions = apply_policy(members, policy, lambda s: s.time.astimezone())
-                report.append(
-                    {
-                        "host": host,
-                        "paths": list(paths),
-                        "keep": [
-                            {"id": d.item.id, "reasons": list(d.reasons)}
-                            for d in decisions
-                            if d.keep
-                        ],
-                        "remove": [d.item.id for d in decisions if not d.keep],
-                    }
-                )
-                removed += [d.item for d in decisions if not d.keep]
-            if not a.dry_run:
-                for snapshot in removed:
-                    delete_snapshot(repo, snapshot.id)
-            prune_stats = None
-            if a.prune and not a.dry_run and removed:
-                prune_stats = execute_prune(repo, plan_prune(repo))
+        result = forget(repo, request)
     finally:
         repo.close()
+    removed = result.removed
+    report = [
+        {
+            "host": g.host,
+            "paths": g.paths,
+            "keep": [{"id": snapshot_id, "reasons": reasons} for snapshot_id, reasons in g.kept],
+            "remove": g.removed,
+        }
+        for g in result.groups
+    ]
+    prune_stats = result.prune
     verb = "would remove" if a.dry_run else "removed"
     ctx.out.result(
         {

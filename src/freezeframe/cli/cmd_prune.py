@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.repository.locks import RepositoryLock
-from freezeframe.repository.prune import execute_prune, plan_prune
+from freezeframe.service.maintenance import prune
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +21,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository(load_index=False)  # loaded under the lock
+    repo = ctx.open_repository(load_index=False)
     try:
-        with RepositoryLock(repo, exclusive=True):
-            plan = plan_prune(repo, max_unused_fraction=ctx.args.max_unused / 100)
-            stats = plan.to_json() if ctx.args.dry_run else execute_prune(repo, plan).to_json()
+        stats = prune(repo, max_unused_fraction=ctx.args.max_unused / 100, dry_run=ctx.args.dry_run)
     finally:
         repo.close()
     ctx.out.result(

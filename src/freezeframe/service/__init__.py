@@ -1,0 +1,1 @@
+"""One function per operation, below every front end (the CLI, the plans runner, the coming API)."""

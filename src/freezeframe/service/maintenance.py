@@ -1,0 +1,83 @@
+"""forget, prune and check: each takes the lock it needs and returns what it did.
+
+The repository is opened (and closed) by the caller, without its index: an operation loads it
+once it holds the lock, as a prune elsewhere rewrites it under its exclusive lock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from freezeframe.repository.check import CheckResult, check_repository
+from freezeframe.repository.locks import RepositoryLock
+from freezeframe.repository.prune import PruneStats, execute_prune, plan_prune
+from freezeframe.repository.repository import Repository
+from freezeframe.repository.retention import RetentionPolicy, apply_policy, group_by
+from freezeframe.repository.snapshot import Snapshot, delete_snapshot, list_snapshots
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    policy: RetentionPolicy
+    host: str | None = None
+    tags: tuple[str, ...] = ()  # a snapshot must carry all of them to be considered
+    prune: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class ForgetGroup:
+    host: str
+    paths: list[str]
+    kept: list[tuple[str, list[str]]]  # snapshot id, why kept
+    removed: list[str]
+
+
+@dataclass
+class ForgetResult:
+    groups: list[ForgetGroup] = field(default_factory=list)
+    removed: list[Snapshot] = field(default_factory=list)
+    prune: PruneStats | None = None
+
+
+def forget(repo: Repository, request: ForgetRequest) -> ForgetResult:
+    """Apply the policy per host and set of paths; remove (unless a dry run) what it does not
+    keep, then prune if asked and anything went."""
+    result = ForgetResult()
+    with RepositoryLock(repo, exclusive=True):
+        snapshots = [
+            s
+            for s in list_snapshots(repo)
+            if (request.host is None or s.host == request.host) and set(request.tags) <= set(s.tags)
+        ]
+        groups = group_by(snapshots, lambda s: (s.host, tuple(sorted(s.paths))))
+        for (host, paths), members in groups.items():
+            decisions = apply_policy(members, request.policy, lambda s: s.time.astimezone())
+            result.groups.append(
+                ForgetGroup(
+                    host,
+                    list(paths),
+                    [(d.item.id, list(d.reasons)) for d in decisions if d.keep],
+                    [d.item.id for d in decisions if not d.keep],
+                )
+            )
+            result.removed += [d.item for d in decisions if not d.keep]
+        if not request.dry_run:
+            for snapshot in result.removed:
+                delete_snapshot(repo, snapshot.id)
+        if request.prune and not request.dry_run and result.removed:
+            result.prune = execute_prune(repo, plan_prune(repo))
+    return result
+
+
+def prune(repo: Repository, *, max_unused_fraction: float, dry_run: bool) -> dict[str, Any]:
+    """What a prune removes and repacks (only planned on a dry run)."""
+    with RepositoryLock(repo, exclusive=True):
+        plan = plan_prune(repo, max_unused_fraction=max_unused_fraction)
+        return plan.to_json() if dry_run else execute_prune(repo, plan).to_json()
+
+
+def check(repo: Repository, *, read_data: bool, read_data_subset: float | None) -> CheckResult:
+    """Verify structure, and data if asked, under a shared lock (backups go on)."""
+    with RepositoryLock(repo, exclusive=False):
+        return check_repository(repo, read_data=read_data, read_data_subset=read_data_subset)
