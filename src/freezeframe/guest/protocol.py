@@ -9,7 +9,6 @@ host reads through the agent while the guest is frozen and again after the thaw.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -76,7 +75,7 @@ def parse_hold(state: dict[str, Any]) -> dict[str, Any] | None:
         value = hold.get(name, 0.0)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
-        if not math.isfinite(value):
+        if not -1e15 < value < 1e15:  # NaN, infinity, and integers no float can hold
             return None
     quiescers = hold.get("quiescers", [])
     if not isinstance(quiescers, list) or not all(isinstance(q, dict) for q in quiescers):

@@ -999,7 +999,9 @@ def test_the_host_reads_a_deeply_nested_state(fake_agent: type[FakeAgent]) -> No
     _host_reads_state(fake_agent, _deep_json().encode())
 
 
-@pytest.mark.parametrize("hold", [["window_ms", "cap_s"], 2.5, [[1, 2]]])
+@pytest.mark.parametrize(
+    "hold", [["window_ms", "cap_s"], 2.5, [[1, 2]], {"window_ms": 10**400}, {"cap_s": -(10**40)}]
+)
 def test_the_host_reads_a_state_whose_hold_is_not_an_object(
     fake_agent: type[FakeAgent], hold: Any
 ) -> None:
