@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import bisect
 import errno
-import getpass
 import os
-import socket
 import stat
 import threading
 import time
@@ -21,8 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from freezeframe import __version__
 from freezeframe.backup.chunker import Chunker
+from freezeframe.backup.commit import SnapshotRecord, commit_snapshot
 from freezeframe.backup.excludes import ExcludeMatcher
 from freezeframe.backup.files_cache import CachedFile, FilesCache
 from freezeframe.backup.metadata import (
@@ -39,7 +37,7 @@ from freezeframe.backup.scanner import scan_totals
 from freezeframe.errors import FreezeframeError, Interrupted, NotFound
 from freezeframe.repository.pack import BlobType
 from freezeframe.repository.repository import Repository
-from freezeframe.repository.snapshot import ConsistencyReport, Snapshot, save_snapshot
+from freezeframe.repository.snapshot import ConsistencyReport, Snapshot
 from freezeframe.repository.tree import Node, encode_tree
 
 IN_FLIGHT_BYTES = 96 * 1024 * 1024
@@ -185,21 +183,17 @@ class Archiver:
             self._workers.shutdown(wait=True, cancel_futures=True)
         report = self.options.consistency
         report.changed_during_read = sorted(self.changed_during_read)
-        snapshot = Snapshot(
-            time=started,
-            host=self.options.host or socket.gethostname(),
-            user=getpass.getuser(),
+        record = SnapshotRecord(
+            started=started,
             paths=[os.fsdecode(s.record_path) for s in self.options.sources],
             tree=root,
-            program_version=f"freezeframe {__version__}",
+            consistency=report,
+            summary=self._summary(time.monotonic() - t0),
             tags=list(self.options.tags),
             excludes=list(self.options.excludes),
-            summary=self._summary(time.monotonic() - t0),
-            consistency=report,
+            host=self.options.host,
         )
-        if before_commit is not None:
-            before_commit()
-        save_snapshot(self.repo, snapshot)
+        snapshot = commit_snapshot(self.repo, record, before_commit)
         try:
             self.files_cache.save()
         except OSError as exc:
