@@ -10,7 +10,9 @@ from freezeframe.cli.output import Output
 from freezeframe.errors import UsageError
 from freezeframe.repository.password import resolve_password
 from freezeframe.repository.repository import Repository
-from freezeframe.storage.local import LocalStorage
+from freezeframe.storage.base import Storage
+from freezeframe.storage.registry import open_storage
+from freezeframe.storage.retry import RetryPolicy
 
 
 @dataclass
@@ -26,8 +28,9 @@ class CommandContext:
             raise UsageError("no repository given: use --repo or FREEZEFRAME_REPOSITORY")
         return str(location)
 
-    def storage(self) -> LocalStorage:
-        return LocalStorage(self.location)
+    def storage(self) -> Storage:
+        """The backend the location names, retrying what may pass on a second attempt."""
+        return open_storage(self.location, retry=RetryPolicy())
 
     def password(self, *, confirm: bool = False) -> bytes:
         """Asked for (or read) once per command, however many steps need it."""

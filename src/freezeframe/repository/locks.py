@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-from freezeframe.errors import IntegrityError, NotFound, RepositoryLocked
+from freezeframe.errors import FreezeframeError, IntegrityError, NotFound, RepositoryLocked
 from freezeframe.process import process_exists
 from freezeframe.repository.repository import Repository
 from freezeframe.storage.base import Kind
@@ -117,18 +117,17 @@ class RepositoryLock:
 
     def __enter__(self) -> RepositoryLock:
         self._name = self._write()
-        conflict = self._conflict()
-        if conflict is not None:
-            self._repo.storage.delete(Kind.LOCKS, self._name)
-            raise RepositoryLocked(
-                f"the repository is locked: {conflict.describe()}; if that process is gone, "
-                "run `freezeframe unlock`"
-            )
         try:
+            conflict = self._conflict()
+            if conflict is not None:
+                raise RepositoryLocked(
+                    f"the repository is locked: {conflict.describe()}; if that process is "
+                    "gone, run `freezeframe unlock`"
+                )
             if self._load_index:
                 self._repo.ensure_index()  # only now: see Repository.ensure_index
         except BaseException:
-            self._repo.storage.delete(Kind.LOCKS, self._name)
+            self._release_quietly()
             raise
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
         self._refresher.start()
@@ -143,8 +142,20 @@ class RepositoryLock:
         self._stop.set()
         if self._refresher is not None:
             self._refresher.join()
-        if self._name is not None:
+        if exc is not None:
+            self._release_quietly()  # the error that ended the block is the one to report
+        elif self._name is not None:
             self._repo.storage.delete(Kind.LOCKS, self._name)
+
+    def _release_quietly(self) -> None:
+        """Remove our lock on the way out of a failure; if even that fails, the lock goes
+        stale (its refresher has stopped) and is removed by the next writer or `unlock`."""
+        if self._name is None:
+            return
+        try:
+            self._repo.storage.delete(Kind.LOCKS, self._name)
+        except FreezeframeError as exc:
+            self._repo.warn(f"our lock could not be removed ({exc}); it goes stale")
 
     def ensure_held(self) -> None:
         """Fail if our lock has vanished (removed as stale while this process was suspended):

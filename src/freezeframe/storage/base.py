@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from freezeframe.errors import StorageError
+
 
 class Kind(StrEnum):
     """The kinds of objects a repository stores; each kind is its own namespace."""
@@ -32,10 +34,34 @@ class ObjectInfo:
     size: int
 
 
+class TransientStorageError(StorageError):
+    """A failure that may pass if the call is simply made again (a timeout, a busy server, an
+    interrupted call), so ``RetryingStorage`` retries it; every other StorageError is final.
+
+    It belongs with StorageError in ``freezeframe.errors``; it is here until it moves."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend (or a stack of wrappers) can do, stated rather than discovered, so no
+    caller has to probe a backend for methods of its own."""
+
+    writable: bool = True
+    """False when the storage refuses every change (``ReadOnlyStorage``)."""
+
+    local_modes: bool = False
+    """Objects are files with owner/group modes that ``create_layout`` sets (and
+    ``group_readable`` means something) and ``audit`` reports; an object store has none."""
+
+
 class Storage(Protocol):
     """Named objects of a kind. A put is atomic: readers see the whole object or none of it."""
 
     location: str
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this storage can do; wrappers pass their inner storage's on (or narrow it)."""
 
     def create_layout(self, *, group_readable: bool = False) -> builtins.list[str]:
         """Prepare the place of a new, empty repository (private to its owner, or readable by

@@ -11,6 +11,7 @@ or delete a snapshot. A repository created group-readable (``init --group-readab
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -19,16 +20,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from freezeframe.errors import NotFound, StorageError
-from freezeframe.storage.base import Kind, ObjectInfo
+from freezeframe.storage.base import Capabilities, Kind, ObjectInfo, TransientStorageError
 
 _OPEN_FILES_CACHED = 64
 _AUDIT_SHOWN = 10
 PRIVATE_MODES = (0o700, 0o600)
 GROUP_READABLE_MODES = (0o750, 0o640)
+# Errors that a second attempt can get past (on a network file system above all); a full
+# disk or a denied permission cannot, and a retry would only delay the message.
+_TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETIMEDOUT})
 
 
 class LocalStorage:
     """A repository in a directory of the local file system."""
+
+    capabilities = Capabilities(writable=True, local_modes=True)
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -68,7 +74,7 @@ class LocalStorage:
                 self._make_dir(self.root / Kind.DATA.value / f"{prefix:02x}")
             _fsync_dir(self.root)
         except OSError as exc:
-            raise StorageError(f"cannot create repository at {self.root}: {exc.strerror}") from exc
+            raise _error(f"cannot create repository at {self.root}", exc) from exc
         return notes
 
     def _make_dir(self, path: Path) -> None:
@@ -123,7 +129,7 @@ class LocalStorage:
             _fsync_dir(path.parent)
         except OSError as exc:
             _unlink_quietly(tmp)
-            raise StorageError(f"cannot write {path}: {exc.strerror}") from exc
+            raise _error(f"cannot write {path}", exc) from exc
 
     def get(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self.path_of(kind, name)
@@ -142,15 +148,24 @@ class LocalStorage:
         except FileNotFoundError as exc:
             raise NotFound(f"{kind.value}/{name} is missing from the repository") from exc
         except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
+            raise _error(f"cannot read {path}", exc) from exc
         if length is not None and len(data) != length:
             raise StorageError(f"{kind.value}/{name} is shorter than expected")
         return data
 
     def list(self, kind: Kind) -> Iterator[ObjectInfo]:
+        try:
+            yield from self._list(kind)
+        except OSError as exc:
+            raise _error(f"cannot list {self.root / kind.value}", exc) from exc
+
+    def _list(self, kind: Kind) -> Iterator[ObjectInfo]:
         if kind is Kind.CONFIG:
-            if (self.root / "config").exists():
-                yield ObjectInfo("config", (self.root / "config").stat().st_size)
+            try:
+                size = (self.root / "config").stat().st_size
+            except FileNotFoundError:
+                return
+            yield ObjectInfo("config", size)
             return
         base = self.root / kind.value
         dirs = sorted(p for p in base.iterdir() if p.is_dir()) if kind is Kind.DATA else [base]
@@ -177,10 +192,14 @@ class LocalStorage:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StorageError(f"cannot delete {path}: {exc.strerror}") from exc
+            raise _error(f"cannot delete {path}", exc) from exc
 
     def exists(self, kind: Kind, name: str) -> bool:
-        return self.path_of(kind, name).exists()
+        path = self.path_of(kind, name)
+        try:
+            return path.exists()
+        except OSError as exc:  # not ENOENT (that is False) but, say, EACCES or EIO
+            raise _error(f"cannot look for {path}", exc) from exc
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files left by a crashed writer; returns how many."""
@@ -219,6 +238,13 @@ class LocalStorage:
             fd = self._fds.pop(key, None)
             if fd is not None:
                 os.close(fd)
+
+
+def _error(what: str, exc: OSError) -> StorageError:
+    """One line naming what failed and why, transient when a retry may succeed."""
+    reason = exc.strerror or str(exc)
+    cls = TransientStorageError if exc.errno in _TRANSIENT_ERRNOS else StorageError
+    return cls(f"{what}: {reason}")
 
 
 def _fsync_dir(path: Path) -> None:

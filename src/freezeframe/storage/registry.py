@@ -1,0 +1,85 @@
+"""From a repository location to a storage: the backend its scheme names, with the wrappers
+the options ask for stacked on it.
+
+A location is ``scheme:rest`` when it starts with a scheme (``[a-z][a-z0-9+.-]*``, two letters
+at least, so ``C:\\backups`` is no scheme) and a path otherwise, so ``/srv/a:b`` and ``repo`` are
+local directories. A location naming a backend this version lacks is refused, never taken for a
+directory (``sftp:host:/repo`` once made a local directory of that name). A backend is one entry
+of ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+from freezeframe.errors import UsageError
+from freezeframe.storage.base import Storage
+from freezeframe.storage.cache import CachingStorage
+from freezeframe.storage.local import LocalStorage
+from freezeframe.storage.ratelimit import RateLimitedStorage, RateLimits
+from freezeframe.storage.readonly import ReadOnlyStorage
+from freezeframe.storage.retry import RetryingStorage, RetryPolicy
+
+Factory = Callable[[str], Storage]
+
+BACKENDS: dict[str, Factory] = {"local": LocalStorage}
+"""Scheme -> a factory given what follows ``scheme:``."""
+
+PLANNED = frozenset({"s3", "sftp", "rest"})
+"""Schemes users may expect (restic's), refused with a message that says they are coming."""
+
+_SCHEME = re.compile(r"([a-z][a-z0-9+.-]+):", re.IGNORECASE)
+
+
+def split_location(location: str) -> tuple[str, str]:
+    """``(scheme, rest)``: a location without a scheme is ``("local", location)``."""
+    match = _SCHEME.match(location)
+    if match is None:
+        return "local", location
+    return match.group(1).lower(), location[match.end() :]
+
+
+def backend_for(location: str) -> Storage:
+    """The bare backend of ``location``; UsageError (one line) if this version has none."""
+    if not location:
+        raise UsageError("the repository location is empty")
+    scheme, rest = split_location(location)
+    factory = BACKENDS.get(scheme)
+    if factory is None:
+        if scheme in PLANNED:
+            raise UsageError(
+                f"repository location {location!r}: the {scheme} backend is not available in "
+                "this version"
+            )
+        raise UsageError(
+            f"unknown repository location scheme {scheme!r} in {location!r} (a local directory "
+            f"whose name has a colon can be given as ./{location} or local:{location})"
+        )
+    if not rest:
+        raise UsageError(f"repository location {location!r} names no {scheme} repository")
+    return factory(rest)
+
+
+def open_storage(
+    location: str,
+    *,
+    read_only: bool = False,
+    retry: RetryPolicy | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    limits: RateLimits | None = None,
+) -> Storage:
+    """The backend of ``location`` wrapped as asked, innermost first: the rate limit (what
+    goes over the wire), retries (each attempt limited), the cache (a hit costs nothing),
+    and read-only outermost (a refused change reaches nothing)."""
+    storage = backend_for(location)
+    if limits is not None and (limits.upload is not None or limits.download is not None):
+        storage = RateLimitedStorage(storage, limits)
+    if retry is not None:
+        storage = RetryingStorage(storage, retry)
+    if cache_dir is not None:
+        storage = CachingStorage(storage, cache_dir)
+    if read_only:
+        storage = ReadOnlyStorage(storage)
+    return storage

@@ -1,0 +1,122 @@
+"""Repository locations: paths and ``local:`` are local directories; a scheme this version has
+no backend for is refused in one line and nothing is created on disk (``sftp:host:/repo`` once
+became a local directory of that name); the options stack the wrappers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from freezeframe.errors import UsageError
+from freezeframe.storage.base import Storage
+from freezeframe.storage.cache import CachingStorage
+from freezeframe.storage.local import LocalStorage
+from freezeframe.storage.ratelimit import RateLimitedStorage, RateLimits
+from freezeframe.storage.readonly import ReadOnlyStorage
+from freezeframe.storage.registry import backend_for, open_storage, split_location
+from freezeframe.storage.retry import RetryingStorage, RetryPolicy
+from freezeframe.storage.wrapper import StorageWrapper
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("location", "root"),
+    [
+        ("/srv/backups/repo", "/srv/backups/repo"),
+        ("/srv/a:b", "/srv/a:b"),  # a colon later in a path is part of the path
+        ("repo", "repo"),
+        ("backups/repo:2024", "backups/repo:2024"),
+        ("./sftp:host:/repo", "sftp:host:/repo"),  # how to name such a directory
+        ("local:/srv/repo", "/srv/repo"),
+        ("local:repo", "repo"),
+        ("local:sftp:host", "sftp:host"),
+        ("C:\\backups", "C:\\backups"),  # one letter is a drive, never a scheme
+        ("c:/backups", "c:/backups"),
+    ],
+)
+def test_local_locations(location: str, root: str) -> None:
+    storage = backend_for(location)
+    assert isinstance(storage, LocalStorage)
+    assert storage.root == Path(root)
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        (
+            "sftp:host:/repo",
+            "repository location 'sftp:host:/repo': the sftp backend is not "
+            "available in this version",
+        ),
+        (
+            "s3:https://h/b",
+            "repository location 's3:https://h/b': the s3 backend is not available in this version",
+        ),
+        ("rest:http://host:8000/", "the rest backend is not available in this version"),
+        ("S3:bucket", "the s3 backend is not available in this version"),
+        (
+            "rclone:remote:path",
+            "unknown repository location scheme 'rclone' in 'rclone:remote:path'",
+        ),
+        ("b2:bucket", "unknown repository location scheme 'b2'"),
+        ("file:///srv/repo", "unknown repository location scheme 'file'"),
+        (
+            "repo:old",
+            "(a local directory whose name has a colon can be given as ./repo:old "
+            "or local:repo:old)",
+        ),
+        ("local:", "repository location 'local:' names no local repository"),
+        ("", "the repository location is empty"),
+    ],
+)
+def test_other_locations_are_refused_in_one_line_creating_nothing(
+    tmp_path: Path, location: str, message: str
+) -> None:
+    with pytest.raises(UsageError) as raised:
+        open_storage(location, retry=RetryPolicy(), cache_dir=None)
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_split_location() -> None:
+    assert split_location("sftp:user@host:/srv/repo") == ("sftp", "user@host:/srv/repo")
+    assert split_location("/srv/a:b") == ("local", "/srv/a:b")
+    assert split_location("s3+https:x") == ("s3+https", "x")
+
+
+def _layers(storage: Storage) -> list[type]:
+    layers: list[type] = []
+    while isinstance(storage, StorageWrapper):
+        layers.append(type(storage))
+        storage = storage.inner
+    return [*layers, type(storage)]
+
+
+def test_options_stack_wrappers_innermost_first(tmp_path: Path) -> None:
+    assert _layers(open_storage("repo")) == [LocalStorage]
+    assert _layers(open_storage("repo", retry=RetryPolicy())) == [RetryingStorage, LocalStorage]
+    stacked = open_storage(
+        "local:repo",
+        read_only=True,
+        retry=RetryPolicy(),
+        cache_dir=tmp_path / "cache",
+        limits=RateLimits(download=1e6),
+    )
+    assert _layers(stacked) == [
+        ReadOnlyStorage,
+        CachingStorage,
+        RetryingStorage,
+        RateLimitedStorage,
+        LocalStorage,
+    ]
+    assert stacked.location == "repo"
+    assert not stacked.capabilities.writable
+    assert _layers(open_storage("repo", limits=RateLimits())) == [LocalStorage]
+    assert not (tmp_path / "repo").exists()  # opening creates nothing; init does
