@@ -3,6 +3,8 @@
 - every test gets its own cache directory (XDG_CACHE_HOME) and FREEZEFRAME_PASSWORD;
 - ``cli``: run the CLI in-process against ``tmp_path/"repo"`` (see ``ffharness.Cli``);
 - ``repo``: that repository, initialised with cheap key-derivation parameters;
+- ``hold``: hold this process at a point of a run (``freezeframe.hooks``) until the test ends;
+  a child process is held with ``ffharness.hold_env`` instead;
 - ``privileged_required`` / ``run_freezeframe`` / ``spawn_freezeframe`` live in
   ``tests/ffharness.py`` and are re-exported here; ``treeutil`` builds and compares trees.
 """
@@ -10,7 +12,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ from ffharness import (
     run_freezeframe,
     spawn_freezeframe,
 )
+from freezeframe import hooks
 
 __all__ = ["privileged_required", "run_freezeframe", "spawn_freezeframe"]
 
@@ -42,6 +46,21 @@ def _isolated_environment(
         "FREEZEFRAME_PASSWORD_COMMAND",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def hold() -> Iterator[Callable[[hooks.Point, float], None]]:
+    """``hold(Point.PAUSED, 1.5)``: from then on until the test ends, every run in this process
+    (the in-process ``cli``) sleeps that long when it reaches the point."""
+    points: list[hooks.Point] = []
+
+    def install(point: hooks.Point, seconds: float) -> None:
+        hooks.install(point, lambda _point: time.sleep(seconds))
+        points.append(point)
+
+    yield install
+    for point in points:
+        hooks.remove(point)
 
 
 @pytest.fixture

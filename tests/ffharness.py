@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from freezeframe import hooks
+
 PASSWORD = "correct horse battery staple"
 FAST_INIT = ("init", "--argon2-memory", "8", "--argon2-time", "1")
 
@@ -155,6 +157,20 @@ WITH_DEFAULT_SIGINT = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "os.execv(sys.argv[1], sys.argv[1:])",
 )
+
+
+# A child's hooks: tests/hookinstall/sitecustomize.py reads this variable in the child.
+HOLD_ENV = "FREEZEFRAME_TEST_HOLD"
+HOOK_INSTALLER = Path(__file__).resolve().parent / "hookinstall"
+
+
+def hold_env(point: hooks.Point, seconds: float) -> dict[str, str]:
+    """Environment for a child freezeframe (``run_freezeframe``, ``spawn_freezeframe``, or any
+    Popen given ``{**os.environ, **hold_env(...)}``) that holds at ``point`` for ``seconds``,
+    so the test can kill it there. Its children (an agent's backups) hold too. The ``hold``
+    fixture holds the in-process ``Cli`` instead."""
+    path = [str(HOOK_INSTALLER), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {HOLD_ENV: f"{point.value}={seconds:g}", "PYTHONPATH": os.pathsep.join(path)}
 
 
 def parse_json(text: str, what: str = "output") -> Any:

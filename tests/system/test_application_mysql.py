@@ -26,7 +26,8 @@ from typing import Any
 import pymysql
 import pytest
 
-from ffharness import Cli, parse_json, spawn_freezeframe
+from ffharness import Cli, hold_env, parse_json, spawn_freezeframe
+from freezeframe.hooks import Point
 from freezeframe.quiesce.mysql import READ_LOCK, MysqlQuiescer
 from fsfixtures import loop_filesystem, shared_workdir
 from mariadbfixtures import MariaDB, mariadb_server
@@ -283,7 +284,7 @@ def test_sigkill_while_mariadb_commits_wait_releases_them_within_a_second(
             "--quiesce",
             f"mysql:{server.url}",
             repo=repo,
-            env={"FREEZEFRAME_TEST_HOLD_APPLICATION_S": "30"},
+            env=hold_env(Point.APPLICATIONS_HELD, 30),
         )
         try:
             _wait_until_commits_block(db, backup)
@@ -314,7 +315,7 @@ def test_a_stopped_freezeframe_holds_mariadb_no_longer_than_the_cap_and_the_time
             "--quiesce-timeout",
             "1",
             repo=repo,
-            env={"FREEZEFRAME_TEST_HOLD_APPLICATION_S": "30"},
+            env=hold_env(Point.APPLICATIONS_HELD, 30),
         )
         try:
             blocked = _wait_until_commits_block(db, backup)
@@ -341,7 +342,7 @@ def test_a_session_killed_during_the_hold_fails_the_run(repo: Path, tmp_path: Pa
             f"mysql:{server.url}",
             repo=repo,
             json=True,
-            env={"FREEZEFRAME_TEST_HOLD_APPLICATION_S": "3"},
+            env=hold_env(Point.APPLICATIONS_HELD, 3),
         )
         try:
             _wait_until_commits_block(db, backup)

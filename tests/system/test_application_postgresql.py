@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ffharness import Cli, spawn_freezeframe
+from ffharness import Cli, hold_env, spawn_freezeframe
+from freezeframe.hooks import Point
 from fsfixtures import loop_filesystem, shared_workdir
 from pgfixtures import (
     PgServer,
@@ -174,7 +175,7 @@ def test_sigkill_during_the_hold_ends_the_backup_and_writes_never_stop(repo: Pat
                     "--quiesce",
                     f"postgresql:{server.conninfo}",
                     repo=repo,
-                    env={"FREEZEFRAME_TEST_HOLD_APPLICATION_S": "30"},
+                    env=hold_env(Point.APPLICATIONS_HELD, 30),
                 )
                 deadline = time.monotonic() + 30
                 while server.psql(backend) != "1":

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from ffharness import Cli, spawn_freezeframe
+from ffharness import Cli, hold_env, spawn_freezeframe
+from freezeframe.hooks import Point
 from fsfixtures import loop_filesystem
 from redisfixtures import ACCOUNTS, TOTAL, redis_server, transfer_workload
 
@@ -79,7 +80,7 @@ def test_sigkill_while_redis_writes_are_paused_releases_them_within_a_second(
                 "--quiesce",
                 f"redis:unix://{socket}",
                 repo=repo,
-                env={"FREEZEFRAME_TEST_HOLD_APPLICATION_S": "30"},
+                env=hold_env(Point.APPLICATIONS_HELD, 30),
             )
             deadline = time.monotonic() + 30
             while True:  # wait until a write blocks

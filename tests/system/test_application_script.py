@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ffharness import Cli, spawn_freezeframe
+from ffharness import Cli, hold_env, spawn_freezeframe
+from freezeframe.hooks import Point
 from fsfixtures import loop_filesystem
 
 SCRIPT = """#!/bin/sh
@@ -133,11 +135,11 @@ def test_a_hanging_freeze_times_out_and_the_run_degrades_when_asked(
 
 
 def test_the_cap_releases_the_applications_and_the_run_fails(
-    repo: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, cli: Cli, tmp_path: Path, hold: Callable[[Point, float], None]
 ) -> None:
     log = tmp_path / "calls"
     script = _script(tmp_path, "held", log)
-    monkeypatch.setenv("FREEZEFRAME_TEST_HOLD_APPLICATION_S", "1.5")
+    hold(Point.APPLICATIONS_HELD, 1.5)
     with loop_filesystem(tmp_path, "btrfs") as mnt:
         (mnt / "f").write_bytes(b"x")
         quiesce = ["--quiesce", f"script:{script}", "--quiesce-cap", "0.4"]
@@ -160,7 +162,7 @@ def test_sigkill_while_held_runs_the_thaw_script_from_the_watchdog(
             "--quiesce",
             f"script:{script}",
             repo=repo,
-            env={"FREEZEFRAME_TEST_HOLD_APPLICATION_S": "30"},
+            env=hold_env(Point.APPLICATIONS_HELD, 30),
         )
         deadline = time.monotonic() + 30
         while not _calls(log):

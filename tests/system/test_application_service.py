@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cgroupfixtures import own_cgroup
-from ffharness import Cli, spawn_freezeframe
+from ffharness import Cli, hold_env, spawn_freezeframe
+from freezeframe.hooks import Point
 from fsfixtures import loop_filesystem
 from writerfixtures import advancing, appender, is_paused
 
@@ -37,7 +38,7 @@ def test_a_paused_service_is_held_across_the_snapshots_and_resumed_after_a_sigki
             "--quiesce",
             spec,
             repo=repo,
-            env={"FREEZEFRAME_TEST_HOLD_APPLICATION_S": "30"},
+            env=hold_env(Point.APPLICATIONS_HELD, 30),
         )
         deadline = time.monotonic() + 30
         while not is_paused(service, cgroup):

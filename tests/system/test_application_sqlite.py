@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ffharness import Cli, spawn_freezeframe
+from ffharness import Cli, hold_env, spawn_freezeframe
+from freezeframe.hooks import Point
 from fsfixtures import loop_filesystem
 from sqlitefixtures import TOTAL, create_bank, transfer_workload
 
@@ -90,7 +91,7 @@ def test_sigkill_while_sqlite_is_held_releases_the_lock_at_once(
             "--quiesce",
             f"sqlite:{db_file}",
             repo=repo,
-            env={"FREEZEFRAME_TEST_HOLD_APPLICATION_S": "30"},
+            env=hold_env(Point.APPLICATIONS_HELD, 30),
         )
         writer = sqlite3.connect(db_file, isolation_level=None, timeout=0)
         deadline = time.monotonic() + 30

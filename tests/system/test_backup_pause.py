@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from cgroupfixtures import own_cgroup
-from ffharness import FAST_INIT, Cli, spawn_freezeframe
+from ffharness import FAST_INIT, Cli, hold_env, spawn_freezeframe
 from freezeframe.capture.providers.btrfs import SNAPSHOT_DIR
+from freezeframe.hooks import Point
 from fsfixtures import loop_filesystem
 from writerfixtures import advancing, appender, is_paused
 
@@ -37,7 +38,7 @@ def test_sigkill_of_the_backup_while_writers_are_paused_resumes_them_within_a_se
         writer = stack.enter_context(appender(first / "log", cgroup))
         (second / "f").write_bytes(b"x")
         backup = spawn_freezeframe(
-            "backup", first, second, repo=repo, env={"FREEZEFRAME_TEST_HOLD_PAUSE_S": "30"}
+            "backup", first, second, repo=repo, env=hold_env(Point.PAUSED, 30)
         )
         deadline = time.monotonic() + 30
         while not is_paused(writer, cgroup):
@@ -76,9 +77,9 @@ def test_a_pause_recorded_with_its_writers_and_window(repo: Path, cli: Cli, tmp_
 
 
 def test_an_overrun_of_the_pause_cap_fails_or_degrades_and_resumes_the_writers(
-    repo: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, cli: Cli, tmp_path: Path, hold: Callable[[Point, float], None]
 ) -> None:
-    monkeypatch.setenv("FREEZEFRAME_TEST_HOLD_PAUSE_S", "1.5")
+    hold(Point.PAUSED, 1.5)
     with _two_volumes(tmp_path) as (first, second), appender(first / "log", None) as writer:
         failed = cli("backup", first, second, "--pause-cap", "0.3", expect=1)
         assert failed["error"]["code"] == "consistency_unreachable"
@@ -113,7 +114,7 @@ def test_backup_output_names_the_pause(repo: Path, cli: Cli, tmp_path: Path) -> 
 
 
 def test_filesystem_level_pauses_the_writers_of_a_single_volume_and_an_overrun_degrades_to_crash(
-    repo: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, cli: Cli, tmp_path: Path, hold: Callable[[Point, float], None]
 ) -> None:
     """At `filesystem` nothing may be written while the snapshot flushes, one volume or many;
     past the cap the single snapshot is still atomic, so `--fallback degrade` keeps it as
@@ -122,7 +123,7 @@ def test_filesystem_level_pauses_the_writers_of_a_single_volume_and_an_overrun_d
         record = cli("backup", mnt, "--consistency", "filesystem")["consistency"]
         assert [w["pid"] for w in record["pause"]["writers"]] == [writer.pid]
         assert cli("backup", mnt, "--consistency", "crash")["consistency"]["pause"] == {}
-        monkeypatch.setenv("FREEZEFRAME_TEST_HOLD_PAUSE_S", "1.5")
+        hold(Point.PAUSED, 1.5)
         failed = cli("backup", mnt, "--consistency", "filesystem", "--pause-cap", "0.3", expect=1)
         assert failed["error"]["code"] == "consistency_unreachable"
         assert os.listdir(mnt / SNAPSHOT_DIR) == []

@@ -20,14 +20,25 @@ def test_btrfs_reaches_snapshot_levels_and_ext4_says_why_not(cli: Cli, tmp_path:
         on_btrfs, on_ext4 = cli("doctor", btrfs / "data", ext4)
         assert on_btrfs["fs_type"] == "btrfs"
         assert on_btrfs["provider"] == "btrfs"
+        assert [p["name"] for p in on_btrfs["providers"]] == ["btrfs", "loop-clone"]
+        assert on_btrfs["providers"][0]["why_not"] is None
+        assert "not ext4 or xfs" in on_btrfs["providers"][1]["why_not"]
         assert on_btrfs["subvolume"] == str(btrfs)
         assert set(on_btrfs["reachable"]) == {"filesystem", "crash", "none"}
         assert "application" in on_btrfs["unreachable"]
         assert on_ext4["provider"] == "none"
         assert on_ext4["reachable"] == ["none"]
         assert "no snapshot provider for ext4" in on_ext4["unreachable"]["crash"]
+        # Every provider is asked, and the reason names each one's answer.
+        btrfs_says, loop_says = (p["why_not"] for p in on_ext4["providers"])
+        assert "is not on btrfs" in btrfs_says and "cannot clone files" in loop_says
+        assert f"btrfs: {btrfs_says}; loop-clone: {loop_says}" in on_ext4["unreachable"]["crash"]
         text = cli("doctor", ext4, json=False)
         assert "crash        not reachable: no snapshot provider for ext4" in text
+        assert f"            btrfs       cannot: {btrfs_says}" in text
+        assert f"            loop-clone  cannot: {loop_says}" in text
+        text = cli("doctor", btrfs / "data", json=False)
+        assert "  provider: btrfs\n            btrfs       can snapshot it\n" in text
 
 
 def test_a_missing_path_is_one_clear_error(cli: Cli, tmp_path: Path) -> None:
@@ -49,6 +60,10 @@ def test_volumes_below_a_path_are_listed_and_limit_its_levels(cli: Cli, tmp_path
             "fs_type": "btrfs",
             "provider": "btrfs",
             "why_not": None,
+            "providers": [
+                {"name": "btrfs", "why_not": None},
+                {"name": "loop-clone", "why_not": "btrfs is not ext4 or xfs"},
+            ],
         }
         assert "crash" in report["reachable"]
         (btrfs / "mnt").mkdir()

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from ffharness import FAST_INIT, Cli, spawn_freezeframe
+from ffharness import FAST_INIT, Cli, hold_env, spawn_freezeframe
 from freezeframe.capture.providers.base import new_run_id
 from freezeframe.capture.providers.loopclone import CLONE_DIR, MOUNT_ROOT, LoopCloneProvider
 from freezeframe.capture.volumes import resolve_volume
+from freezeframe.hooks import Point
 from fsfixtures import loop_filesystem, writable_within
 from workloads import WORKLOADS
 
@@ -95,9 +96,7 @@ def test_sigkill_of_the_backup_while_frozen_thaws_within_a_second(
 ) -> None:
     with _image_volume(tmp_path, "ext4") as (host, mnt):
         (mnt / "f").write_bytes(b"x")
-        backup = spawn_freezeframe(
-            "backup", mnt, repo=repo, env={"FREEZEFRAME_TEST_HOLD_FREEZE_S": "30"}
-        )
+        backup = spawn_freezeframe("backup", mnt, repo=repo, env=hold_env(Point.FROZEN, 30))
         deadline = time.monotonic() + 30
         while not (host / CLONE_DIR).exists() or not os.listdir(host / CLONE_DIR):
             assert backup.poll() is None, backup.communicate()
@@ -148,9 +147,9 @@ def test_the_file_system_holding_the_repository_is_never_frozen(
 
 
 def test_a_freeze_overrun_fails_or_degrades_to_crash(
-    repo: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    repo: Path, cli: Cli, tmp_path: Path, hold: Callable[[Point, float], None]
 ) -> None:
-    monkeypatch.setenv("FREEZEFRAME_TEST_HOLD_FREEZE_S", "1.5")
+    hold(Point.FROZEN, 1.5)
     with _image_volume(tmp_path, "ext4") as (host, mnt):
         (mnt / "f").write_bytes(b"x")
         failed = cli("backup", mnt, "--freeze-cap", "0.3", expect=1)

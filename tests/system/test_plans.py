@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ffharness import Cli, run_freezeframe
+from ffharness import Cli, hold_env, run_freezeframe
+from freezeframe.hooks import Point
 from freezeframe.plans.agent import Agent
 from freezeframe.plans.history import History, Run
 from fsfixtures import loop_filesystem
@@ -269,7 +270,7 @@ schedule = ["0 * * * *"]
         history = History(f"{tmp_path}/state.db")
         earlier = time.time() - 2 * 3600
         history.record(Run("held", "success", "schedule", earlier, earlier + 1, "application"))
-        env = {**os.environ, "FREEZEFRAME_TEST_HOLD_APPLICATION_S": "60"}
+        env = {**os.environ, **hold_env(Point.APPLICATIONS_HELD, 60)}
         agent = subprocess.Popen(
             [sys.executable, "-m", "freezeframe", "agent", "--config", str(plans)],
             env=env,

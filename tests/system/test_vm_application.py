@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from ffharness import Cli, spawn_freezeframe
+from ffharness import Cli, hold_env, spawn_freezeframe
+from freezeframe.hooks import Point
 from vmfixtures import Vm, check_images, needs_journal_replay
 from vmguestlab import (
     GUEST_CONFIG_PATH,
@@ -173,7 +174,7 @@ def test_a_hold_the_guest_cannot_make_fails_the_run_or_degrades_to_filesystem(
 def test_sigkill_during_the_hold_thaws_the_guest_and_removes_the_label(
     pg_vm: Vm, repo: Path, tmp_path: Path
 ) -> None:
-    env = {"FREEZEFRAME_TEST_HOLD_FREEZE_S": "60"}
+    env = hold_env(Point.VM_FROZEN, 60)
     run = spawn_freezeframe(
         "backup", "--vm", _spec(pg_vm), "--consistency", "application", repo=repo, env=env
     )

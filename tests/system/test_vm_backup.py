@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from ffharness import Cli, parse_json, run_freezeframe, spawn_freezeframe
+from ffharness import Cli, hold_env, parse_json, run_freezeframe, spawn_freezeframe
+from freezeframe.hooks import Point
 from vmfixtures import Vm, check_images, make_disks, needs_journal_replay, running_vm
 
 TRIALS = int(os.environ.get("FREEZEFRAME_VM_TRIALS", "3"))
@@ -152,10 +153,10 @@ def test_sigkill_releases_the_guest_and_leaves_nothing_within_two_seconds(
     repo: Path, tmp_path: Path, phase: str
 ) -> None:
     disks = make_disks(tmp_path / "disks", size_mib=64)
-    hold = "FREEZEFRAME_TEST_HOLD_FREEZE_S" if phase == "frozen" else "FREEZEFRAME_TEST_HOLD_READ_S"
+    hold = Point.VM_FROZEN if phase == "frozen" else Point.VM_READING
     with running_vm(tmp_path / "vm", disks) as vm:
         vm.release_agent()
-        backup = spawn_freezeframe("backup", "--vm", _spec(vm), repo=repo, env={hold: "60"})
+        backup = spawn_freezeframe("backup", "--vm", _spec(vm), repo=repo, env=hold_env(hold, 60))
         deadline = time.monotonic() + 60
         while True:  # until the hold has begun
             if phase == "frozen":
@@ -225,7 +226,7 @@ def test_incrementals_read_only_what_changed_and_survive_a_broken_chain_and_a_de
         assert other["incremental"]["parent"] == second["snapshot_id"]
 
         dying = spawn_freezeframe(
-            "backup", "--vm", _spec(vm), repo=repo, env={"FREEZEFRAME_TEST_HOLD_READ_S": "60"}
+            "backup", "--vm", _spec(vm), repo=repo, env=hold_env(Point.VM_READING, 60)
         )
         deadline = time.monotonic() + 60
         while not any(j["device"].startswith("ffz") for j in vm.qmp("query-block-jobs")):
@@ -247,7 +248,7 @@ def test_a_freeze_past_its_cap_is_thawed_by_the_watchdog_and_fails_or_degrades(
     disks = make_disks(tmp_path / "disks", size_mib=64)
     with running_vm(tmp_path / "vm", disks) as vm:
         vm.release_agent()
-        held = {"FREEZEFRAME_TEST_HOLD_FREEZE_S": "3"}
+        held = hold_env(Point.VM_FROZEN, 3)
         args = ["backup", "--vm", _spec(vm), "--consistency", "filesystem", "--freeze-cap", "1"]
         failed = run_freezeframe(*args, repo=repo, json=True, env=held)
         assert failed.returncode == 1, failed.stderr

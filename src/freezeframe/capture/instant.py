@@ -11,16 +11,13 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from freezeframe import hooks
 from freezeframe.capture import fsfreeze
 from freezeframe.capture.providers.base import ReadOnlyView, SnapshotProvider
 from freezeframe.capture.volumes import Volume
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.capture.writer_pause import WriterPause
 from freezeframe.errors import FreezeframeError
-
-# Tests only: hold the pause, or a freeze, this long, so a test can kill the run inside it.
-HOLD_PAUSE_ENV = "FREEZEFRAME_TEST_HOLD_PAUSE_S"
-HOLD_FREEZE_ENV = "FREEZEFRAME_TEST_HOLD_FREEZE_S"
 
 
 class FreezeFailed(FreezeframeError):
@@ -73,7 +70,8 @@ def take_all(
                 views.append(view)
             else:
                 views.append(provider.take(volume, run_id))
-        _hold(HOLD_PAUSE_ENV if pausing else "")
+        if pausing:
+            hooks.reached(hooks.Point.PAUSED)
     providers = {provider.name: provider for _v, provider in targets}
     for view in views:
         providers[view.provider].expose(view)
@@ -99,18 +97,12 @@ def _frozen_take(
         raise FreezeFailed(str(exc)) from exc
     try:
         view = provider.take(volume, run_id)
-        _hold(HOLD_FREEZE_ENV)
+        hooks.reached(hooks.Point.FROZEN)
     finally:
         fsfreeze.thaw(mount_point)
         instant.freezes_in_time &= watchdog.disarm(token)
         instant.freeze_ms[mount_point] = (time.monotonic() - started) * 1000
     return view
-
-
-def _hold(variable: str) -> None:
-    seconds = float(os.environ.get(variable, "0") or 0) if variable else 0.0
-    if seconds:
-        time.sleep(seconds)
 
 
 def _root(volume: Volume) -> str:

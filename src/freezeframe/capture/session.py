@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from freezeframe import hooks
 from freezeframe.capture import layout
 from freezeframe.capture.application import ApplicationHold
-from freezeframe.capture.doctor import LEVELS
 from freezeframe.capture.instant import FreezeFailed, Instant, take_all
 from freezeframe.capture.providers.base import ReadOnlyView, SnapshotProvider, new_run_id
 from freezeframe.capture.providers.registry import BY_NAME, provider_for
@@ -31,16 +31,15 @@ from freezeframe.capture.volumes import Volume, resolve_volume
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.capture.writer_pause import WriterPauseFailed
 from freezeframe.errors import FreezeframeError, UsageError
+from freezeframe.levels import AUTO, Level, Requested, parse_requested
 from freezeframe.quiesce.base import PATHS_KEY, BackupFiles, QuiesceError, Quiescer
 
-RANK = {level: rank for rank, level in enumerate(reversed(LEVELS))}  # none 0 ... application 3
 DEFAULT_PAUSE_CAP_S = 10.0  # writers paused for the snapshots (VSS holds its flush for 10 s)
 DEFAULT_FREEZE_CAP_S = 10.0  # one file system frozen for its snapshot (the same 10 s)
 DEFAULT_APPLICATION_CAP_S = 60.0  # applications held, first freeze to last thaw (as VSS)
 DEFAULT_QUIESCER_TIMEOUT_S = 30.0  # each quiescer's own prepare, freeze and thaw
 MAX_CAP_S = 3600.0
-# Tests only: hold the applications this long before the snapshots, to kill the run inside.
-HOLD_APPLICATION_ENV = "FREEZEFRAME_TEST_HOLD_APPLICATION_S"
+FALLBACK_HINT = " (use --fallback degrade to accept less)"
 
 
 class ConsistencyUnreachable(FreezeframeError):
@@ -55,8 +54,8 @@ class CapturedPath:
 
 @dataclass
 class CaptureOutcome:
-    requested: str
-    achieved: str
+    requested: Requested
+    achieved: Level
     paths: list[CapturedPath]
     volumes: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
@@ -101,7 +100,7 @@ class Capture:
     def __init__(
         self,
         paths: list[str],
-        requested: str = "auto",
+        requested: str = AUTO,
         fallback: str = "fail",
         *,
         one_file_system: bool = False,
@@ -109,12 +108,10 @@ class Capture:
         never_freeze: tuple[str, ...] = (),
         quiescers: list[Quiescer] | None = None,
     ) -> None:
-        if requested != "auto" and requested not in RANK:
-            raise UsageError(f"unknown consistency level {requested!r}")
+        self.requested = parse_requested(requested)
         if fallback not in ("fail", "degrade"):
             raise UsageError(f"unknown fallback {fallback!r} (fail or degrade)")
         self.paths = [os.path.abspath(p) for p in paths]
-        self.requested = requested
         self.fallback = fallback
         self.one_file_system = one_file_system
         self.caps = caps or Caps()
@@ -135,33 +132,30 @@ class Capture:
     def _capture(self) -> CaptureOutcome:
         plan = layout.plan(self.paths, one_file_system=self.one_file_system)
         reachable, reason, targets = self._reachable(plan)
-        achieved, warnings = self._decide(reachable, reason)
+        achieved, warnings = decide_level(self.requested, reachable, reason, self.fallback)
         reason = reason if achieved == reachable else ""
-        if RANK[achieved] == 0:
+        if achieved == Level.NONE:
             return self._live(plan, warnings, reason)
         for volume, provider in targets:
             for leftover in provider.find_leftovers(volume):
                 provider.remove_leftover(leftover)
-        if achieved != "application":
+        if achieved != Level.APPLICATION:
             return self._snapshots(plan, targets, achieved, warnings, reason)
         try:
             return self._snapshots(plan, targets, achieved, warnings, reason, hold=True)
         except QuiesceError as exc:
-            if self.fallback == "fail":
-                raise ConsistencyUnreachable(
-                    f"{exc} (use --fallback degrade to accept less)"
-                ) from exc
+            achieved, degraded = decide_level(
+                achieved, Level.FILESYSTEM, str(exc), self.fallback, message=str(exc), cause=exc
+            )
             self.hold_report = {}
             self.hold_files = BackupFiles()
-            return self._snapshots(
-                plan, targets, "filesystem", [*warnings, f"{exc}; degraded to filesystem"], str(exc)
-            )
+            return self._snapshots(plan, targets, achieved, [*warnings, *degraded], str(exc))
 
     def _snapshots(
         self,
         plan: layout.Layout,
         targets: list[tuple[Volume, SnapshotProvider]],
-        achieved: str,
+        achieved: Level,
         warnings: list[str],
         reason: str,
         *,
@@ -178,7 +172,7 @@ class Capture:
                     targets,
                     run_id,
                     self.views,
-                    at_rest=achieved != "crash",
+                    at_rest=achieved.at_rest,
                     pause_cap_s=self.caps.pause_s,
                     freeze_cap_s=self.caps.freeze_s,
                 )
@@ -190,7 +184,7 @@ class Capture:
                 )
         except (WriterPauseFailed, FreezeFailed) as exc:
             self._remove_views()
-            return self._degrade(plan, targets, warnings, str(exc), Instant())
+            return self._degrade(plan, targets, warnings, str(exc), Instant(), taking=achieved)
         except BaseException:
             self._remove_views()
             raise
@@ -204,6 +198,7 @@ class Capture:
                 f"the writers' pause overran its {self.caps.pause_s:g} s cap and the watchdog "
                 "resumed them during the snapshots",
                 instant,
+                taking=achieved,
             )
         if not instant.freezes_in_time:
             return self._degrade(
@@ -213,17 +208,15 @@ class Capture:
                 f"a freeze overran its {self.caps.freeze_s:g} s cap and the watchdog thawed "
                 "the file system during its snapshot",
                 instant,
+                taking=achieved,
             )
         if hold and not application.in_time:
             message = (
                 f"the applications' hold passed its {self.caps.application_s:g} s cap and they "
                 "were released before the snapshots were done"
             )
-            if self.fallback == "fail":
-                self._remove_views()
-                raise ConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
-            warnings.append(message + "; degraded to filesystem")
-            return self._outcome(plan, "filesystem", warnings, message, instant)
+            achieved, degraded = self._decide_or_remove(achieved, Level.FILESYSTEM, message)
+            return self._outcome(plan, achieved, [*warnings, *degraded], message, instant)
         return self._outcome(plan, achieved, warnings, reason, instant)
 
     @contextmanager
@@ -233,7 +226,7 @@ class Capture:
         environment = {
             PATHS_KEY: "\n".join(self.paths),
             "FREEZEFRAME_RUN_ID": run_id,
-            "FREEZEFRAME_LEVEL": "application",
+            "FREEZEFRAME_LEVEL": Level.APPLICATION.value,
             "FREEZEFRAME_VOLUMES": ":".join(v.mount.mount_point for v, _p in targets),
         }
         with (
@@ -246,9 +239,7 @@ class Capture:
                 environment=environment,
             ) as application,
         ):
-            hold_s = float(os.environ.get(HOLD_APPLICATION_ENV, "0") or 0)
-            if hold_s:
-                time.sleep(hold_s)
+            hooks.reached(hooks.Point.APPLICATIONS_HELD)
             yield application
 
     def __exit__(
@@ -281,25 +272,37 @@ class Capture:
         warnings: list[str],
         message: str,
         instant: Instant,
+        *,
+        taking: Level,
     ) -> CaptureOutcome:
-        """The volumes could not be held still: fail, or take what is left. Snapshots taken
-        while writers were still paused are one instant (`crash`), and so is one volume's
-        snapshot on its own; otherwise the volumes are read live."""
-        if self.fallback == "fail":
-            self._remove_views()
-            raise ConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
-        if self.views and instant.pause_in_time and len(self.views) == len(targets):
-            warnings.append(message + "; degraded to crash")
-            return self._outcome(plan, "crash", warnings, message, instant)
+        """The volumes could not be held still at ``taking``: fail, or take what is left.
+        Snapshots taken while writers were still paused are one instant (`crash`), and so is
+        one volume's snapshot on its own; otherwise the volumes are read live."""
+        one_instant = bool(self.views) and instant.pause_in_time and len(self.views) == len(targets)
+        left = Level.CRASH if one_instant or len(targets) == 1 else Level.NONE
+        # At `crash` only several volumes are paused, so what is left is then `none`.
+        achieved, degraded = self._decide_or_remove(taking, left, message)
+        warnings = [*warnings, *degraded]
+        if one_instant:
+            return self._outcome(plan, achieved, warnings, message, instant)
         self._remove_views()
-        if len(targets) == 1:
+        if achieved == Level.CRASH:
             volume, provider = targets[0]
             view = provider.take(volume, new_run_id())
             self.views.append(view)
             provider.expose(view)
-            warnings.append(message + "; degraded to crash")
-            return self._outcome(plan, "crash", warnings, message, Instant())
-        return self._live(plan, [*warnings, message + "; degraded to none"], message)
+            return self._outcome(plan, achieved, warnings, message, Instant())
+        return self._live(plan, warnings, message)
+
+    def _decide_or_remove(
+        self, requested: Level, reachable: Level, message: str
+    ) -> tuple[Level, list[str]]:
+        """``decide_level`` for a capture under way: its snapshots go when it fails."""
+        try:
+            return decide_level(requested, reachable, "", self.fallback, message=message)
+        except ConsistencyUnreachable:
+            self._remove_views()
+            raise
 
     def _remove_views(self) -> None:
         errors = []
@@ -315,7 +318,7 @@ class Capture:
     def _live(self, plan: layout.Layout, warnings: list[str], reason: str) -> CaptureOutcome:
         return CaptureOutcome(
             requested=self.requested,
-            achieved="none",
+            achieved=Level.NONE,
             paths=[CapturedPath(p, p) for p in self.paths],
             volumes=[_describe(v, "none") for v in plan.volumes],
             warnings=warnings,
@@ -325,7 +328,7 @@ class Capture:
     def _outcome(
         self,
         plan: layout.Layout,
-        achieved: str,
+        achieved: Level,
         warnings: list[str],
         reason: str,
         instant: Instant,
@@ -391,27 +394,31 @@ class Capture:
 
     def _reachable(
         self, plan: layout.Layout
-    ) -> tuple[str, str, list[tuple[Volume, SnapshotProvider]]]:
+    ) -> tuple[Level, str, list[tuple[Volume, SnapshotProvider]]]:
         """The highest level every volume reaches together, why not higher, and the provider
         of each volume."""
         targets = []
         for volume in plan.volumes:
             provider, why = provider_for(volume)
             if provider is None:
-                return "none", f"{volume.path}: {why}", []
+                return Level.NONE, f"{volume.path}: {why}", []
             targets.append((volume, provider))
         protected = self._protected_mounts()
         for volume, provider in targets:
             if provider.needs_freeze and volume.mount.mount_point in protected:
                 return (
-                    "crash",
+                    Level.CRASH,
                     f"{volume.mount.mount_point} holds the repository or freezeframe's cache, "
                     "and freezeframe never freezes it",
                     targets,
                 )
         if not self.quiescers:
-            return "filesystem", "no application quiescer given (--quiesce KIND:TARGET)", targets
-        return "application", "", targets
+            return (
+                Level.FILESYSTEM,
+                "no application quiescer given (--quiesce KIND:TARGET)",
+                targets,
+            )
+        return Level.APPLICATION, "", targets
 
     def _protected_mounts(self) -> set[str]:
         mounts = {"/"}
@@ -425,21 +432,31 @@ class Capture:
                 continue
         return mounts
 
-    def _decide(self, reachable: str, reason: str) -> tuple[str, list[str]]:
-        return decide_level(self.requested, reachable, reason, self.fallback)
-
 
 def decide_level(
-    requested: str, reachable: str, reason: str, fallback: str
-) -> tuple[str, list[str]]:
-    """The level to take: the one asked for when ``reachable`` allows it (``auto``: the
-    highest reachable), else fail or, with ``fallback`` degrade, ``reachable`` and a warning
-    saying why. Paths and VMs decide alike."""
-    if requested == "auto" or RANK[requested] <= RANK[reachable]:
-        return (reachable if requested == "auto" else requested), []
-    message = f"consistency {requested} is not reachable: {reason}"
+    requested: Requested,
+    reachable: Level,
+    reason: str,
+    fallback: str,
+    *,
+    message: str = "",
+    cause: BaseException | None = None,
+) -> tuple[Level, list[str]]:
+    """The level to take and the warnings to give: ``requested`` when ``reachable`` allows it
+    (``auto``: the highest reachable), else ConsistencyUnreachable (``fallback`` fail) or
+    ``reachable`` with a warning saying why (``fallback`` degrade). Paths and VMs decide alike,
+    before the capture (why not: ``reason``) and during it, when a level taken is lost
+    (``message`` says what happened; ``cause`` is the exception that said so)."""
+    if requested == AUTO:
+        return reachable, []
+    if requested <= reachable:
+        return requested, []
+    message = message or f"consistency {requested} is not reachable: {reason}"
     if fallback == "fail":
-        raise ConsistencyUnreachable(message + " (use --fallback degrade to accept less)")
+        error = ConsistencyUnreachable(message + FALLBACK_HINT)
+        if cause is not None:
+            raise error from cause
+        raise error
     return reachable, [f"{message}; degraded to {reachable}"]
 
 

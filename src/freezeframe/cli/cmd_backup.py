@@ -17,6 +17,7 @@ from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import human_bytes, human_duration, snapshot_json
 from freezeframe.cli.reporting import CliReporter
 from freezeframe.errors import EXIT_PARTIAL
+from freezeframe.levels import Level
 from freezeframe.repository.snapshot import ConsistencyReport
 from freezeframe.service.backup import BackupRequest, backup
 from freezeframe.vm.machine import VmSpec
@@ -50,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--consistency",
         default="auto",
-        choices=["auto", "application", "filesystem", "crash", "none"],
+        choices=Level.choices(),
         help="level to reach (default: auto, the highest every source can reach)",
     )
     parser.add_argument(

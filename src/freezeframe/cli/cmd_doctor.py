@@ -1,4 +1,5 @@
-"""``freezeframe doctor``: per path, the volume and which consistency levels are reachable."""
+"""``freezeframe doctor``: per path, the volume, what every snapshot provider answers for it,
+and which consistency levels are reachable."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import argparse
 from dataclasses import asdict
 from typing import Any
 
-from freezeframe.capture.doctor import LEVELS, PathReport, examine
+from freezeframe.capture.doctor import PathReport, examine
 from freezeframe.cli.context import CommandContext
 from freezeframe.errors import UsageError
+from freezeframe.levels import Level
 from freezeframe.quiesce import discovery
 from freezeframe.vm.backup import examine as examine_vm
 from freezeframe.vm.machine import VmSpec
@@ -61,7 +63,9 @@ def _vm_text(vm: dict[str, Any]) -> str:
                      f"cap {hook.get('cap_s')} s)")  # fmt: skip
     else:
         lines.append("  hook:     not installed (freezeframe guest-hook install, in the guest)")
-    for level in ("application", "filesystem", "crash"):
+    for level in Level.descending():
+        if level == Level.NONE:
+            continue  # a VM is always read from a point-in-time view
         if level in vm["reachable"]:
             lines.append(f"  {level:<12} reachable")
         else:
@@ -81,17 +85,29 @@ def _text(report: PathReport) -> str:
     if report.subvolume is not None:
         lines.append(f"  subvolume: {report.subvolume}")
     lines.append(f"  provider: {report.provider}")
+    lines += _answers(report.providers, " " * 12)
     for below in report.volumes_below:
         how = below["provider"] if below["why_not"] is None else f"none ({below['why_not']})"
         lines.append(f"  below:    {below['path']} ({below['fs_type']}), provider {how}")
+        lines += _answers(below["providers"], " " * 14)
     if report.volumes_below:
         lines.append("            several volumes: writers are paused while all are snapshotted")
     for app in report.applications:
         how = f"--quiesce {app['spec']}" if app["spec"] else "no socket or port found"
         lines.append(f"  database: {app['kind']} (pid {app['pid']}) in {app['data_dir']}: {how}")
-    for level in LEVELS:
+    for level in Level.descending():
         if level in report.reachable:
             lines.append(f"  {level:<12} reachable")
         else:
             lines.append(f"  {level:<12} not reachable: {report.unreachable[level]}")
     return "\n".join(lines)
+
+
+def _answers(providers: list[dict[str, str | None]], indent: str) -> list[str]:
+    """Each provider's answer for a volume, in the order they are asked."""
+    width = max((len(str(p["name"])) for p in providers), default=0)
+    return [
+        f"{indent}{p['name']!s:<{width}}  "
+        + ("can snapshot it" if p["why_not"] is None else f"cannot: {p['why_not']}")
+        for p in providers
+    ]

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from freezeframe.errors import UsageError
+from freezeframe.levels import AUTO, Level
 from freezeframe.plans.history import DEFAULT_PATH as DEFAULT_STATE_PATH
 from freezeframe.plans.schedule import Schedule, ScheduleError
 from freezeframe.repository.retention import RetentionPolicy, parse_duration
@@ -121,7 +122,7 @@ class Plan(_Strict):
     sources: list[str] = Field(default_factory=list)
     excludes: list[str] = Field(default_factory=list)
     vms: list[str] = Field(default_factory=list)
-    consistency: Literal["auto", "application", "filesystem", "crash", "none"] = "auto"
+    consistency: str = AUTO  # one of Level.choices(): auto, or a level
     fallback: Literal["fail", "degrade"] = "fail"
     quiesce: list[str] = Field(default_factory=list)
     quiesce_cap_s: float | None = Field(default=None, gt=0)
@@ -135,6 +136,15 @@ class Plan(_Strict):
     check: Check = Field(default_factory=Check)
     hooks: Hooks = Field(default_factory=Hooks)
     notify: Notify = Field(default_factory=Notify)
+
+    @field_validator("consistency", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        choices = Level.choices()
+        if value not in choices:  # pydantic's own words for a Literal
+            named = ", ".join(f"'{choice}'" for choice in choices[:-1])
+            raise ValueError(f"Input should be {named} or '{choices[-1]}'")
+        return value
 
     @field_validator("sources", "vms")
     @classmethod

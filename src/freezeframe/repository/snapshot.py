@@ -14,11 +14,12 @@ from typing import Any
 
 from freezeframe.documents import too_deep
 from freezeframe.errors import IntegrityError, NotFound, UsageError
+from freezeframe.levels import Level
 from freezeframe.repository.repository import Repository
 from freezeframe.storage.base import Kind
 
 SNAPSHOT_AAD = b"freezeframe-snapshot"
-LEVELS = ("none", "crash", "filesystem", "application")
+LEVELS = Level.ascending()  # what ``achieved`` (and ``requested``, or auto) holds, lowest first
 
 
 @dataclass

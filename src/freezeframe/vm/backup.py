@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import getpass
 import json
-import os
 import socket
 import sys
 import time
@@ -25,11 +24,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from freezeframe import __version__
-from freezeframe.capture.session import ConsistencyUnreachable, decide_level
+from freezeframe import __version__, hooks
+from freezeframe.capture.session import decide_level
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import FreezeframeError, UsageError
 from freezeframe.guest import protocol
+from freezeframe.levels import Level, parse_requested
 from freezeframe.repository.pack import BlobType
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import ConsistencyReport, Snapshot, save_snapshot
@@ -40,14 +40,11 @@ from freezeframe.vm.machine import Disk, VmSpec, disks_of
 from freezeframe.vm.pointintime import PointInTime, cleanup, sole_run
 from freezeframe.vm.qmp import GuestAgent, Qmp, QmpError
 
-LEVELS = ("application", "filesystem", "crash")
+# What a VM can reach, the highest first: it is always read from a point-in-time view.
+LEVELS = tuple(level for level in Level.descending() if level >= Level.CRASH)
 RELEASE_DEADLINE_S = 7 * 24 * 3600.0  # the read's own limit is the caller's; this is a backstop
 AGENT_TIMEOUT_S = 10.0
 PROVIDER = "qemu-fleecing"
-# Tests only: hold the guest frozen, or the point-in-time view open, this long, to kill the run
-# inside.
-HOLD_FREEZE_ENV = "FREEZEFRAME_TEST_HOLD_FREEZE_S"
-HOLD_READ_ENV = "FREEZEFRAME_TEST_HOLD_READ_S"
 
 
 @dataclass
@@ -56,23 +53,23 @@ class VmBackupResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def reachable(spec: VmSpec) -> tuple[str, str]:
+def reachable(spec: VmSpec) -> tuple[Level, str]:
     """The highest level this VM reaches, and why not higher (`crash` needs only QMP)."""
     if spec.qga is None:
-        return "crash", "no guest agent socket given (qga=PATH)"
+        return Level.CRASH, "no guest agent socket given (qga=PATH)"
     try:
         with GuestAgent(spec.qga, AGENT_TIMEOUT_S) as agent:
             agent.execute("guest-fsfreeze-status")
             hook = guest_hook(agent)
     except QmpError as exc:
-        return "crash", f"the guest agent does not freeze: {exc}"
+        return Level.CRASH, f"the guest agent does not freeze: {exc}"
     if hook is None:
-        return "filesystem", (
+        return Level.FILESYSTEM, (
             "the guest hook is not installed in the guest (freezeframe guest-hook install)"
         )
     if not hook.get("quiescers"):
-        return "filesystem", "the guest hook has no quiescer configured in the guest"
-    return "application", ""
+        return Level.FILESYSTEM, "the guest hook has no quiescer configured in the guest"
+    return Level.APPLICATION, ""
 
 
 def guest_hook(agent: GuestAgent) -> dict[str, Any] | None:
@@ -137,8 +134,7 @@ def backup_vm(
 ) -> VmBackupResult:
     """``open_reader(socket, export, bitmap)`` opens one connection to one exported disk (with
     the dirty bitmap of an incremental read)."""
-    if requested != "auto" and requested not in (*LEVELS, "none"):
-        raise UsageError(f"unknown consistency level {requested!r}")
+    asked = parse_requested(requested)
     warnings: list[str] = []
     started = datetime.now(UTC)
     t0 = time.monotonic()
@@ -150,9 +146,9 @@ def backup_vm(
         if not disks:
             raise FreezeframeError(f"VM {spec.name}: QEMU reports no disk to back up")
         top, reason = reachable(spec)
-        if requested == "none":
+        if asked == Level.NONE:
             raise UsageError("a VM is always read from a point-in-time view: use crash or higher")
-        achieved, decided = decide_level(requested, top, reason, fallback)
+        achieved, decided = decide_level(asked, top, reason, fallback)
         warnings += decided
         chain = incremental.chain_of(repo, qmp, spec.name, disks)
         definition = {
@@ -168,7 +164,7 @@ def backup_vm(
             token = watchdog.arm_command(release, {}, RELEASE_DEADLINE_S)
             view = _view(qmp, disks, spec.name, repo)
             run_id = f"{time.time_ns():x}"
-            application = achieved == "application"
+            application = achieved == Level.APPLICATION
             freeze = _GuestFreeze(
                 spec,
                 watchdog,
@@ -179,19 +175,23 @@ def backup_vm(
             succeeded = False
             quiesce: dict[str, Any] = {}
             try:
-                if achieved in ("application", "filesystem"):
+                if achieved.at_rest:
                     try:
                         view.start(freeze.freeze, freeze.thaw, previous)
                     except QmpError as exc:
                         view.stop()
                         if not freeze.failed:
                             raise
-                        if fallback == "fail":
-                            raise ConsistencyUnreachable(
-                                f"VM {spec.name}: {exc} (use --fallback degrade to accept less)"
-                            ) from exc
-                        warnings.append(f"VM {spec.name}: {exc}; degraded to crash")
-                        reason, achieved = str(exc), "crash"
+                        achieved, decided = decide_level(
+                            achieved,
+                            Level.CRASH,
+                            str(exc),
+                            fallback,
+                            message=f"VM {spec.name}: {exc}",
+                            cause=exc,
+                        )
+                        warnings += decided
+                        reason = str(exc)
                         view = _view(qmp, disks, spec.name, repo)
                         view.start(previous=previous)
                     if freeze.overran:
@@ -199,28 +199,27 @@ def backup_vm(
                             f"VM {spec.name}: the guest's freeze passed its {freeze_cap_s:g} s "
                             "cap and the watchdog thawed it before the disks were taken"
                         )
-                        if fallback == "fail":
-                            raise ConsistencyUnreachable(
-                                message + " (use --fallback degrade to accept less)"
-                            )
                         # The one transaction still took every disk at one instant.
-                        warnings.append(message + "; degraded to crash")
-                        reason, achieved = message, "crash"
-                    if achieved == "application":
+                        achieved, decided = decide_level(
+                            achieved, Level.CRASH, message, fallback, message=message
+                        )
+                        warnings += decided
+                        reason = message
+                    if achieved == Level.APPLICATION:
                         quiesce = freeze.hold_report()
                         if freeze.application_error:
-                            message = f"VM {spec.name}: {freeze.application_error}"
-                            if fallback == "fail":
-                                raise ConsistencyUnreachable(
-                                    message + " (use --fallback degrade to accept less)"
-                                )
-                            warnings.append(message + "; degraded to filesystem")
-                            reason, achieved = freeze.application_error, "filesystem"
+                            achieved, decided = decide_level(
+                                achieved,
+                                Level.FILESYSTEM,
+                                freeze.application_error,
+                                fallback,
+                                message=f"VM {spec.name}: {freeze.application_error}",
+                            )
+                            warnings += decided
+                            reason = freeze.application_error
                 else:
                     view.start(previous=previous)
-                hold_s = float(os.environ.get(HOLD_READ_ENV, "0") or 0)
-                if hold_s:
-                    time.sleep(hold_s)
+                hooks.reached(hooks.Point.VM_READING)
                 stored = {
                     disk.drive: store_disk(
                         repo,
@@ -238,7 +237,7 @@ def backup_vm(
                 view.stop()
                 repo.flush()
                 report = ConsistencyReport(
-                    requested=requested,
+                    requested=asked,
                     achieved=achieved,
                     volumes=[
                         _volume_record(d, view, freeze, achieved, chain[d.drive]) for d in disks
@@ -333,9 +332,7 @@ class _GuestFreeze:
             self.failed = True
             self.thaw()
             raise
-        hold_s = float(os.environ.get(HOLD_FREEZE_ENV, "0") or 0)
-        if hold_s:
-            time.sleep(hold_s)
+        hooks.reached(hooks.Point.VM_FROZEN)
 
     def thaw(self) -> None:
         assert self.spec.qga is not None
@@ -385,7 +382,7 @@ def _volume_record(
     disk: Disk,
     view: PointInTime,
     freeze: _GuestFreeze,
-    achieved: str,
+    achieved: Level,
     link: incremental.Link,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
@@ -399,7 +396,7 @@ def _volume_record(
         ),
         "snapshot_ms": round(view.transaction_ms, 3),
     }
-    if achieved in ("application", "filesystem"):
+    if achieved.at_rest:
         record.update(freeze_ms=round(freeze.freeze_ms, 3), guest_filesystems=freeze.frozen_count)
     record["bitmap"] = view.bitmap  # records the writes after this instant, for the next backup
     if link.parent is not None:

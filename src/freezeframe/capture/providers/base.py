@@ -42,7 +42,10 @@ class SnapshotProvider(Protocol):
     needs_freeze: bool
 
     def unsupported_reason(self, volume: Volume) -> str | None:
-        """None when this provider can snapshot ``volume``, else why not (for `doctor`)."""
+        """None when this provider can snapshot ``volume``, else why not. Every volume is put
+        to every provider (``registry.PROVIDERS``, in order; the first that can serves it), so
+        a provider decides from the volume alone which it claims (its file system, its device)
+        and says why it does not in words for `doctor` and the "no provider" reason."""
 
     def take(self, volume: Volume, run_id: str) -> ReadOnlyView:
         """Take the snapshot, atomically and fast: writers may be paused and the file system
