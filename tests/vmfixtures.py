@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ffharness import is_root, privileged_required
-from freezeframe.vm.qmp import GuestAgent, Qmp, QmpError
+from freezeframe.errors import QmpError
+from freezeframe.vm.qmp import GuestAgent, Qmp
 
 # Bump when the way the kernel or the initramfs is built changes: it is part of the cache keys.
 RECIPE_VERSION = "fflab-3"

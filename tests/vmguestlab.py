@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ffharness import is_root, privileged_required
-from freezeframe.vm.qmp import QmpError
+from freezeframe.errors import QmpError
 from pgfixtures import BIN, PgServer, Recovery, initdb, pgbench_init, recovery_of, run_as_postgres
 from vmfixtures import (
     DEPENDENT_WRITES,

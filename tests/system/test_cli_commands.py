@@ -28,14 +28,14 @@ def test_keys_add_list_passwd_remove(repo: Path, cli: Cli, tmp_path: Path) -> No
     third = tmp_path / "third.pw"
     third.write_text("third secret\n")
     cli("--password-file", second, "key", "passwd", "--new-password-file", third)
-    out = cli("--password-file", second, "snapshots", expect=1)
+    out = cli("--password-file", second, "snapshots", expect=12)
     assert out["error"]["code"] == "wrong_password"
     assert len(cli("--password-file", third, "key", "list")) == 2
     original = next(k["id"] for k in cli("key", "list") if k["current"])
     refused = cli("key", "remove", original[:8], expect=2)
     assert "in use" in refused["error"]["message"]
     cli("--password-file", third, "key", "remove", original[:8])
-    assert cli("snapshots", expect=1)["error"]["code"] == "wrong_password"
+    assert cli("snapshots", expect=12)["error"]["code"] == "wrong_password"
     assert added["id"] != original
 
 
@@ -126,7 +126,7 @@ def test_a_held_exclusive_lock_blocks_backup_until_unlocked(
     (src / "f").write_bytes(b"x")
     r = _open(repo)
     with RepositoryLock(r, exclusive=True):
-        out = cli("backup", src, expect=1)
+        out = cli("backup", src, expect=11)
         assert out["error"]["code"] == "locked"
         assert "unlock" in out["error"]["message"]
         assert cli("unlock")["removed"] == []  # the holder is alive: not stale
@@ -141,7 +141,7 @@ def test_usage_errors_exit_2_without_traceback(repo: Path, cli: Cli) -> None:
 
 
 def test_missing_repository_is_one_clear_error(cli: Cli, tmp_path: Path) -> None:
-    out = cli("snapshots", expect=1)
+    out = cli("snapshots", expect=10)
     assert out["error"]["code"] == "repository_not_found"
     assert cli.stderr.count("\n") == 1
 

@@ -303,7 +303,7 @@ def test_a_lost_config_is_named_and_repaired(repo: Path, cli: Cli, sources: Path
 
 def test_repair_needs_a_repository(tmp_path: Path, make_cli: Callable[[Path], Cli]) -> None:
     missing = make_cli(tmp_path / "nowhere")
-    failed = missing("repair", "index", expect=1)
+    failed = missing("repair", "index", expect=10)
     assert failed["error"]["code"] == "repository_not_found"
 
 

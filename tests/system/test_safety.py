@@ -71,9 +71,9 @@ def _wait_until(proc: subprocess.Popen[str], condition, what: str, limit: float 
 
 
 def test_wrong_password_is_one_clear_line(repo: Path) -> None:
-    """A wrong password exits 1 with a single error line, not a traceback."""
+    """A wrong password exits 12 (as restic) with a single error line, not a traceback."""
     result = run_freezeframe("snapshots", repo=repo, env={"FREEZEFRAME_PASSWORD": "wrong"})
-    assert result.returncode == 1
+    assert result.returncode == 12
     line = _assert_one_error_line(result.stderr)
     assert "password" in line.lower()
 
@@ -83,7 +83,7 @@ def test_wrong_password_json_error_code(repo: Path) -> None:
     result = run_freezeframe(
         "snapshots", repo=repo, json=True, env={"FREEZEFRAME_PASSWORD": "wrong"}
     )
-    assert result.returncode == 1
+    assert result.returncode == 12
     doc = parse_json(result.stdout, "--json error output")
     assert doc["error"]["code"] == "wrong_password"
     assert doc["error"]["message"]
@@ -95,13 +95,13 @@ def test_missing_repository_is_reported_and_not_created(tmp_path: Path) -> None:
     nothing."""
     missing = tmp_path / "no-such-repo"
     result = run_freezeframe("snapshots", repo=missing)
-    assert result.returncode == 1
+    assert result.returncode == 10
     line = _assert_one_error_line(result.stderr)
     assert str(missing) in line
     assert not missing.exists()
 
     result = run_freezeframe("snapshots", repo=missing, json=True)
-    assert result.returncode == 1
+    assert result.returncode == 10
     assert parse_json(result.stdout)["error"]["code"] == "repository_not_found"
 
 

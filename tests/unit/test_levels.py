@@ -9,8 +9,8 @@ from dataclasses import asdict
 import pytest
 
 from freezeframe import hooks
-from freezeframe.capture.session import ConsistencyUnreachable, decide_level
-from freezeframe.errors import UsageError
+from freezeframe.capture.session import decide_level
+from freezeframe.errors import ConsistencyUnreachable, UsageError
 from freezeframe.levels import AUTO, Level, parse_requested
 from freezeframe.repository.snapshot import ConsistencyReport
 

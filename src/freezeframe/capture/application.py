@@ -16,8 +16,8 @@ from types import TracebackType
 from typing import Any
 
 from freezeframe.capture.watchdog import Watchdog
-from freezeframe.errors import FreezeframeError
-from freezeframe.quiesce.base import AddsFiles, BackupFiles, QuiesceError, Quiescer
+from freezeframe.errors import FreezeframeError, QuiesceError
+from freezeframe.quiesce.base import AddsFiles, BackupFiles, Quiescer
 
 BACKSTOP_GRACE_S = 1.0
 

@@ -49,8 +49,8 @@ def write_back(path: str) -> None:
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-class _NotFrozen(FreezeframeError):
-    pass
+class _NotFrozen(Exception):
+    """FITHAW of a file system that is not frozen: an answer, caught here, never shown."""
 
 
 def _ioctl(mount_point: str, request: int, what: str) -> None:

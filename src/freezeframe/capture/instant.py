@@ -17,11 +17,10 @@ from freezeframe.capture.providers.base import ReadOnlyView, SnapshotProvider
 from freezeframe.capture.volumes import Volume
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.capture.writer_pause import WriterPause
-from freezeframe.errors import FreezeframeError
-
-
-class FreezeFailed(FreezeframeError):
-    code = "freeze_failed"
+from freezeframe.errors import (
+    FreezeFailed,
+    FreezeframeError,
+)
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Any
 
 from freezeframe.capture import pause, processes
 from freezeframe.capture.processes import Process
-from freezeframe.errors import FreezeframeError, UsageError
-from freezeframe.quiesce.base import QuiesceError, Quiescer
+from freezeframe.errors import FreezeframeError, QuiesceError, UsageError
+from freezeframe.quiesce.base import Quiescer
 from freezeframe.quiesce.spec import parse as parse_application
 
 KINDS = ("cgroup", "unit", "pid")

@@ -24,15 +24,21 @@ from typing import Any
 from freezeframe import hooks
 from freezeframe.capture import layout
 from freezeframe.capture.application import ApplicationHold
-from freezeframe.capture.instant import FreezeFailed, Instant, take_all
+from freezeframe.capture.instant import Instant, take_all
 from freezeframe.capture.providers.base import ReadOnlyView, SnapshotProvider, new_run_id
 from freezeframe.capture.providers.registry import BY_NAME, provider_for
 from freezeframe.capture.volumes import Volume, resolve_volume
 from freezeframe.capture.watchdog import Watchdog
-from freezeframe.capture.writer_pause import WriterPauseFailed
-from freezeframe.errors import FreezeframeError, UsageError
+from freezeframe.errors import (
+    ConsistencyUnreachable,
+    FreezeFailed,
+    FreezeframeError,
+    QuiesceError,
+    UsageError,
+    WriterPauseFailed,
+)
 from freezeframe.levels import AUTO, Level, Requested, parse_requested
-from freezeframe.quiesce.base import PATHS_KEY, BackupFiles, QuiesceError, Quiescer
+from freezeframe.quiesce.base import PATHS_KEY, BackupFiles, Quiescer
 
 DEFAULT_PAUSE_CAP_S = 10.0  # writers paused for the snapshots (VSS holds its flush for 10 s)
 DEFAULT_FREEZE_CAP_S = 10.0  # one file system frozen for its snapshot (the same 10 s)
@@ -40,10 +46,6 @@ DEFAULT_APPLICATION_CAP_S = 60.0  # applications held, first freeze to last thaw
 DEFAULT_QUIESCER_TIMEOUT_S = 30.0  # each quiescer's own prepare, freeze and thaw
 MAX_CAP_S = 3600.0
 FALLBACK_HINT = " (use --fallback degrade to accept less)"
-
-
-class ConsistencyUnreachable(FreezeframeError):
-    code = "consistency_unreachable"
 
 
 @dataclass

@@ -22,17 +22,16 @@ from freezeframe.capture import pause, processes
 from freezeframe.capture.processes import Process
 from freezeframe.capture.volumes import MOUNTINFO, parse_mountinfo
 from freezeframe.capture.watchdog import Watchdog
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import (
+    FreezeframeError,
+    WriterPauseFailed,
+)
 
 # Writers found while others are already paused are paused too, round after round; a set of
 # volumes that keeps gaining writers after this many rounds is not pausable.
 MAX_ROUNDS = 5
 STOP_SETTLE_S = 2.0
 STOPPED_STATES = ("T", "t")
-
-
-class WriterPauseFailed(FreezeframeError):
-    code = "pause_failed"
 
 
 @dataclass(frozen=True)

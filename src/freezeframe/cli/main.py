@@ -1,7 +1,8 @@
 """The ``freezeframe`` command: parses arguments, runs one command, maps errors to exit codes.
 
-Exit codes: 0 success; 1 fatal error (wrong password, no repository, lock held, damage found...);
-2 bad usage; 3 backup finished but some files could not be read; 130 interrupted.
+Exit codes (freezeframe.errors): 0 success; 1 fatal error (damage found...); 2 bad usage;
+3 finished but some files could not be read; 10 no repository; 11 locked; 12 wrong password;
+130 interrupted.
 """
 
 from __future__ import annotations

@@ -21,14 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from freezeframe.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_PARTIAL
 from freezeframe.plans.config import Plan, PlansFile
 from freezeframe.plans.history import LEVEL_NUMBER, History, Run
 from freezeframe.plans.notify import Event, Notifier, NotifyTargets, SmtpSettings
 
 LOCK_RETRY_S = 600.0  # retention waits this long for another plan's backup to let go
 LOCK_POLL_S = 2.0
-EXIT_PARTIAL = 3
-EXIT_INTERRUPTED = 130
 PLAN_TAG = "plan:{name}"  # every snapshot of a plan carries it; retention looks at no other
 
 
@@ -270,7 +269,7 @@ def _run_waiting_for_lock(
     while True:
         done: subprocess.CompletedProcess[str] = control.run(step.argv, env)
         document = _json(done.stdout) or {}
-        locked = done.returncode != 0 and document.get("error", {}).get("code") == "locked"
+        locked = done.returncode == EXIT_LOCKED or document.get("error", {}).get("code") == "locked"
         if not locked or time.monotonic() > deadline:
             return done
         if control.stopping.wait(LOCK_POLL_S):

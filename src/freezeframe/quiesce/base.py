@@ -13,13 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from freezeframe.errors import FreezeframeError
-
-
-class QuiesceError(FreezeframeError):
-    code = "quiesce_failed"
-
-
 # The run's source paths, one per line, in the context ``prepare`` receives.
 PATHS_KEY = "FREEZEFRAME_PATHS"
 # "1" in the context when the snapshot is a VM's disks taken inside a guest: nothing can be added

@@ -53,7 +53,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pymysql
 import pymysql.optionfile
 
-from freezeframe.quiesce.base import QuiesceError
+from freezeframe.errors import QuiesceError
 
 SCHEMES = ("mysql", "mariadb")
 BACKUP_STAGE = "backup_stage"

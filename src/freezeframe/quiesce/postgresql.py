@@ -36,13 +36,8 @@ from typing import Any
 
 import psycopg
 
-from freezeframe.quiesce.base import (
-    IN_IMAGE_KEY,
-    BackupFiles,
-    QuiesceError,
-    source_paths,
-    within_any,
-)
+from freezeframe.errors import QuiesceError
+from freezeframe.quiesce.base import IN_IMAGE_KEY, BackupFiles, source_paths, within_any
 
 MIN_VERSION = 100000  # non-exclusive backups with pg_start_backup(label, fast, false): 10
 NEW_API_VERSION = 150000  # pg_backup_start / pg_backup_stop

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import redis
 
-from freezeframe.quiesce.base import QuiesceError
+from freezeframe.errors import QuiesceError
 
 MIN_VERSION = (7, 0)  # CLIENT PAUSE ... WRITE (6.2) and the rdb_saves counter (7.0)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from freezeframe.quiesce.base import QuiesceError
+from freezeframe.errors import QuiesceError
 
 OUTPUT_TAIL = 2000
 HOOKS_DIR_ENV = "FREEZEFRAME_HOOKS_DIR"

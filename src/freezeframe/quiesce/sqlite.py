@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from freezeframe.quiesce.base import QuiesceError
+from freezeframe.errors import QuiesceError
 
 LOCK_RETRY_S = 0.0002
 

@@ -12,7 +12,7 @@ import errno
 import os
 from dataclasses import dataclass, field
 
-from freezeframe.errors import IntegrityError, NotFound
+from freezeframe.errors import IntegrityError, MissingContent
 from freezeframe.repository.index import BlobLocation
 from freezeframe.repository.pack import BlobType
 from freezeframe.repository.repository import Repository
@@ -66,15 +66,6 @@ class FileJob:
                 view = view[n:]
                 content_offset += n
             index += 1
-
-
-class MissingContent(NotFound):
-    """Blobs of a file are not in the repository; ``ranges`` are the bytes they held, as far
-    as the blobs that are there tell."""
-
-    def __init__(self, message: str, ranges: list[tuple[int, int]]) -> None:
-        super().__init__(message)
-        self.ranges = ranges
 
 
 def plan_file(repo: Repository, node: Node) -> tuple[list[tuple[bytes, BlobLocation, int]], int]:

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from freezeframe.errors import FreezeframeError, IntegrityError
+from freezeframe.errors import FreezeframeError, IntegrityError, MissingContent, UnsafeName
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot
 from freezeframe.repository.tree import Node
@@ -33,7 +33,6 @@ from freezeframe.repository.walk import load_tree
 from freezeframe.restore.content import ContentWriter
 from freezeframe.restore.filejob import (
     FileJob,
-    MissingContent,
     file_ranges,
     plan_file,
     sparse_extents,
@@ -49,7 +48,6 @@ from freezeframe.restore.metadata import (
 )
 from freezeframe.restore.progress import RestoreProgress, count_totals
 from freezeframe.restore.safepath import (
-    UnsafeName,
     check_name,
     create_entry,
     create_file,

@@ -17,17 +17,17 @@ import posixpath
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from freezeframe.errors import FreezeframeError, IntegrityError, UsageError
+from freezeframe.errors import (
+    FreezeframeError,
+    UnsafeName,
+    UsageError,
+)
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # New directories stay private until their recorded mode is applied after their contents.
 NEW_DIR_MODE = 0o700
 NEW_FILE_MODE = 0o600
-
-
-class UnsafeName(IntegrityError):
-    """A name in a snapshot tree that could address something other than one new entry."""
 
 
 def check_name(name: bytes) -> None:

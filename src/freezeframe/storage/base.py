@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from freezeframe.errors import StorageError
-
 
 class Kind(StrEnum):
     """The kinds of objects a repository stores; each kind is its own namespace."""
@@ -32,13 +30,6 @@ class ObjectInfo:
 
     name: str
     size: int
-
-
-class TransientStorageError(StorageError):
-    """A failure that may pass if the call is simply made again (a timeout, a busy server, an
-    interrupted call), so ``RetryingStorage`` retries it; every other StorageError is final.
-
-    It belongs with StorageError in ``freezeframe.errors``; it is here until it moves."""
 
 
 @dataclass(frozen=True)

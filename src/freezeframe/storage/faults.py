@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from freezeframe.errors import StorageError
-from freezeframe.storage.base import Kind, ObjectInfo, Storage, TransientStorageError
+from freezeframe.errors import StorageError, TransientStorageError
+from freezeframe.storage.base import Kind, ObjectInfo, Storage
 from freezeframe.storage.wrapper import StorageWrapper
 
 _T = TypeVar("_T")

@@ -19,8 +19,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
-from freezeframe.errors import NotFound, StorageError
-from freezeframe.storage.base import Capabilities, Kind, ObjectInfo, TransientStorageError
+from freezeframe.errors import NotFound, StorageError, TransientStorageError
+from freezeframe.storage.base import Capabilities, Kind, ObjectInfo
 
 _OPEN_FILES_CACHED = 64
 _AUDIT_SHOWN = 10

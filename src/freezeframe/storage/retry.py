@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from freezeframe.storage.base import Kind, ObjectInfo, Storage, TransientStorageError
+from freezeframe.errors import TransientStorageError
+from freezeframe.storage.base import Kind, ObjectInfo, Storage
 from freezeframe.storage.wrapper import StorageWrapper
 
 _T = TypeVar("_T")

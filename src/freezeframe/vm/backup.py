@@ -27,7 +27,7 @@ from typing import Any
 from freezeframe import __version__, hooks
 from freezeframe.capture.session import decide_level
 from freezeframe.capture.watchdog import Watchdog
-from freezeframe.errors import FreezeframeError, UsageError
+from freezeframe.errors import FreezeframeError, QmpError, UsageError
 from freezeframe.guest import protocol
 from freezeframe.levels import Level, parse_requested
 from freezeframe.repository.pack import BlobType
@@ -38,7 +38,7 @@ from freezeframe.vm import incremental
 from freezeframe.vm.diskstore import DiskProgress, ImageReader, StoredDisk, store_disk
 from freezeframe.vm.machine import Disk, VmSpec, disks_of
 from freezeframe.vm.pointintime import PointInTime, cleanup, sole_run
-from freezeframe.vm.qmp import GuestAgent, Qmp, QmpError
+from freezeframe.vm.qmp import GuestAgent, Qmp
 
 # What a VM can reach, the highest first: it is always read from a point-in-time view.
 LEVELS = tuple(level for level in Level.descending() if level >= Level.CRASH)

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Final, Self
 
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import (
+    NbdError,
+)
 
 # -- Magic numbers -------------------------------------------------------------------------
 NBDMAGIC: Final = 0x4E42444D41474943  # "NBDMAGIC", first word of every handshake
@@ -171,17 +173,6 @@ _HOLE: Final = struct.Struct(">QI")  # offset, size
 _ERROR_HEAD: Final = struct.Struct(">IH")  # error, message length
 _DESCRIPTOR: Final = struct.Struct(">II")  # extent length, status flags
 _ZEROS: Final = memoryview(bytes(1 << 20))
-
-
-class NbdError(FreezeframeError):
-    """The NBD server refused, failed or broke the protocol; ``error`` is the server's error
-    name (``"EIO"``, ``"EINVAL"``...) when it reported one, else None."""
-
-    code = "nbd_error"
-
-    def __init__(self, message: str, *, error: str | None = None) -> None:
-        super().__init__(message)
-        self.error = error
 
 
 @dataclass(frozen=True, slots=True)

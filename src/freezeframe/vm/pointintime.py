@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import FreezeframeError, QmpError
 from freezeframe.vm.machine import Disk
-from freezeframe.vm.qmp import Qmp, QmpError
+from freezeframe.vm.qmp import Qmp
 
 PREFIX = "ffz"  # node names, job ids and export names of freezeframe's own
 BITMAP_PREFIX = "freezeframe-"  # dirty bitmaps: kept across runs, never removed by cleanup

@@ -21,13 +21,11 @@ import struct
 import time
 from typing import Any
 
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import (
+    QmpError,
+)
 
 DELIMITER = b"\xff"
-
-
-class QmpError(FreezeframeError):
-    code = "qmp_error"
 
 
 class _JsonSocket:

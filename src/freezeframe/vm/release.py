@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import FreezeframeError, QmpError
 from freezeframe.vm.pointintime import cleanup
-from freezeframe.vm.qmp import GuestAgent, Qmp, QmpError
+from freezeframe.vm.qmp import GuestAgent, Qmp
 
 CONNECT_TIMEOUT_S = 5.0
 

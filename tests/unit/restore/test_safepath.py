@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from freezeframe.errors import UsageError
+from freezeframe.errors import UnsafeName, UsageError
 from freezeframe.restore.safepath import (
-    UnsafeName,
     check_name,
     clear_way,
     create_entry,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from freezeframe.errors import NotFound, StorageError
-from freezeframe.storage.base import Kind, TransientStorageError
+from freezeframe.errors import NotFound, StorageError, TransientStorageError
+from freezeframe.storage.base import Kind
 from freezeframe.storage.faults import Effect, Fault, FaultyStorage, random_plan
 from freezeframe.storage.local import LocalStorage
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from freezeframe.errors import NotFound, StorageError
-from freezeframe.storage.base import Kind, TransientStorageError
+from freezeframe.errors import NotFound, StorageError, TransientStorageError
+from freezeframe.storage.base import Kind
 from freezeframe.storage.faults import Effect, Fault, FaultyStorage
 from freezeframe.storage.local import LocalStorage
 from freezeframe.storage.retry import RetryingStorage, RetryPolicy

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from ffharness import privileged_required
+from freezeframe.errors import NbdError
 from freezeframe.vm import nbd
-from freezeframe.vm.nbd import BASE_ALLOCATION, Extent, NbdClient, NbdError
+from freezeframe.vm.nbd import BASE_ALLOCATION, Extent, NbdClient
 
 KIB = 1 << 10
 MIB = 1 << 20
