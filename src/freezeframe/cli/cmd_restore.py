@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.cli.output import human_bytes, human_duration
-from freezeframe.errors import EXIT_FATAL, EXIT_PARTIAL, UsageError
-from freezeframe.repository.locks import RepositoryLock
-from freezeframe.repository.snapshot import find_snapshot
-from freezeframe.restore.restorer import RestoreProgress, RestoreResult, restore_snapshot
-from freezeframe.vm.images import FORMATS, convert_images, disk_includes, vm_root
+from freezeframe.cli.output import human_bytes
+from freezeframe.cli.reporting import CliReporter
+from freezeframe.errors import EXIT_FATAL, EXIT_PARTIAL
+from freezeframe.restore.restorer import RestoreResult
+from freezeframe.service.restore import RestoreRequest, restore
+from freezeframe.vm.images import FORMATS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,23 +41,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository(load_index=False)  # loaded under the lock
-    progress = RestoreProgress()
+    request = RestoreRequest(
+        ctx.args.snapshot,
+        Path(ctx.args.target),
+        includes=tuple(ctx.args.include),
+        disks=tuple(ctx.args.disk),
+        image_format=ctx.args.format,
+    )
+    repo = ctx.open_repository(load_index=False)
     try:
-        snapshot = find_snapshot(repo, ctx.args.snapshot)
-        target = Path(ctx.args.target)
-        includes = list(ctx.args.include)
-        if ctx.args.disk:
-            includes += disk_includes(snapshot.paths, ctx.args.disk)
-        vm = vm_root(snapshot.paths)
-        if ctx.args.format != "raw" and vm is None:
-            raise UsageError("--format applies to a VM's snapshot (made with backup --vm)")
-        with RepositoryLock(repo, exclusive=False), ctx.out.live(lambda t: _render(progress, t)):
-            result = restore_snapshot(repo, snapshot, target, includes=includes, progress=progress)
+        outcome = restore(repo, request, CliReporter(ctx.out))
     finally:
         repo.close()
-    if vm is not None and not result.damaged:
-        convert_images(target / vm.lstrip("/"), ctx.args.format)
+    snapshot, result, target = outcome.snapshot, outcome.result, outcome.target
     for path, message in result.errors:
         ctx.out.warn(f"{path}: {message}")
     for damage in result.damaged:
@@ -101,13 +97,3 @@ def _text(result: RestoreResult, short_id: str, target: Path) -> str:
 def _ranges(ranges: tuple[tuple[int, int], ...]) -> str:
     """Inclusive, as HTTP ranges are written (the JSON has half-open [start, end) pairs)."""
     return ", ".join(f"{start}-{end - 1}" for start, end in ranges)
-
-
-def _render(p: RestoreProgress, elapsed: float) -> str:
-    rate = p.bytes_done / elapsed if elapsed > 0 else 0
-    line = f"[{human_duration(elapsed)}] {p.files_done} files, {human_bytes(p.bytes_done)}"
-    if p.total_bytes:
-        line += f" of {human_bytes(p.total_bytes)} ({human_bytes(rate)}/s)"
-        if rate > 0:
-            line += f", ETA {human_duration((p.total_bytes - p.bytes_done) / rate)}"
-    return line

@@ -6,10 +6,10 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from freezeframe.backup.images import DiskProgress
 from freezeframe.backup.progress import BackupProgress
 from freezeframe.cli.output import Output, human_bytes, human_duration
 from freezeframe.restore.restorer import RestoreProgress
-from freezeframe.vm.diskstore import DiskProgress
 
 
 class CliReporter:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
 from freezeframe.backup.excludes import ExcludeMatcher
 from freezeframe.backup.files_cache import FilesCache, default_cache_dir
+from freezeframe.backup.images import DiskProgress
 from freezeframe.backup.progress import BackupProgress
 from freezeframe.capture.service_pause import parse as parse_quiescer
 from freezeframe.capture.session import Caps, Capture, CaptureOutcome
@@ -23,7 +24,6 @@ from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import ConsistencyReport
 from freezeframe.service.reporter import Cancel, Reporter
 from freezeframe.vm.backup import VmBackupResult, backup_vm
-from freezeframe.vm.diskstore import DiskProgress
 from freezeframe.vm.machine import VmSpec
 from freezeframe.vm.nbdreader import open_export
 

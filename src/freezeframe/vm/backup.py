@@ -14,9 +14,7 @@ freeze has a deadline of its own (``--freeze-cap``) after which the watchdog tha
 from __future__ import annotations
 
 import functools
-import getpass
 import json
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from freezeframe import __version__, hooks
+from freezeframe import hooks
+from freezeframe.backup.commit import SnapshotRecord, commit_snapshot
+from freezeframe.backup.images import DiskProgress, ImageReader, StoredDisk, store_disk
 from freezeframe.capture.session import decide_level
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import FreezeframeError, QmpError, UsageError
@@ -32,10 +32,9 @@ from freezeframe.guest import protocol
 from freezeframe.levels import Level, parse_requested
 from freezeframe.repository.pack import BlobType
 from freezeframe.repository.repository import Repository
-from freezeframe.repository.snapshot import ConsistencyReport, Snapshot, save_snapshot
+from freezeframe.repository.snapshot import ConsistencyReport, Snapshot
 from freezeframe.repository.tree import Node, encode_tree
 from freezeframe.vm import incremental
-from freezeframe.vm.diskstore import DiskProgress, ImageReader, StoredDisk, store_disk
 from freezeframe.vm.machine import Disk, VmSpec, disks_of
 from freezeframe.vm.pointintime import PointInTime, cleanup, sole_run
 from freezeframe.vm.qmp import GuestAgent, Qmp
@@ -246,20 +245,15 @@ def backup_vm(
                     quiesce=quiesce,
                 )
                 root = _save_tree(repo, spec.name, disks, stored, definition)
-                snapshot = Snapshot(
-                    time=started,
-                    host=socket.gethostname(),
-                    user=getpass.getuser(),
+                record = SnapshotRecord(
+                    started=started,
                     paths=[f"/vm/{spec.name}"],
                     tree=root,
-                    program_version=f"freezeframe {__version__}",
-                    tags=list(tags or []),
-                    summary=_summary(stored, time.monotonic() - t0),
                     consistency=report,
+                    summary=_summary(stored, time.monotonic() - t0),
+                    tags=list(tags or []),
                 )
-                if before_commit is not None:
-                    before_commit()
-                save_snapshot(repo, snapshot)
+                snapshot = commit_snapshot(repo, record, before_commit)
                 succeeded = True
             finally:
                 view.stop()

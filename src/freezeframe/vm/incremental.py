@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from freezeframe.backup.images import chunk_map
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot, list_snapshots
 from freezeframe.repository.walk import find_node
-from freezeframe.vm.diskstore import chunk_map
 from freezeframe.vm.machine import Disk
 from freezeframe.vm.pointintime import BITMAP_PREFIX, quietly
 from freezeframe.vm.qmp import Qmp
