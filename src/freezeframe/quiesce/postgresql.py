@@ -89,6 +89,19 @@ class PostgresqlQuiescer:
         except psycopg.Error as exc:
             self._close()
             raise QuiesceError(f"postgresql: {_one_line(exc)}") from exc
+        try:
+            self._check_server(spaces, wal_level, may_start, context)
+        except QuiesceError:
+            self._close()  # a refused server keeps no connection of ours
+            raise
+        self._label = f"freezeframe {context.get('FREEZEFRAME_RUN_ID', '')}".strip()
+        self._in_image = context.get(IN_IMAGE_KEY) == "1"
+        self._pre_checkpoint()
+
+    def _check_server(
+        self, spaces: list[str], wal_level: str, may_start: bool, context: Mapping[str, str]
+    ) -> None:
+        """QuiesceError unless this server can take a base backup of the paths backed up."""
         if self._version < MIN_VERSION:
             raise QuiesceError("postgresql: the server is older than 10 (no concurrent backups)")
         if wal_level == "minimal":
@@ -109,9 +122,6 @@ class PostgresqlQuiescer:
                 raise QuiesceError(
                     f"postgresql: {needed} is not inside the paths backed up; add it to them"
                 )
-        self._label = f"freezeframe {context.get('FREEZEFRAME_RUN_ID', '')}".strip()
-        self._in_image = context.get(IN_IMAGE_KEY) == "1"
-        self._pre_checkpoint()
 
     def _pre_checkpoint(self) -> None:
         """A checkpoint now, before anything is held, so the one pg_backup_start runs inside
