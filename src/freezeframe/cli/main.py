@@ -8,7 +8,6 @@ Exit codes (freezeframe.errors): 0 success; 1 fatal error (damage found...); 2 b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import importlib
 import signal
@@ -184,24 +183,37 @@ def _limit_malloc_arenas() -> None:
         pass  # not glibc: nothing to tune
 
 
+# Cleared the moment main returns: a later stop signal changes nothing. A dict, so clearing it
+# is one store with no call in which a signal could raise first.
+_RUN = {"interruptible": True}
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt while a command runs, and nothing after."""
+    if _RUN["interruptible"]:
+        raise KeyboardInterrupt
+
+
 def entry_point() -> None:
     """The console script: SIGTERM is treated like Ctrl-C so a run stops cleanly.
 
-    Once ``main`` has returned, the work is done (a snapshot may be saved), so SIGINT and
-    SIGTERM are ignored from then on: the interpreter's shutdown gives Python-handled signals
-    their default action back, and a late signal, delivered to any thread, would otherwise end
-    the process by the signal instead of with the status ``main`` returned."""
+    Once ``main`` has returned, the work is done (a snapshot may be saved), so a late SIGINT or
+    SIGTERM must not change the status: the handler goes quiet first (one store, in a
+    ``finally``, where no signal can raise before it), then both signals are ignored, because
+    the interpreter's shutdown gives Python-handled signals their default action back and a
+    signal then would end the process by the signal instead of with main's status."""
     _limit_malloc_arenas()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)  # an inherited SIG_IGN stays ignored
     status = EXIT_INTERRUPTED
-    # A KeyboardInterrupt out here arrived after main's own handlers: the outcome is decided.
-    with contextlib.suppress(KeyboardInterrupt):
-        status = main()
+    try:
+        try:
+            status = main()
+        finally:
+            _RUN["interruptible"] = False
+    except KeyboardInterrupt:
+        pass  # arrived after main's own handlers: the outcome is decided
     for stop in _STOP_SIGNALS:
-        while True:
-            try:
-                signal.signal(stop, signal.SIG_IGN)
-                break
-            except KeyboardInterrupt:
-                continue
+        signal.signal(stop, signal.SIG_IGN)
     sys.exit(status)
