@@ -19,6 +19,7 @@ from freezeframe.backup.files_cache import FilesCache
 from freezeframe.errors import FreezeframeError, NotFound
 from freezeframe.repository.keys import KdfParams
 from freezeframe.repository.pack import BlobType
+from freezeframe.repository.reader import RepositoryReader
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot
 from freezeframe.repository.tree import Node, encode_tree
@@ -84,7 +85,9 @@ def test_odd_tree_comes_back_exactly(
     counters reach their totals."""
     snapshot = backup(repository, tmp_path, odd_tree)
     progress = RestoreProgress()
-    result = restore_snapshot(repository, snapshot, tmp_path / "target", progress=progress)
+    result = restore_snapshot(
+        RepositoryReader(repository), snapshot, tmp_path / "target", progress=progress
+    )
     assert result.errors == []
 
     restored = restored_path(tmp_path / "target", odd_tree)
@@ -111,7 +114,7 @@ def test_restoring_twice_into_one_target_overwrites(
     files are replaced, directories (read-only ones too) reused."""
     snapshot = backup(repository, tmp_path, odd_tree)
     target = tmp_path / "target"
-    restore_snapshot(repository, snapshot, target)
+    restore_snapshot(RepositoryReader(repository), snapshot, target)
     restored = restored_path(target, odd_tree)
     (restored / "plain.txt").write_bytes(b"edited after the restore\n")
     (restored / "data" / "random.bin").unlink()
@@ -119,7 +122,7 @@ def test_restoring_twice_into_one_target_overwrites(
     (restored / "dir1" / "own.txt").unlink()
     (restored / "dir1" / "own.txt").mkdir()
 
-    result = restore_snapshot(repository, snapshot, target)
+    result = restore_snapshot(RepositoryReader(repository), snapshot, target)
     assert result.errors == []
     assert_same_tree(odd_tree, restored)
 
@@ -144,7 +147,7 @@ def test_many_small_files_and_shared_chunks(repository: Repository, tmp_path: Pa
 
     for workers in (1, 4):
         target = tmp_path / f"target{workers}"
-        result = restore_snapshot(repository, snapshot, target, workers=workers)
+        result = restore_snapshot(RepositoryReader(repository), snapshot, target, workers=workers)
         assert result.errors == []
         assert result.files == 20 * 165 + 3
         assert_same_tree(source, restored_path(target, source))
@@ -158,7 +161,10 @@ def test_includes_restore_only_those_subtrees_and_their_parents(
     wanted_dir = odd_tree / os.fsdecode(INCLUDE_DIR)
     wanted_file = odd_tree / "data" / "repeated.txt"
     result = restore_snapshot(
-        repository, snapshot, target, includes=[str(wanted_dir), f"{wanted_file}/"]
+        RepositoryReader(repository),
+        snapshot,
+        target,
+        includes=[str(wanted_dir), f"{wanted_file}/"],
     )
     assert result.errors == []
     restored = restored_path(target, odd_tree)
@@ -189,14 +195,16 @@ def test_hard_links_of_every_kind_and_across_includes(
     snapshot = backup(repository, tmp_path, source)
 
     whole = tmp_path / "whole"
-    assert restore_snapshot(repository, snapshot, whole).errors == []
+    assert restore_snapshot(RepositoryReader(repository), snapshot, whole).errors == []
     assert_same_tree(source, restored_path(whole, source))
     for name in ("file", "sym", "fifo"):
         a, b = (restored_path(whole, source / d / name).lstat() for d in "ab")
         assert (a.st_ino, a.st_nlink) == (b.st_ino, 2), name
 
     part = tmp_path / "part"
-    result = restore_snapshot(repository, snapshot, part, includes=[str(source / "b")])
+    result = restore_snapshot(
+        RepositoryReader(repository), snapshot, part, includes=[str(source / "b")]
+    )
     assert result.errors == []
     assert restored_path(part, source / "b" / "file").read_bytes() == b"shared\n"
     assert restored_path(part, source / "b" / "file").stat().st_nlink == 1
@@ -209,11 +217,17 @@ def test_an_include_missing_from_the_snapshot_writes_nothing(
     snapshot = backup(repository, tmp_path, odd_tree)
     with pytest.raises(NotFound):
         restore_snapshot(
-            repository, snapshot, tmp_path / "target", includes=[str(odd_tree / "nope")]
+            RepositoryReader(repository),
+            snapshot,
+            tmp_path / "target",
+            includes=[str(odd_tree / "nope")],
         )
     with pytest.raises(NotFound):  # a path below a file
         restore_snapshot(
-            repository, snapshot, tmp_path / "target", includes=[str(odd_tree / "plain.txt/x")]
+            RepositoryReader(repository),
+            snapshot,
+            tmp_path / "target",
+            includes=[str(odd_tree / "plain.txt/x")],
         )
     assert not (tmp_path / "target").exists()
 
@@ -254,7 +268,7 @@ def test_planted_symlinks_in_the_target_are_never_followed(
         restored.mkdir(parents=True)
         (restored / "plain.txt").symlink_to(outside / "victim")
 
-    result = restore_snapshot(repository, snapshot, target)
+    result = restore_snapshot(RepositoryReader(repository), snapshot, target)
 
     assert result.errors == []
     assert listing(outside) == ["victim"]
@@ -308,7 +322,7 @@ def test_a_hostile_tree_cannot_escape_the_target(repository: Repository, tmp_pat
     target.mkdir(parents=True)
     before = listing(tmp_path)
 
-    result = restore_snapshot(repository, snapshot, target)
+    result = restore_snapshot(RepositoryReader(repository), snapshot, target)
 
     refused = sorted(path for path, _ in result.errors)
     bad_names = ["/..", "/.", "/../../escaped-too", "//abs", "/", "/nul\0name", "/twice"]
@@ -350,7 +364,7 @@ def test_damaged_content_is_reported_per_file(
     repository.storage.close()
 
     target = tmp_path / "target"
-    result = restore_snapshot(repository, snapshot, target)
+    result = restore_snapshot(RepositoryReader(repository), snapshot, target)
 
     assert [path for path, _ in result.errors] == [str(source / "a-first")]
     assert "authentication" in result.errors[0][1]
@@ -368,7 +382,7 @@ def test_ctrl_c_propagates_and_leaks_no_descriptors(
 
     monkeypatch.setattr(restorer_module, "apply_at", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        restore_snapshot(repository, snapshot, tmp_path / "target")
+        restore_snapshot(RepositoryReader(repository), snapshot, tmp_path / "target")
     repository.storage.close()  # its cache of open packs is not the restore's
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
@@ -384,7 +398,7 @@ def test_as_a_normal_user_devices_are_errors_and_the_rest_restores(
     write(source / "file", b"x\n")
     snapshot = backup(repository, tmp_path, source)
     monkeypatch.setattr(os, "geteuid", lambda: 4321)
-    result = restore_snapshot(repository, snapshot, tmp_path / "target")
+    result = restore_snapshot(RepositoryReader(repository), snapshot, tmp_path / "target")
     monkeypatch.undo()
     assert [path for path, _ in result.errors] == [str(source / "null")]
     assert "root" in result.errors[0][1]
@@ -411,7 +425,7 @@ def test_owners_setuid_and_devices_as_root(repository: Repository, tmp_path: Pat
     os.chown(source, 23456, 12345)
     snapshot = backup(repository, tmp_path, source)
 
-    result = restore_snapshot(repository, snapshot, tmp_path / "target")
+    result = restore_snapshot(RepositoryReader(repository), snapshot, tmp_path / "target")
 
     assert result.errors == []
     restored = restored_path(tmp_path / "target", source)
@@ -446,7 +460,7 @@ def test_files_added_after_the_snapshot_replace_and_leave_out_entries(
     options = BackupOptions(sources=[SourcePath(bytes(source), bytes(source))], replaced=replaced)
     snapshot = Archiver(repository, options, FilesCache(tmp_path / "fc1")).run().snapshot
     target = tmp_path / "restored"
-    restore_snapshot(repository, snapshot, target)
+    restore_snapshot(RepositoryReader(repository), snapshot, target)
     restored = target / str(source).lstrip("/")
     assert listing(restored) == ["backup_label", "base", "base/t1", "wal", "wal/seg1"]
     assert (restored / "wal" / "seg1").read_bytes() == b"partial, then the end record"

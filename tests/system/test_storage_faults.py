@@ -26,6 +26,7 @@ from freezeframe.repository.crypto import config_mac_key
 from freezeframe.repository.keys import KdfParams
 from freezeframe.repository.locks import RepositoryLock, read_locks
 from freezeframe.repository.prune import execute_prune, plan_prune
+from freezeframe.repository.reader import RepositoryReader
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot, delete_snapshot, list_snapshots
 from freezeframe.restore.restorer import RestoreResult, restore_snapshot
@@ -80,7 +81,7 @@ def _restore(storage: Storage, snapshot_id: str, target: Path) -> RestoreResult:
     try:
         snapshot = next(s for s in list_snapshots(repo) if s.id == snapshot_id)
         with RepositoryLock(repo, exclusive=False):
-            return restore_snapshot(repo, snapshot, target)
+            return restore_snapshot(RepositoryReader(repo), snapshot, target)
     finally:
         repo.close()
 

@@ -2,19 +2,20 @@
 into descriptors that stay open until each file is complete.
 
 The walk hands over files in batches (a few MiB of content, or a few dozen small files). For
-each batch, every pack range it needs is read with one storage request per run of nearby blobs;
-each blob is decrypted and verified once however many files use it; a small LRU keeps recent
-blobs, so a chunk shared by neighbouring files is fetched once.
+each batch, the reader plans the reads of the blobs not in the cache (a repository: one storage
+request per run of nearby blobs of a pack, see ``restore.reader``); each blob is opened
+(decrypted and verified) once however many files use it; a small LRU keeps recent blobs, so a
+chunk shared by neighbouring files is fetched once.
 
 Two paths, because of the GIL. Large blobs go to worker threads: AES-GCM, zstd and BLAKE3
 release the GIL on them, so the workers use every core. Small blobs cost mostly interpreter
 time, and threads handing the GIL back and forth on every system call cost more CPU than they
 save (measured on 200,000 small files: one thread 16 s, two threads 21-27 s, four 30 s): the
-walk thread writes them itself, while one reader thread fetches the pack ranges of the next
+walk thread writes them itself, while one reader thread fetches the read groups of the next
 few batches, so waiting for the disk still overlaps with work.
 
-Memory stays bounded: a fixed number of batches in flight or read ahead, reads of at most
-``MAX_RUN`` bytes, a fixed-size cache.
+Memory stays bounded: a fixed number of batches in flight or read ahead, read groups of bounded
+size (a repository's: at most ``repository.reader.MAX_RUN`` bytes), a fixed-size cache.
 """
 
 from __future__ import annotations
@@ -24,29 +25,23 @@ import os
 import resource
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from freezeframe.errors import FreezeframeError
-from freezeframe.repository.index import BlobLocation
-from freezeframe.repository.repository import Repository
 from freezeframe.restore.filejob import FileJob
-from freezeframe.storage.base import Kind
+from freezeframe.restore.reader import BlobGroup, BlobReader, FetchedBlobs
 
 MiB = 1024 * 1024
 BATCH_BYTES = 4 * MiB
 BATCH_FILES = 64
-# Reading across a gap this small costs less than another request.
-MAX_GAP = 256 * 1024
-MAX_RUN = 8 * MiB
 CACHE_BYTES = 16 * MiB
 # Batches whose blobs average less than this are written by the walk thread (see above).
 SMALL_BLOB = 64 * 1024
 READ_AHEAD = 4
 
-_Write = tuple[FileJob, bytes, BlobLocation, int]  # file, blob id, where, content offset
-_Run = tuple[str, list[tuple[BlobLocation, bytes]]]  # pack, blobs read with one request
+_Write = tuple[FileJob, bytes, int, int]  # file, blob id, its length, content offset
 
 
 @dataclass(eq=False)
@@ -56,8 +51,8 @@ class _Plan:
     batch: list[_Write]
     users: dict[bytes, list[_Write]]
     hits: list[tuple[bytes, bytes]]
-    runs: list[_Run]
-    reads: list[Future[bytes]] = field(default_factory=list)  # read ahead, walk-thread path
+    groups: Sequence[BlobGroup]
+    reads: list[Future[FetchedBlobs]] = field(default_factory=list)  # read ahead (walk thread)
 
 
 class ContentWriter:
@@ -66,12 +61,12 @@ class ContentWriter:
 
     def __init__(
         self,
-        repo: Repository,
+        blobs: BlobReader,
         workers: int,
         finished: Callable[[FileJob], None],
         written: Callable[[int], None],
     ) -> None:
-        self._repo = repo
+        self._blobs = blobs
         self._finished = finished
         self._written = written
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="restore")
@@ -101,9 +96,9 @@ class ContentWriter:
             return
         job.pending = len(job.writes)
         self._batch_jobs += 1
-        for blob_id, location, offset in job.writes:
-            self._batch.append((job, blob_id, location, offset))
-            self._batch_bytes += location.raw_length
+        for blob_id, length, offset in job.writes:
+            self._batch.append((job, blob_id, length, offset))
+            self._batch_bytes += length
             if self._batch_bytes >= BATCH_BYTES:
                 self._submit()
         if self._batch_jobs >= self._batch_files:
@@ -146,7 +141,7 @@ class ContentWriter:
         self._batch_jobs = 0
         if small:
             plan = self._plan(batch)
-            plan.reads = [self._reader.submit(self._read, run) for run in plan.runs]
+            plan.reads = [self._reader.submit(group.fetch) for group in plan.groups]
             self._ahead.append(plan)
             if len(self._ahead) > READ_AHEAD:
                 self._write_ahead()
@@ -187,7 +182,7 @@ class ContentWriter:
         done = False
         try:
             plan = self._plan(batch)
-            self._execute(plan, lambda index: self._read(plan.runs[index]))
+            self._execute(plan, lambda index: plan.groups[index].fetch())
             done = True
         finally:
             self._complete(batch, done)
@@ -197,47 +192,29 @@ class ContentWriter:
         for write in batch:
             users.setdefault(write[1], []).append(write)
         hits = []
-        by_pack: dict[str, list[tuple[BlobLocation, bytes]]] = {}
-        for blob_id, writes in users.items():
+        misses = []
+        for blob_id in users:
             data = self._cache.get(blob_id)
             if data is not None:
                 hits.append((blob_id, data))
             else:
-                location = writes[0][2]
-                by_pack.setdefault(location.pack, []).append((location, blob_id))
-        runs = []
-        for pack, blobs in by_pack.items():
-            blobs.sort(key=lambda item: item[0].offset)
-            runs += [(pack, run) for run in _runs(blobs)]
-        return _Plan(batch, users, hits, runs)
+                misses.append(blob_id)
+        return _Plan(batch, users, hits, self._blobs.plan_reads(misses) if misses else [])
 
-    def _read(self, run: _Run) -> bytes:
-        pack, blobs = run
-        start = blobs[0][0].offset
-        end = blobs[-1][0].offset + blobs[-1][0].length
-        return self._repo.storage.get(Kind.DATA, pack, start, end - start)
-
-    def _execute(self, plan: _Plan, stored: Callable[[int], bytes]) -> None:
+    def _execute(self, plan: _Plan, fetched: Callable[[int], FetchedBlobs]) -> None:
         written = 0
         for blob_id, data in plan.hits:
             written += _deliver(plan.users[blob_id], data)
-        for index, (_pack, blobs) in enumerate(plan.runs):
+        for index, group in enumerate(plan.groups):
             try:
-                view = memoryview(stored(index))
+                stored = fetched(index)
             except FreezeframeError as exc:
-                for _, blob_id in blobs:
+                for blob_id in group.blob_ids:
                     _fail(plan.users[blob_id], str(exc))
                 continue
-            start = blobs[0][0].offset
-            for location, blob_id in blobs:
-                begin = location.offset - start
+            for blob_id in group.blob_ids:
                 try:
-                    data = self._repo.open_blob(
-                        bytes(view[begin : begin + location.length]),
-                        location.blob_type,
-                        blob_id,
-                        location.raw_length,
-                    )
+                    data = stored.open(blob_id)
                 except FreezeframeError as exc:
                     _fail(plan.users[blob_id], str(exc))
                     continue
@@ -293,22 +270,6 @@ class _BlobCache:
                 self._size -= len(old)
 
 
-def _runs(blobs: list[tuple[BlobLocation, bytes]]) -> list[list[tuple[BlobLocation, bytes]]]:
-    """Group blobs sorted by offset into runs read with one request each."""
-    runs: list[list[tuple[BlobLocation, bytes]]] = []
-    run_start = run_end = -1
-    for item in blobs:
-        location = item[0]
-        end = location.offset + location.length
-        if runs and location.offset - run_end <= MAX_GAP and end - run_start <= MAX_RUN:
-            runs[-1].append(item)
-            run_end = max(run_end, end)
-        else:
-            runs.append([item])
-            run_start, run_end = location.offset, end
-    return runs
-
-
 def _deliver(writes: list[_Write], data: bytes) -> int:
     """Write one blob wherever it belongs; returns the bytes written."""
     written = 0
@@ -325,7 +286,7 @@ def _deliver(writes: list[_Write], data: bytes) -> int:
 
 def _fail(writes: list[_Write], message: str) -> None:
     """A blob could not be read or verified: every file it belongs in is damaged there."""
-    for job, _, location, offset in writes:
-        job.damaged.append((offset, offset + location.raw_length))
+    for job, _, length, offset in writes:
+        job.damaged.append((offset, offset + length))
         if job.error is None:
             job.error = message

@@ -13,25 +13,22 @@ import os
 from dataclasses import dataclass, field
 
 from freezeframe.errors import IntegrityError, MissingContent
-from freezeframe.repository.index import BlobLocation
-from freezeframe.repository.pack import BlobType
-from freezeframe.repository.repository import Repository
-from freezeframe.repository.tree import Node
 from freezeframe.restore.metadata import Fresh
+from freezeframe.restore.reader import BlobReader, Node
 
 
 @dataclass(eq=False)
 class FileJob:
     """A file created by the walk, open until its last chunk is written.
 
-    ``writes`` are (blob id, location, content offset); ``extents`` maps content onto a sparse
+    ``writes`` are (blob id, its length, content offset); ``extents`` maps content onto a sparse
     file as (content offset, file offset, length), None for a plain file.
     """
 
     fd: int
     node: Node
     path: bytes  # as recorded
-    writes: list[tuple[bytes, BlobLocation, int]]
+    writes: list[tuple[bytes, int, int]]
     extents: list[tuple[int, int, int]] | None
     data_bytes: int
     fresh: Fresh | None = None
@@ -68,19 +65,19 @@ class FileJob:
             index += 1
 
 
-def plan_file(repo: Repository, node: Node) -> tuple[list[tuple[bytes, BlobLocation, int]], int]:
-    """(blob id, location, content offset) for each chunk of a file, and the content length;
+def plan_file(blobs: BlobReader, node: Node) -> tuple[list[tuple[bytes, int, int]], int]:
+    """(blob id, length, content offset) for each chunk of a file, and the content length;
     MissingContent when blobs are missing, IntegrityError when the node contradicts itself."""
     writes = []
     offset = 0
     missing: list[int] = []  # positions in node.content
     for position, blob_id in enumerate(node.content):
-        location = repo.locate(blob_id)
-        if location is None or location.blob_type != BlobType.DATA:
+        length = blobs.blob_size(blob_id)
+        if length is None:
             missing.append(position)
             continue
-        writes.append((blob_id, location, offset))
-        offset += location.raw_length
+        writes.append((blob_id, length, offset))
+        offset += length
     if missing:
         raise _missing(node, writes, missing)
     if node.size < 0:
@@ -95,12 +92,10 @@ def plan_file(repo: Repository, node: Node) -> tuple[list[tuple[bytes, BlobLocat
     return writes, offset
 
 
-def _missing(
-    node: Node, found: list[tuple[bytes, BlobLocation, int]], missing: list[int]
-) -> MissingContent:
+def _missing(node: Node, found: list[tuple[bytes, int, int]], missing: list[int]) -> MissingContent:
     """Where missing blobs sat: exact when one is missing (the size gives its length), else
     from the first missing one to the end."""
-    lengths = {blob_id: location.raw_length for blob_id, location, _ in found}
+    lengths = {blob_id: length for blob_id, length, _ in found}
     before = 0
     for blob_id in node.content[: missing[0]]:
         before += lengths[blob_id]

@@ -11,7 +11,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from freezeframe.repository.tree import Node
+from freezeframe.restore.reader import Node
 from freezeframe.restore.safepath import create_entry, open_dir_path
 
 

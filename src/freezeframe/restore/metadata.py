@@ -18,7 +18,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from freezeframe.repository.tree import Node
+from freezeframe.restore.reader import Node
 from freezeframe.restore.safepath import proc_path
 
 # Labels such as security.selinux belong to the host that restores; they are set when the

@@ -10,10 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from freezeframe.errors import FreezeframeError
-from freezeframe.repository.repository import Repository
-from freezeframe.repository.snapshot import Snapshot
-from freezeframe.repository.tree import Node
-from freezeframe.repository.walk import find_node, walk_tree
+from freezeframe.restore.reader import Node, Snapshot, SnapshotReader
 from freezeframe.restore.selection import Selection
 
 
@@ -29,7 +26,7 @@ class RestoreProgress:
 
 
 def count_totals(
-    repo: Repository, snapshot: Snapshot, selection: Selection, progress: RestoreProgress
+    reader: SnapshotReader, snapshot: Snapshot, selection: Selection, progress: RestoreProgress
 ) -> threading.Event:
     """Fill in the totals, now or in the background; set the returned event to stop."""
     stop = threading.Event()
@@ -41,14 +38,14 @@ def count_totals(
     else:
         threading.Thread(
             target=_walk_totals,
-            args=(repo, snapshot.tree, selection, progress, stop),
+            args=(reader, snapshot.tree, selection, progress, stop),
             daemon=True,
         ).start()
     return stop
 
 
 def _walk_totals(
-    repo: Repository,
+    reader: SnapshotReader,
     tree: bytes,
     selection: Selection,
     progress: RestoreProgress,
@@ -60,7 +57,7 @@ def _walk_totals(
         if selection is None:
             roots.append((None, tree))
         for components in selection or ():
-            found = find_node(repo, tree, components)
+            found = reader.find_node(tree, components)
             roots.append((found, found.subtree if found and found.type == "dir" else None))
         for found, subtree in roots:
             if found is not None and found.type == "file":
@@ -68,7 +65,7 @@ def _walk_totals(
                 progress.total_bytes += found.size
             if subtree is None:
                 continue
-            for _path, node in walk_tree(repo, subtree):
+            for _path, node in reader.walk_tree(subtree):
                 if stop.is_set():
                     return
                 if node.type == "file":

@@ -26,10 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from freezeframe.errors import FreezeframeError, IntegrityError, MissingContent, UnsafeName
-from freezeframe.repository.repository import Repository
-from freezeframe.repository.snapshot import Snapshot
-from freezeframe.repository.tree import Node
-from freezeframe.repository.walk import load_tree
 from freezeframe.restore.content import ContentWriter
 from freezeframe.restore.filejob import (
     FileJob,
@@ -47,6 +43,7 @@ from freezeframe.restore.metadata import (
     read_umask,
 )
 from freezeframe.restore.progress import RestoreProgress, count_totals
+from freezeframe.restore.reader import Node, Snapshot, SnapshotReader
 from freezeframe.restore.safepath import (
     check_name,
     create_entry,
@@ -85,7 +82,7 @@ class RestoreResult:
 
 
 def restore_snapshot(
-    repo: Repository,
+    reader: SnapshotReader,
     snapshot: Snapshot,
     target: Path,
     *,
@@ -97,13 +94,16 @@ def restore_snapshot(
     recorded) and the directories above them. NotFound before anything is written if an
     include is not in the snapshot.
 
+    Trees and content come from ``reader`` (see ``restore.reader``; a repository's is
+    ``repository.reader.RepositoryReader``), so a mount or a VM-disk reader restores the same way.
+
     ``workers`` threads open and write large blobs; small files are written by the calling
     thread, where threads would only contend for the GIL (see ``content``)."""
-    selection = select(repo, snapshot, includes)
+    selection = select(reader, snapshot, includes)
     progress = progress or RestoreProgress()
-    stop = count_totals(repo, snapshot, selection, progress)
+    stop = count_totals(reader, snapshot, selection, progress)
     try:
-        return _Restorer(repo, progress, workers).run(snapshot.tree, Path(target), selection)
+        return _Restorer(reader, progress, workers).run(snapshot.tree, Path(target), selection)
     finally:
         stop.set()
 
@@ -126,8 +126,8 @@ class _Dir:
 
 
 class _Restorer:
-    def __init__(self, repo: Repository, progress: RestoreProgress, workers: int) -> None:
-        self.repo = repo
+    def __init__(self, reader: SnapshotReader, progress: RestoreProgress, workers: int) -> None:
+        self.reader = reader
         self.progress = progress
         self.owner = os.geteuid() == 0
         self.errors: list[tuple[str, str]] = []
@@ -140,7 +140,7 @@ class _Restorer:
         self.dirs = 0
         self.bytes = 0
         self._lock = threading.Lock()
-        self._writer = ContentWriter(repo, workers, self._file_done, self._bytes_written)
+        self._writer = ContentWriter(reader, workers, self._file_done, self._bytes_written)
         self._root_fd = -1  # both set once the target is open
         self._links = HardLinks(-1)
         umask = read_umask()
@@ -148,7 +148,7 @@ class _Restorer:
         self._fresh: dict[int, Fresh] = {}  # by creation mode
 
     def run(self, tree: bytes, target: Path, selection: Selection) -> RestoreResult:
-        root_nodes = load_tree(self.repo, tree)
+        root_nodes = self.reader.load_tree(tree)
         self._root_fd = open_target(target)
         self._links = HardLinks(self._root_fd)
         setgid = bool(os.fstat(self._root_fd).st_mode & stat.S_ISGID)
@@ -212,7 +212,7 @@ class _Restorer:
             clear_default_acl(fd)
             if node.subtree is None:
                 raise IntegrityError("the directory has no recorded contents")
-            nodes = load_tree(self.repo, node.subtree)
+            nodes = self.reader.load_tree(node.subtree)
         except FreezeframeError as exc:
             self._damage(path, f"contents not restored: {exc}")
         except OSError as exc:
@@ -258,7 +258,7 @@ class _Restorer:
             self._error(path, f"cannot restore: {exc}")
 
     def _restore_file(self, parent: _Dir, node: Node, path: bytes) -> None:
-        writes, data_bytes = plan_file(self.repo, node)
+        writes, data_bytes = plan_file(self.reader, node)
         extents = sparse_extents(node) if node.sparse_map is not None else None
         mode = creation_mode(node)
         fd = create_file(parent.fd, node.name, mode)

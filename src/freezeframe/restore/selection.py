@@ -10,20 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from freezeframe.errors import NotFound
-from freezeframe.repository.repository import Repository
-from freezeframe.repository.snapshot import Snapshot
-from freezeframe.repository.walk import find_node
+from freezeframe.restore.reader import Snapshot, SnapshotReader
 from freezeframe.restore.safepath import parse_include
 
 Selection = list[tuple[bytes, ...]] | None
 
 
-def select(repo: Repository, snapshot: Snapshot, includes: Sequence[str]) -> Selection:
+def select(reader: SnapshotReader, snapshot: Snapshot, includes: Sequence[str]) -> Selection:
     """The selection for ``includes`` (absolute paths as recorded); NotFound for a path the
     snapshot does not hold."""
     wanted = [parse_include(path) for path in includes]
     for path, components in zip(includes, wanted, strict=True):
-        if components and find_node(repo, snapshot.tree, components) is None:
+        if components and reader.find_node(snapshot.tree, components) is None:
             raise NotFound(
                 f"{path} is not in snapshot {snapshot.short_id}; "
                 f"`freezeframe ls {snapshot.short_id}` shows what it holds"

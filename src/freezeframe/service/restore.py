@@ -7,6 +7,7 @@ from pathlib import Path
 
 from freezeframe.errors import UsageError
 from freezeframe.repository.locks import RepositoryLock
+from freezeframe.repository.reader import RepositoryReader
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot, find_snapshot
 from freezeframe.restore.restorer import RestoreProgress, RestoreResult, restore_snapshot
@@ -45,7 +46,7 @@ def restore(repo: Repository, request: RestoreRequest, reporter: Reporter) -> Re
     progress = RestoreProgress()
     with RepositoryLock(repo, exclusive=False), reporter.phase("restore", progress):
         result = restore_snapshot(
-            repo, snapshot, request.target, includes=includes, progress=progress
+            RepositoryReader(repo), snapshot, request.target, includes=includes, progress=progress
         )
     if vm is not None and not result.damaged:
         convert_images(request.target / vm.lstrip("/"), request.image_format)
