@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from freezeframe.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_PARTIAL
+from freezeframe.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_PARTIAL, RepositoryLocked
 from freezeframe.plans.config import Plan, PlansFile
 from freezeframe.plans.history import LEVEL_NUMBER, History, Run
 from freezeframe.plans.notify import Event, Notifier, NotifyTargets, SmtpSettings
@@ -269,7 +269,10 @@ def _run_waiting_for_lock(
     while True:
         done: subprocess.CompletedProcess[str] = control.run(step.argv, env)
         document = _json(done.stdout) or {}
-        locked = done.returncode == EXIT_LOCKED or document.get("error", {}).get("code") == "locked"
+        locked = (
+            done.returncode == EXIT_LOCKED
+            or document.get("error", {}).get("code") == RepositoryLocked.code
+        )
         if not locked or time.monotonic() > deadline:
             return done
         if control.stopping.wait(LOCK_POLL_S):
