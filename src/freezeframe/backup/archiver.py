@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from freezeframe.backup.chunker import Chunker
-from freezeframe.backup.commit import SnapshotRecord, commit_snapshot
+from freezeframe.backup.commit import Labels, StoredTree, commit_snapshot
 from freezeframe.backup.excludes import ExcludeMatcher
 from freezeframe.backup.files_cache import CachedFile, FilesCache
 from freezeframe.backup.metadata import (
@@ -155,8 +155,20 @@ class Archiver:
             self._replaced_in.setdefault(parent, {})[name] = read
 
     def run(self, before_commit: Callable[[], None] | None = None) -> BackupResult:
-        """Back up and save the snapshot. ``before_commit`` runs after the data is durable and
-        before the snapshot is written: the caller verifies there that it still holds its lock."""
+        """Back up and save the snapshot with the options' consistency record and labels.
+        ``before_commit`` runs after the data is durable and before the snapshot is written:
+        the caller verifies there that it still holds its lock."""
+        stored = self.store()
+        labels = Labels(tuple(self.options.tags), self.options.host)
+        snapshot = commit_snapshot(
+            self.repo, stored, self.options.consistency, labels, before_commit
+        )
+        self.save_files_cache()
+        return BackupResult(snapshot, self.errors)
+
+    def store(self) -> StoredTree:
+        """Read the sources and store their tree, every blob durable; the snapshot is the
+        caller's to write (``commit.commit_snapshot``), then ``save_files_cache``."""
         started = datetime.now(UTC)
         t0 = time.monotonic()
         for source in self.options.sources:
@@ -181,24 +193,21 @@ class Archiver:
             stop_scan.set()
             self._prefetcher.close()
             self._workers.shutdown(wait=True, cancel_futures=True)
-        report = self.options.consistency
-        report.changed_during_read = sorted(self.changed_during_read)
-        record = SnapshotRecord(
+        return StoredTree(
             started=started,
             paths=[os.fsdecode(s.record_path) for s in self.options.sources],
             tree=root,
-            consistency=report,
             summary=self._summary(time.monotonic() - t0),
-            tags=list(self.options.tags),
             excludes=list(self.options.excludes),
-            host=self.options.host,
+            changed_during_read=list(self.changed_during_read),
         )
-        snapshot = commit_snapshot(self.repo, record, before_commit)
+
+    def save_files_cache(self) -> None:
+        """Once the snapshot is saved: the next backup may trust what this one read."""
         try:
             self.files_cache.save()
         except OSError as exc:
             self.errors.append(("files cache", f"not saved: {exc.strerror}"))
-        return BackupResult(snapshot, self.errors)
 
     # -- the virtual root: absolute paths of every source, from / down ----------------------
 

@@ -19,35 +19,48 @@ from freezeframe.repository.snapshot import ConsistencyReport, Snapshot, save_sn
 
 
 @dataclass
-class SnapshotRecord:
-    """What a source's backup knows when its tree is stored."""
+class StoredTree:
+    """What reading one point-in-time view stored: the snapshot's tree and what it holds."""
 
     started: datetime
     paths: list[str]
     tree: bytes
-    consistency: ConsistencyReport
     summary: dict[str, Any]
-    tags: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)
+    # Files whose size or time changed while they were read (no snapshot under them).
+    changed_during_read: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Labels:
+    """What the user asked to be written on the snapshot."""
+
+    tags: tuple[str, ...] = ()
     host: str = ""  # '' = this host
 
 
 def commit_snapshot(
-    repo: Repository, record: SnapshotRecord, before_commit: Callable[[], None] | None = None
+    repo: Repository,
+    stored: StoredTree,
+    consistency: ConsistencyReport,
+    labels: Labels = Labels(),
+    before_commit: Callable[[], None] | None = None,
 ) -> Snapshot:
-    """Flush what is pending, then save the snapshot (its id is set on the returned object)."""
+    """Flush what is pending, then save the snapshot (its id is set on the returned object).
+    ``consistency`` is the view's record; what the read itself noticed is added to it."""
     repo.flush()
+    consistency.changed_during_read = sorted(stored.changed_during_read)
     snapshot = Snapshot(
-        time=record.started,
-        host=record.host or socket.gethostname(),
+        time=stored.started,
+        host=labels.host or socket.gethostname(),
         user=getpass.getuser(),
-        paths=list(record.paths),
-        tree=record.tree,
+        paths=list(stored.paths),
+        tree=stored.tree,
         program_version=f"freezeframe {__version__}",
-        tags=list(record.tags),
-        excludes=list(record.excludes),
-        summary=record.summary,
-        consistency=record.consistency,
+        tags=list(labels.tags),
+        excludes=list(stored.excludes),
+        summary=stored.summary,
+        consistency=consistency,
     )
     if before_commit is not None:
         before_commit()

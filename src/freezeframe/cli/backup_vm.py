@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from freezeframe.cli.output import human_bytes, human_duration, snapshot_json
-from freezeframe.vm.backup import VmBackupResult
+from freezeframe.service.backup import VmBackupResult
 
 
 def json_of(results: list[VmBackupResult]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from freezeframe.cli.context import CommandContext
 from freezeframe.errors import UsageError
 from freezeframe.levels import Level
 from freezeframe.quiesce import discovery
-from freezeframe.vm.backup import examine as examine_vm
 from freezeframe.vm.machine import VmSpec
+from freezeframe.vm.reach import examine as examine_vm
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

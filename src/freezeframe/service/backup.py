@@ -1,31 +1,82 @@
 """``backup``: paths into one snapshot, then each VM into one of its own.
 
-Paths and VMs are not taken at one instant together: the paths' capture (snapshots of their
-volumes, applications held) and each VM's point-in-time view are separate, and each gives the
-snapshot it produces its own consistency record."""
+Paths and VMs are two kinds of source behind one interface (``View``): entering a source takes
+a read-only point-in-time view and its consistency record; the service reads the view (the
+file archiver for paths, the image store for a VM's disks) and writes the snapshot through
+``backup.commit.commit_snapshot`` inside the source's block, under the repository lock; leaving
+the block releases the view. Paths and VMs are not taken at one instant together: each source
+gives its own snapshot its own consistency record."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from freezeframe.backup.archiver import Archiver, BackupOptions, BackupResult, SourcePath
+from freezeframe.backup.commit import Labels, StoredTree, commit_snapshot
 from freezeframe.backup.excludes import ExcludeMatcher
 from freezeframe.backup.files_cache import FilesCache, default_cache_dir
+from freezeframe.backup.image_tree import archive_images
 from freezeframe.backup.images import DiskProgress
 from freezeframe.backup.progress import BackupProgress
 from freezeframe.capture.service_pause import parse as parse_quiescer
 from freezeframe.capture.session import Caps, Capture, CaptureOutcome
 from freezeframe.errors import UsageError
+from freezeframe.levels import AUTO, Level, parse_requested
 from freezeframe.quiesce.discovery import expand_auto
 from freezeframe.quiesce.script import expand_directories
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.repository import Repository
-from freezeframe.repository.snapshot import ConsistencyReport
+from freezeframe.repository.snapshot import ConsistencyReport, Snapshot
 from freezeframe.service.reporter import Cancel, Reporter
-from freezeframe.vm.backup import VmBackupResult, backup_vm
 from freezeframe.vm.machine import VmSpec
 from freezeframe.vm.nbdreader import open_export
+from freezeframe.vm.source import VmLevels, VmSource, VmView
+
+
+class View(Protocol):
+    """A source's point-in-time view, as the backup sees every kind of it."""
+
+    @property
+    def warnings(self) -> list[str]: ...
+
+    def consistency(self) -> ConsistencyReport:
+        """The record of the instant the view shows."""
+        ...
+
+
+ViewT = TypeVar("ViewT", bound=View)
+
+
+@dataclass(frozen=True)
+class _PathView:
+    """The paths' capture seen as a view: their snapshots (or the live files) and its record."""
+
+    captured: CaptureOutcome
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.captured.warnings
+
+    def consistency(self) -> ConsistencyReport:
+        captured = self.captured
+        return ConsistencyReport(
+            requested=captured.requested,
+            achieved=captured.achieved,
+            volumes=captured.volumes,
+            reason=captured.reason,
+            pause=captured.pause,
+            quiesce=captured.quiesce,
+        )
+
+
+@contextmanager
+def _path_source(capture: Capture) -> Iterator[_PathView]:
+    with capture as captured:
+        yield _PathView(captured)
 
 
 @dataclass(frozen=True)
@@ -38,7 +89,7 @@ class BackupRequest:
     tags: tuple[str, ...] = ()
     host: str = ""  # recorded host name ('' = this host)
     one_file_system: bool = False
-    consistency: str = "auto"  # a level, or auto: the highest every source reaches
+    consistency: str = AUTO  # a level, or auto: the highest every source reaches
     fallback: str = "fail"  # or degrade: take the highest reachable
     caps: Caps = field(default_factory=Caps)
     quiesce: tuple[str, ...] = ()  # KIND:TARGET, auto, or a hooks directory
@@ -58,8 +109,17 @@ class BackupRequest:
         if len(set(names)) != len(names):
             raise UsageError("two --vm have the same name; give each name=NAME")
         ExcludeMatcher(list(self.excludes))  # a bad pattern fails here
-        if "auto" in self.quiesce and self.consistency not in ("auto", "application"):
+        parse_requested(self.consistency)
+        if AUTO in self.quiesce and self.consistency not in (AUTO, Level.APPLICATION):
             raise UsageError("--quiesce auto needs --consistency application or auto")
+
+
+@dataclass
+class VmBackupResult:
+    """One VM's snapshot, and what the backup warned of on the way."""
+
+    snapshot: Snapshot
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,36 +151,67 @@ def backup(
     return outcome
 
 
+def _commit_view(
+    repo: Repository,
+    source: AbstractContextManager[ViewT],
+    read: Callable[[ViewT], StoredTree],
+    labels: Labels,
+    reporter: Reporter,
+) -> Snapshot:
+    """The one line of every source: take the view, read it, write its snapshot."""
+    lock = RepositoryLock(repo, exclusive=False)
+    with lock, source as view:
+        for warning in view.warnings:
+            reporter.warn(warning)
+        stored = read(view)
+        return commit_snapshot(repo, stored, view.consistency(), labels, lock.ensure_held)
+
+
+def _labels(request: BackupRequest) -> Labels:
+    return Labels(tuple(request.tags), request.host)
+
+
 def _back_up_paths(repo: Repository, request: BackupRequest, reporter: Reporter) -> BackupResult:
     paths = [os.path.abspath(p) for p in request.paths]
     quiesce = expand_directories(list(request.quiesce))
-    if request.consistency in ("auto", "application"):
+    if request.consistency in (AUTO, Level.APPLICATION):
         quiesce, warnings = expand_auto(quiesce, paths)
         for warning in warnings:
             reporter.warn(warning)
-    lock = RepositoryLock(repo, exclusive=False)
     capture = Capture(
         paths,
         request.consistency,
         request.fallback,
         one_file_system=request.one_file_system,
         caps=request.caps,
-        never_freeze=(os.path.abspath(repo.storage.location), str(default_cache_dir())),
+        never_freeze=_never_freeze(repo),
         quiescers=[parse_quiescer(spec) for spec in quiesce],
     )
     progress = BackupProgress()
-    with lock, capture as captured:
-        for warning in captured.warnings:
-            reporter.warn(warning)
+    archivers: list[Archiver] = []
+
+    def read(view: _PathView) -> StoredTree:
         archiver = Archiver(
             repo,
-            _options(request, captured),
+            _options(request, view.captured),
             FilesCache.for_repository(repo.config.repository_id),
             progress,
             estimate_totals=reporter.wants_totals,
         )
+        archivers.append(archiver)
         with reporter.phase("backup", progress):
-            return archiver.run(before_commit=lock.ensure_held)
+            return archiver.store()
+
+    snapshot = _commit_view(repo, _path_source(capture), read, _labels(request), reporter)
+    archiver = archivers[0]
+    archiver.save_files_cache()  # only once the snapshot is saved
+    return BackupResult(snapshot, archiver.errors)
+
+
+def _never_freeze(repo: Repository) -> tuple[str, ...]:
+    """Where the backup writes: freezing those file systems would stall it."""
+    local = repo.storage.capabilities.local_directory
+    return (*([local] if local else []), str(default_cache_dir()))
 
 
 def _options(request: BackupRequest, captured: CaptureOutcome) -> BackupOptions:
@@ -132,17 +223,7 @@ def _options(request: BackupRequest, captured: CaptureOutcome) -> BackupOptions:
             SourcePath(os.fsencode(p.read_path), os.fsencode(p.original)) for p in captured.paths
         ],
         excludes=[*request.excludes, *captured.excludes],
-        tags=list(request.tags),
-        host=request.host,
         one_file_system=request.one_file_system,
-        consistency=ConsistencyReport(
-            requested=captured.requested,
-            achieved=captured.achieved,
-            volumes=captured.volumes,
-            reason=captured.reason,
-            pause=captured.pause,
-            quiesce=captured.quiesce,
-        ),
         cache_checks_device=not captured.from_snapshot,
         grafts={os.fsencode(g.original): os.fsencode(g.read_path) for g in captured.grafts},
         replaced=replaced,
@@ -152,20 +233,28 @@ def _options(request: BackupRequest, captured: CaptureOutcome) -> BackupOptions:
 def _back_up_vm(
     repo: Repository, request: BackupRequest, spec: VmSpec, reporter: Reporter
 ) -> VmBackupResult:
+    levels = VmLevels(
+        requested=parse_requested(request.consistency),
+        fallback=request.fallback,
+        freeze_cap_s=request.caps.freeze_s,
+        quiesce_cap_s=request.caps.application_s,
+    )
+    source = VmSource(repo, spec, open_export, levels)
     progress = DiskProgress()
-    with RepositoryLock(repo, exclusive=False) as lock, reporter.phase(f"vm {spec.name}", progress):
-        result = backup_vm(
-            repo,
-            spec,
-            open_export,
-            requested=request.consistency,
-            fallback=request.fallback,
-            freeze_cap_s=request.caps.freeze_s,
-            quiesce_cap_s=request.caps.application_s,
-            tags=list(request.tags),
-            progress=progress,
-            before_commit=lock.ensure_held,
-        )
-    for warning in result.warnings:
-        reporter.warn(warning)
-    return result
+    warnings: list[str] = []
+
+    def read(view: VmView) -> StoredTree:
+        warnings.extend(view.warnings)
+        with reporter.phase(f"vm {spec.name}", progress):
+            return archive_images(
+                repo,
+                view.directory,
+                view.images,
+                view.files,
+                started=view.started,
+                t0=view.t0,
+                progress=progress,
+            )
+
+    snapshot = _commit_view(repo, source, read, _labels(request), reporter)
+    return VmBackupResult(snapshot, warnings)

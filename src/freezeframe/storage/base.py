@@ -44,6 +44,10 @@ class Capabilities:
     """Objects are files with owner/group modes that ``create_layout`` sets (and
     ``group_readable`` means something) and ``audit`` reports; an object store has none."""
 
+    local_directory: str | None = None
+    """The directory on this machine that holds the objects (a local backend): a backup must
+    never freeze or snapshot the file system it writes to. None when they live elsewhere."""
+
 
 class Storage(Protocol):
     """Named objects of a kind. A put is atomic: readers see the whole object or none of it."""

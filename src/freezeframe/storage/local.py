@@ -34,11 +34,12 @@ _TRANSIENT_ERRNOS = frozenset({errno.EAGAIN, errno.EINTR, errno.EBUSY, errno.ETI
 class LocalStorage:
     """A repository in a directory of the local file system."""
 
-    capabilities = Capabilities(writable=True, local_modes=True)
-
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.location = str(self.root)
+        self.capabilities = Capabilities(
+            writable=True, local_modes=True, local_directory=os.path.abspath(self.root)
+        )
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._fds_lock = threading.Lock()
         self._dir_mode, self._file_mode = self._modes_in_use()

@@ -62,8 +62,9 @@ from freezeframe.repository.snapshot import (
     save_snapshot,
 )
 from freezeframe.repository.tree import Node, decode_tree, encode_tree
+from freezeframe.service.backup import VmBackupResult
 from freezeframe.storage.base import Kind
-from freezeframe.vm import backup as vm_backup
+from freezeframe.vm import guestfreeze, reach
 
 PASSWORD = b"correct horse battery staple"
 CIPHER = Cipher(os.urandom(32))
@@ -363,7 +364,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class FakeAgent:
-    """The guest agent as vm/backup.py uses it: the guest's files are whatever the test says."""
+    """The guest agent as vm/reach.py and vm/guestfreeze.py use it: the guest's files are
+    whatever the test says."""
 
     files: ClassVar[dict[str, bytes | None]] = {}
 
@@ -386,7 +388,8 @@ class FakeAgent:
 @pytest.fixture(scope="module")
 def fake_agent() -> Iterator[type[FakeAgent]]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vm_backup, "GuestAgent", FakeAgent)
+        patch.setattr(reach, "GuestAgent", FakeAgent)
+        patch.setattr(guestfreeze, "GuestAgent", FakeAgent)
         yield FakeAgent
 
 
@@ -734,7 +737,7 @@ def test_guest_state_in_the_guest(workdir: Path, state: bytes, installed: bytes)
     exercise("guest.hook.thaw/status", show, (state, installed), ())
 
 
-def _vm_result(quiesce: dict[str, Any]) -> vm_backup.VmBackupResult:
+def _vm_result(quiesce: dict[str, Any]) -> VmBackupResult:
     summary = {
         "disks": 1,
         "bytes_read": 1 << 20,
@@ -754,7 +757,7 @@ def _vm_result(quiesce: dict[str, Any]) -> vm_backup.VmBackupResult:
             achieved="application", volumes=[{"freeze_ms": 3.0}], quiesce=quiesce
         ),
     )
-    return vm_backup.VmBackupResult(snapshot)
+    return VmBackupResult(snapshot)
 
 
 @fuzz
@@ -765,7 +768,7 @@ def test_guest_state_on_the_host(fake_agent: type[FakeAgent], data: bytes | None
     fake_agent.files = {f"{protocol.STATE_DIR}/{protocol.STATE}": data}
 
     def judge() -> None:
-        freeze = vm_backup._GuestFreeze(cast(Any, spec), cast(Any, None), [], 10.0, RUN_ID)
+        freeze = guestfreeze.GuestFreeze(cast(Any, spec), cast(Any, None), [], 10.0, RUN_ID)
         freeze.thaw()
         result = _vm_result(freeze.hold_report())
         cli_backup_vm.text_of([result])
@@ -782,18 +785,18 @@ def test_guest_installed_on_the_host(fake_agent: type[FakeAgent], data: bytes | 
     fake_agent.files = {f"{protocol.STATE_DIR}/{protocol.INSTALLED}": data}
 
     def judge() -> None:
-        top, reason = vm_backup.reachable(cast(Any, spec))
+        top, reason = reach.reachable(cast(Any, spec))
         with FakeAgent("", 0) as agent:
-            installed = vm_backup.guest_hook(cast(Any, agent))
-        rank = vm_backup.LEVELS.index(top)
+            installed = reach.guest_hook(cast(Any, agent))
+        rank = reach.LEVELS.index(top)
         vm = {
             "name": "vm1",
             "qemu": {"major": 8, "minor": 2, "micro": 1},
             "disks": [],
             "guest_agent": {"socket": spec.qga, "answers": True, "version": "8.2.1"},
             "guest_hook": installed or False,
-            "reachable": list(vm_backup.LEVELS[rank:]),
-            "unreachable": {level: reason for level in vm_backup.LEVELS[:rank]},
+            "reachable": list(reach.LEVELS[rank:]),
+            "unreachable": {level: reason for level in reach.LEVELS[:rank]},
         }
         cmd_doctor._vm_text(vm)
 
@@ -984,7 +987,7 @@ def _host_reads_state(fake: type[FakeAgent], state: bytes) -> None:
     """What the host does with the guest's state.json after the thaw, up to the printed line."""
     fake.files = {f"{protocol.STATE_DIR}/{protocol.STATE}": state}
     spec = SimpleNamespace(qga="/run/vm1/qga.sock", name="vm1")
-    freeze = vm_backup._GuestFreeze(cast(Any, spec), cast(Any, None), [], 10.0, RUN_ID)
+    freeze = guestfreeze.GuestFreeze(cast(Any, spec), cast(Any, None), [], 10.0, RUN_ID)
     freeze.thaw()
     result = _vm_result(freeze.hold_report())
     cli_backup_vm.text_of([result])

@@ -118,5 +118,7 @@ def test_options_stack_wrappers_innermost_first(tmp_path: Path) -> None:
     ]
     assert stacked.location == "repo"
     assert not stacked.capabilities.writable
+    # The directory a backup must never freeze passes through every wrapper, absolute.
+    assert stacked.capabilities.local_directory == os.path.abspath("repo")
     assert _layers(open_storage("repo", limits=RateLimits())) == [LocalStorage]
     assert not (tmp_path / "repo").exists()  # opening creates nothing; init does
