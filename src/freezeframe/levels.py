@@ -49,6 +49,12 @@ class Level(StrEnum):
             raise UsageError(f"unknown consistency level {text!r}") from None
 
     @classmethod
+    def recorded(cls, text: object) -> Level:
+        """The level a record (a snapshot's ``achieved``, a child's JSON) names; ``none`` for
+        anything else, so a record never claims more than it proves."""
+        return cls(text) if isinstance(text, str) and text in _RANK else cls.NONE
+
+    @classmethod
     def highest(cls) -> Level:
         return cls.APPLICATION
 

@@ -96,3 +96,20 @@ def test_hooks_do_nothing_until_installed() -> None:
         hooks.remove(hooks.Point.PAUSED)
     hooks.reached(hooks.Point.PAUSED)
     assert seen == [hooks.Point.PAUSED]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "level"),
+    [
+        ("application", Level.APPLICATION),
+        ("crash", Level.CRASH),
+        ("auto", Level.NONE),
+        ("Application", Level.NONE),
+        ("", Level.NONE),
+        (None, Level.NONE),
+        (3, Level.NONE),
+    ],
+)
+def test_a_record_names_a_level_or_claims_none(recorded: object, level: Level) -> None:
+    """What a child's JSON or an old history row says is never read as more than it proves."""
+    assert Level.recorded(recorded) is level

@@ -24,6 +24,7 @@ from freezeframe import __version__
 from freezeframe.errors import FreezeframeError, UsageError
 from freezeframe.guest import protocol
 from freezeframe.guest.config import GuestConfig, load
+from freezeframe.levels import Level
 from freezeframe.quiesce.base import IN_IMAGE_KEY, PATHS_KEY
 
 READY = b"ready\n"
@@ -176,7 +177,7 @@ def _hold(config: GuestConfig, run: str, cap_s: float, directory: str, ready: in
     environment = {
         PATHS_KEY: "/",  # a VM's disks hold every file system of the guest that matters
         "FREEZEFRAME_RUN_ID": run,
-        "FREEZEFRAME_LEVEL": "application",
+        "FREEZEFRAME_LEVEL": Level.APPLICATION.value,
         IN_IMAGE_KEY: "1",
     }
     hold: ApplicationHold | None = None

@@ -17,7 +17,6 @@ from typing import Any
 DEFAULT_PATH = "/var/lib/freezeframe/state.db"
 # The results a run ends with. "degraded": it succeeded at a lower level than the plan asked.
 RESULTS = ("running", "success", "degraded", "failed", "interrupted", "skipped")
-LEVEL_NUMBER = {"none": 0, "crash": 1, "filesystem": 2, "application": 3}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

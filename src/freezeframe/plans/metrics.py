@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, start_http_server, write_to_tex
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from freezeframe.plans.history import LEVEL_NUMBER, RESULTS, History, Run
+from freezeframe.levels import Level
+from freezeframe.plans.history import RESULTS, History, Run
 
 GOOD = ("success", "degraded")
 FINISHED = ("success", "degraded", "failed", "interrupted")  # skipped runs never ran
@@ -105,8 +106,8 @@ class _PlansCollector(Collector):
                 last_success.add_metric([plan], _ended(good))
                 if good.bytes_added is not None:
                     bytes_added.add_metric([plan], float(good.bytes_added))
-                if good.achieved in LEVEL_NUMBER:
-                    level.add_metric([plan], float(LEVEL_NUMBER[good.achieved]))
+                if good.achieved in Level.ascending():
+                    level.add_metric([plan], float(Level(good.achieved).rank))
                 if good.pause_ms is not None:
                     pause.add_metric([plan], good.pause_ms / 1000.0)
             finished = history.last(plan, FINISHED)

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from freezeframe.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_PARTIAL, RepositoryLocked
+from freezeframe.levels import AUTO, Level
 from freezeframe.plans.config import Plan, PlansFile
-from freezeframe.plans.history import LEVEL_NUMBER, History, Run
+from freezeframe.plans.history import History, Run
 from freezeframe.plans.notify import Event, Notifier, NotifyTargets, SmtpSettings
 
 LOCK_RETRY_S = 600.0  # retention waits this long for another plan's backup to let go
@@ -232,15 +233,15 @@ def _backup(control: RunControl, name: str, plan: Plan, env: dict[str, str], run
     snapshots = _snapshots_of(document)
     run.snapshots = [s["snapshot_id"] for s in snapshots]
     run.report = {s["snapshot_id"]: s.get("consistency", {}) for s in snapshots}
-    levels = [s.get("consistency", {}).get("achieved", "none") for s in snapshots]
-    run.achieved = min(levels, key=lambda level: LEVEL_NUMBER.get(level, 0)) if levels else None
+    levels = [Level.recorded(s.get("consistency", {}).get("achieved")) for s in snapshots]
+    run.achieved = min(levels).value if levels else None
     windows = [_window_ms(s.get("consistency", {})) for s in snapshots]
     run.pause_ms = max((w for w in windows if w is not None), default=None)
     run.bytes_read = sum(int(s.get("summary", {}).get("bytes_read", 0)) for s in snapshots)
     run.bytes_added = sum(int(s.get("summary", {}).get("bytes_added", 0)) for s in snapshots)
     run.status = "success"
     asked = plan.consistency
-    if asked != "auto" and LEVEL_NUMBER[run.achieved or "none"] < LEVEL_NUMBER[asked]:
+    if asked != AUTO and Level.recorded(run.achieved) < Level.parse(asked):
         run.status = "degraded"
         reasons = [s.get("consistency", {}).get("reason", "") for s in snapshots]
         run.error = f"{run.achieved} instead of {asked}: " + "; ".join(r for r in reasons if r)
