@@ -20,7 +20,7 @@ import pytest
 
 from freezeframe.backup.archiver import Archiver, BackupOptions, SourcePath
 from freezeframe.backup.files_cache import FilesCache
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import FreezeframeError, TransientStorageError
 from freezeframe.repository.check import CheckResult, check_repository
 from freezeframe.repository.crypto import config_mac_key
 from freezeframe.repository.keys import KdfParams
@@ -237,23 +237,47 @@ RESTORE_FAULTS = {
 def test_a_restore_that_fails_half_way(fx: Repo, fault: Fault) -> None:
     storage = fx.faulty([fault])
     ((snapshot_id, (source, expected)),) = fx.kept.items()
+    target = fx.tmp / "target"
     try:
-        result = _restore(storage, snapshot_id, fx.tmp / "target")
+        result = _restore(storage, snapshot_id, target)
     except FreezeframeError as exc:
         _one_line(exc)
+        reported: list[str] | None = None
     else:
-        # Files it could not restore are reported (one line each) and not left behind; a lost
-        # index is worked around (the packs' headers are read instead).
         for path, message in result.errors:
             assert "\n" not in message, (path, message)
-        restored = _files(fx.tmp / "target" / str(source).lstrip("/"))
-        assert {p: expected[p] for p in restored} == restored
         reported = [path for path, _ in result.errors]
+    # Whether it stopped or went on, no file is left looking restored with other content:
+    # what it could not restore is reported (one line each) and not left behind; a lost index
+    # is worked around (the packs' headers are read instead).
+    restored = _files(target / str(source).lstrip("/")) if target.exists() else {}
+    assert {p: expected[p] for p in restored} == restored
+    if reported is not None:
         for missing in set(expected) - set(restored):
             full = f"{source}/{missing}"
             assert any(full == p or full.startswith(f"{p}/") for p in reported), (full, reported)
     assert storage.fired, "the fault never took effect"
     _assert_healthy(fx)
+
+
+@pytest.mark.parametrize("nth", [12, 20])  # both stop with files begun and not finished
+def test_a_storage_that_stops_answering_stops_the_restore(fx: Repo, nth: int) -> None:
+    """Retries spent on a storage that no longer answers: the restore stops with one line
+    (not thousands of files named damaged), and no file it had begun is left behind."""
+    storage = fx.faulty([Fault("get", Effect.TRANSIENT, kind=Kind.DATA, nth=nth, times=None)])
+    ((snapshot_id, (source, expected)),) = fx.kept.items()
+    target = fx.tmp / "target"
+    with pytest.raises(TransientStorageError) as stopped:
+        _restore(storage, snapshot_id, target)
+    _one_line(stopped.value)
+    restored = _files(target / str(source).lstrip("/")) if target.exists() else {}
+    assert len(restored) < len(expected)
+    assert {p: expected[p] for p in restored} == restored
+    _assert_healthy(fx)
+    # The same restore again, over a storage that answers, completes the target.
+    again = _restore(fx.plain(), snapshot_id, target)
+    assert (again.errors, again.damaged) == ([], [])
+    assert _files(target / str(source).lstrip("/")) == expected
 
 
 # -- check -----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import FreezeframeError, TransientStorageError
 from freezeframe.restore.filejob import FileJob
 from freezeframe.restore.reader import BlobGroup, BlobReader, FetchedBlobs
 
@@ -114,9 +114,11 @@ class ContentWriter:
         if self._failure is not None:
             raise self._failure
 
-    def abort(self) -> None:
-        """Stop early (Ctrl-C, a bug): drop queued batches, wait for running ones, close the
-        descriptors of files left unfinished."""
+    def abort(self) -> list[tuple[FileJob, os.stat_result]]:
+        """Stop early (Ctrl-C, a storage that stopped answering, a bug): drop queued batches,
+        wait for running ones, close the descriptors of files left unfinished and hand them
+        back with their identity, for the caller to remove (a file cut short must not look
+        restored)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._reader.shutdown(wait=True, cancel_futures=True)
         with self._lock:
@@ -126,9 +128,13 @@ class ContentWriter:
             self._batch = []
         # A file whose writes were not all done is not finished, and nobody else closes it.
         left = {job for batch in dropped for job, _, _, _ in batch if job.pending > 0}
+        unfinished = []
         for job in left:
             with contextlib.suppress(OSError):
+                unfinished.append((job, os.fstat(job.fd)))
+            with contextlib.suppress(OSError):
                 os.close(job.fd)
+        return unfinished
 
     # -- handing batches over (walk thread) --------------------------------------------------
 
@@ -208,6 +214,8 @@ class ContentWriter:
         for index, group in enumerate(plan.groups):
             try:
                 stored = fetched(index)
+            except TransientStorageError:
+                raise  # the storage stopped answering (retries spent): stop, not damage
             except FreezeframeError as exc:
                 for blob_id in group.blob_ids:
                     _fail(plan.users[blob_id], str(exc))
@@ -224,13 +232,16 @@ class ContentWriter:
 
     def _complete(self, batch: list[_Write], done: bool) -> None:
         """Count a batch's writes as done; files with nothing left to write are finished. A
-        batch cut short (Ctrl-C, a bug) marks its files failed, so none of them gets the
-        recorded mtime that would make it look complete."""
+        batch cut short (Ctrl-C, a storage that stopped answering, a bug) marks its files
+        failed and their ranges damaged, so each is removed rather than left looking
+        complete."""
         counts: dict[FileJob, int] = {}
-        for job, _, _, _ in batch:
+        for job, _, length, offset in batch:
             counts[job] = counts.get(job, 0) + 1
-            if not done and job.error is None:
-                job.error = "not completely written: the restore was interrupted"
+            if not done:
+                job.damaged.append((offset, offset + length))  # removed, as damage is
+                if job.error is None:
+                    job.error = "not completely written: the restore was interrupted"
         complete = []
         with self._lock:
             for job, count in counts.items():

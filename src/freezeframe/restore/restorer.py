@@ -25,7 +25,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from freezeframe.errors import FreezeframeError, IntegrityError, MissingContent, UnsafeName
+from freezeframe.errors import (
+    FreezeframeError,
+    IntegrityError,
+    MissingContent,
+    TransientStorageError,
+    UnsafeName,
+)
 from freezeframe.restore.content import ContentWriter
 from freezeframe.restore.filejob import (
     FileJob,
@@ -167,9 +173,12 @@ class _Restorer:
             self._writer.finish()
             self._remove_damaged_files()
         except BaseException:
-            self._writer.abort()
+            # Stopped (Ctrl-C, a storage that stopped answering): no file cut short is left
+            # looking restored, under any of its names.
+            self._remove += self._writer.abort()
             for left in stack[1:]:
                 os.close(left.fd)
+            self._remove_damaged_files()
             raise
         finally:
             os.close(self._root_fd)
@@ -213,6 +222,8 @@ class _Restorer:
             if node.subtree is None:
                 raise IntegrityError("the directory has no recorded contents")
             nodes = self.reader.load_tree(node.subtree)
+        except TransientStorageError:
+            raise  # the storage stopped answering (retries spent): stop, not damage
         except FreezeframeError as exc:
             self._damage(path, f"contents not restored: {exc}")
         except OSError as exc:
@@ -250,6 +261,8 @@ class _Restorer:
                 raise IntegrityError(f"cannot restore a node of type {node.type!r}")
         except MissingContent as exc:
             self._damage(path, str(exc), file_ranges(exc.ranges, _extents_or_none(node)))
+        except TransientStorageError:
+            raise
         except FreezeframeError as exc:
             self._damage(path, str(exc))
         except OSError as exc:
