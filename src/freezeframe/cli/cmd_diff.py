@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.repository.diff import diff_snapshots
-from freezeframe.repository.snapshot import find_snapshot
+from freezeframe.service.browse import DiffRequest, diff
 
 _MARKS = {"added": "+", "removed": "-", "modified": "M", "type": "T", "metadata": "U"}
 
@@ -17,14 +16,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository()
-    first = find_snapshot(repo, ctx.args.first)
-    second = find_snapshot(repo, ctx.args.second)
-    changes = diff_snapshots(repo, first, second)
+    repo = ctx.open_repository(load_index=False)
+    try:
+        result = diff(repo, DiffRequest(ctx.args.first, ctx.args.second))
+    finally:
+        repo.close()
+    changes = result.changes
     ctx.out.result(
         {
-            "first": first.id,
-            "second": second.id,
+            "first": result.first.id,
+            "second": result.second.id,
             "changes": [{"path": c.path, "change": c.change} for c in changes],
         },
         lambda: (

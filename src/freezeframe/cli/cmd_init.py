@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from freezeframe.cli.context import CommandContext
+from freezeframe.cli.reporting import CliReporter
 from freezeframe.errors import UsageError
 from freezeframe.repository.keys import KDF_MEMORY_KIB_RANGE, KDF_TIME_RANGE, KdfParams
-from freezeframe.repository.repository import Repository
+from freezeframe.service.admin import InitRequest, init
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,16 +42,14 @@ def run(ctx: CommandContext) -> int:
     if not KDF_TIME_RANGE[0] <= ctx.args.argon2_time <= KDF_TIME_RANGE[1]:
         raise UsageError(f"--argon2-time must be {KDF_TIME_RANGE[0]}..{KDF_TIME_RANGE[1]}")
     kdf = KdfParams(time_cost=ctx.args.argon2_time, memory_kib=ctx.args.argon2_memory * 1024)
-    repo = Repository.init(
-        ctx.storage(),
-        ctx.password(confirm=True),
-        kdf,
-        group_readable=ctx.args.group_readable,
-        warn=ctx.out.warn,
-    )
+    storage = ctx.storage()
+    request = InitRequest(ctx.password(confirm=True), kdf, group_readable=ctx.args.group_readable)
+    repo = init(storage, request, CliReporter(ctx.out))
+    repo.close()
+    repository_id = repo.config.repository_id
     ctx.out.result(
-        {"id": repo.config.repository_id, "location": ctx.location},
-        f"created repository {repo.config.repository_id[:8]} at {ctx.location}\n"
+        {"id": repository_id, "location": ctx.location},
+        f"created repository {repository_id[:8]} at {ctx.location}\n"
         "Keep the password safe: without it the data cannot be recovered.",
     )
     return 0

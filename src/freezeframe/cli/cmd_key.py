@@ -7,12 +7,17 @@ import sys
 
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import table
-from freezeframe.errors import FreezeframeError, NotFound, UsageError
-from freezeframe.repository.crypto import content_name
-from freezeframe.repository.keys import KdfParams, KeyFile
+from freezeframe.errors import UsageError
 from freezeframe.repository.password import prompt_password, resolve_password
-from freezeframe.repository.repository import add_key
-from freezeframe.storage.base import Kind, Storage
+from freezeframe.service.keys import (
+    AddKeyRequest,
+    KeyAdded,
+    KeyInfo,
+    RemoveKeyRequest,
+    add_key,
+    list_keys,
+    remove_key,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,63 +33,56 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository(load_index=False)
-    storage = repo.storage
     action = ctx.args.action
-    if action == "list":
-        keys = [_describe(storage, info.name, repo.key_name) for info in storage.list(Kind.KEYS)]
-        keys.sort(key=lambda k: str(k["id"]))
-        ctx.out.result(
-            keys,
-            lambda: table(
-                ["", "ID", "User", "Host", "Created"],
-                [
-                    [
-                        "*" if k["current"] else "",
-                        str(k["id"])[:8],
-                        str(k["user"]),
-                        str(k["host"]),
-                        str(k["created"]) + (" (damaged)" if k["damaged"] else ""),
-                    ]
-                    for k in keys
-                ],
-            ),
-        )
-        return 0
-    if action in ("add", "passwd"):
-        new_password = _new_password(ctx.args.new_password_file)
-        current = KeyFile.from_bytes(storage.get(Kind.KEYS, repo.key_name), repo.key_name)
-        name = add_key(storage, repo.master, new_password, current.kdf or KdfParams())
-        if action == "passwd":
-            storage.delete(Kind.KEYS, repo.key_name)
-        ctx.out.result(
-            {"id": name, "removed": repo.key_name if action == "passwd" else None},
-            f"saved new key {name[:8]}"
-            + (f", removed old key {repo.key_name[:8]}" if action == "passwd" else ""),
-        )
-        return 0
-    matches = [i.name for i in storage.list(Kind.KEYS) if i.name.startswith(ctx.args.key_id)]
-    if not matches:
-        raise NotFound(f"no key {ctx.args.key_id}")
-    if len(matches) > 1:
-        raise UsageError(f"key id {ctx.args.key_id} is ambiguous")
-    if matches[0] == repo.key_name:
-        raise UsageError("refusing to remove the key in use; open with another password first")
-    storage.delete(Kind.KEYS, matches[0])
-    ctx.out.result({"removed": matches[0]}, f"removed key {matches[0][:8]}")
+    repo = ctx.open_repository(load_index=False)
+    try:
+        if action == "list":
+            keys = list_keys(repo)
+            ctx.out.result([_key_json(k) for k in keys], lambda: _key_table(keys))
+        elif action in ("add", "passwd"):
+            new_password = _new_password(ctx.args.new_password_file)
+            _show_added(ctx, add_key(repo, AddKeyRequest(new_password, action == "passwd")))
+        else:
+            removed = remove_key(repo, RemoveKeyRequest(ctx.args.key_id))
+            ctx.out.result({"removed": removed}, f"removed key {removed[:8]}")
+    finally:
+        repo.close()
     return 0
 
 
-def _describe(storage: Storage, name: str, current: str) -> dict[str, object]:
-    """One key for `key list`; a damaged key is listed as such (`key remove` takes it away)."""
-    doc: dict[str, object] = {"id": name, "current": name == current, "damaged": False}
-    try:
-        data = storage.get(Kind.KEYS, name)
-        key = KeyFile.from_bytes(data, name)
-    except FreezeframeError:
-        return {**doc, "damaged": True, "user": "", "host": "", "created": ""}
-    damaged = content_name(data) != name
-    return {**doc, "damaged": damaged, "user": key.user, "host": key.host, "created": key.created}
+def _show_added(ctx: CommandContext, change: KeyAdded) -> None:
+    ctx.out.result(
+        {"id": change.id, "removed": change.removed},
+        f"saved new key {change.id[:8]}"
+        + (f", removed old key {change.removed[:8]}" if change.removed else ""),
+    )
+
+
+def _key_json(key: KeyInfo) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "current": key.current,
+        "damaged": key.damaged,
+        "user": key.user,
+        "host": key.host,
+        "created": key.created,
+    }
+
+
+def _key_table(keys: list[KeyInfo]) -> str:
+    return table(
+        ["", "ID", "User", "Host", "Created"],
+        [
+            [
+                "*" if k.current else "",
+                k.id[:8],
+                k.user,
+                k.host,
+                k.created + (" (damaged)" if k.damaged else ""),
+            ]
+            for k in keys
+        ],
+    )
 
 
 def _new_password(path: str | None) -> bytes:

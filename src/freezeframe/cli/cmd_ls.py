@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import stat
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.errors import NotFound
-from freezeframe.repository.repository import Repository
-from freezeframe.repository.snapshot import find_snapshot
 from freezeframe.repository.tree import TYPE_BITS, Node
-from freezeframe.repository.walk import find_node, walk_tree
+from freezeframe.service.browse import ListRequest, list_files
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,33 +20,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository()
-    snapshot = find_snapshot(repo, ctx.args.snapshot)
-    components = [c for c in os.fsencode(ctx.args.path).split(b"/") if c]
-    entries = list(_entries(repo, snapshot.tree, components))
-    if components and not entries:
-        raise NotFound(f"{ctx.args.path} is not in snapshot {snapshot.short_id}")
+    repo = ctx.open_repository(load_index=False)
+    try:
+        listing = list_files(repo, ListRequest(ctx.args.snapshot, ctx.args.path))
+    finally:
+        repo.close()
+    entries = listing.entries
     ctx.out.result(
-        {"snapshot": snapshot.id, "nodes": [_node_json(p, n) for p, n in entries]},
+        {"snapshot": listing.snapshot.id, "nodes": [_node_json(p, n) for p, n in entries]},
         lambda: "\n".join(_line(p, n, ctx.args.long) for p, n in entries),
     )
     return 0
-
-
-def _entries(
-    repo: Repository, tree: bytes, components: list[bytes]
-) -> Iterator[tuple[bytes, Node]]:
-    """The node at the path (when it is one) and everything below it, walking only there."""
-    if not components:
-        yield from walk_tree(repo, tree)
-        return
-    node = find_node(repo, tree, components)
-    if node is None:
-        return
-    path = b"/" + b"/".join(components)
-    yield path, node
-    if node.type == "dir" and node.subtree is not None:
-        yield from walk_tree(repo, node.subtree, path)
 
 
 def _node_json(path: bytes, node: Node) -> dict[str, Any]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.repository.locks import RepositoryLock
-from freezeframe.repository.migrate import migrate
+from freezeframe.service.admin import MigrateRequest, migrate
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -14,11 +13,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    password = ctx.password()
+    request = MigrateRequest(ctx.password())
     repo = ctx.open_repository(load_index=False)
     try:
-        with RepositoryLock(repo, exclusive=True):
-            done = migrate(repo, password)
+        done = migrate(repo, request)
     finally:
         repo.close()
     if done.unmarked_keys:

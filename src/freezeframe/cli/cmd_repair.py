@@ -7,12 +7,20 @@ import argparse
 from typing import Any
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.cli.phases import phases
-from freezeframe.repository.locks import RepositoryLock
-from freezeframe.repository.repair.config import repair_config
-from freezeframe.repository.repair.index import repair_index
-from freezeframe.repository.repair.packs import repair_packs
-from freezeframe.repository.repair.snapshots import SnapshotRepair, repair_snapshots
+from freezeframe.cli.reporting import CliReporter
+from freezeframe.repository.repair.index import IndexRepair
+from freezeframe.repository.repair.packs import PackRepair
+from freezeframe.repository.repair.snapshots import SnapshotRepair
+from freezeframe.service.repair import (
+    ConfigRepairRequest,
+    IndexRepairRequest,
+    PackRepairRequest,
+    SnapshotRepairRequest,
+    repair_config,
+    repair_index,
+    repair_packs,
+    repair_snapshots,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -50,65 +58,69 @@ def run(ctx: CommandContext) -> int:
     action = ctx.args.action
     if action == "config":
         return _config(ctx)
+    reporter = CliReporter(ctx.out)
     repo = ctx.open_repository(load_index=False)  # loaded under the lock
     try:
-        # The repairs of the index and of packs read the index files themselves.
-        lock = RepositoryLock(repo, exclusive=True, load_index=action == "snapshots")
-        with lock, phases(ctx.out) as progress:
-            if action == "index":
-                done = repair_index(repo, read_all_packs=ctx.args.read_all_packs, progress=progress)
-                doc: dict[str, Any] = {
-                    "index_files_read": done.index_files_read,
-                    "damaged_index_files": done.damaged_index_files,
-                    "packs_indexed": done.packs_indexed,
-                    "blobs_indexed": done.blobs_indexed,
-                    "headers_read": done.headers_read,
-                    "index_files_written": done.index_files_written,
-                    "index_files_deleted": done.index_files_deleted,
-                    "problems": done.problems,
-                }
-                problems = done.problems
-                text = (
-                    f"indexed {done.blobs_indexed} blobs in {done.packs_indexed} packs "
-                    f"({done.headers_read} headers read); wrote {done.index_files_written} "
-                    f"index files, removed {done.index_files_deleted}"
-                )
-            elif action == "packs":
-                fixed = repair_packs(repo, ctx.args.packs or None, progress=progress)
-                doc = {
-                    "packs_read": fixed.packs_read,
-                    "damaged": fixed.damaged,
-                    "blobs_salvaged": fixed.blobs_salvaged,
-                    "blobs_lost": [b.hex() for b in fixed.blobs_lost],
-                    "packs_written": fixed.packs_written,
-                    "packs_deleted": fixed.packs_deleted,
-                }
-                problems = ["; ".join(errors) for _pack, errors in sorted(fixed.damaged.items())]
-                if fixed.blobs_lost:
-                    problems.append(
-                        f"{len(fixed.blobs_lost)} blobs are lost; back up the same paths again "
-                        "(their files, if unchanged, store them again and heal the snapshots), "
-                        "then `freezeframe repair snapshots` for what stays lost"
-                    )
-                text = (
-                    f"{len(fixed.damaged)} damaged packs of {fixed.packs_read} read: "
-                    f"{fixed.blobs_salvaged} blobs salvaged into {fixed.packs_written} new "
-                    f"packs, {len(fixed.blobs_lost)} lost, {fixed.packs_deleted} packs removed"
-                )
-            else:
-                result = repair_snapshots(
-                    repo,
-                    ctx.args.snapshots or None,
-                    forget=ctx.args.forget,
-                    dry_run=ctx.args.dry_run,
-                )
-                doc, problems, text = _snapshots_report(result)
+        if action == "index":
+            request = IndexRepairRequest(read_all_packs=ctx.args.read_all_packs)
+            doc, problems, text = _index_report(repair_index(repo, request, reporter))
+        elif action == "packs":
+            packs = PackRepairRequest(tuple(ctx.args.packs))
+            doc, problems, text = _packs_report(repair_packs(repo, packs, reporter))
+        else:
+            snapshots = SnapshotRepairRequest(
+                tuple(ctx.args.snapshots), forget=ctx.args.forget, dry_run=ctx.args.dry_run
+            )
+            doc, problems, text = _snapshots_report(repair_snapshots(repo, snapshots, reporter))
     finally:
         repo.close()
     for problem in problems:
         ctx.out.warn(problem)
     ctx.out.result(doc, text)
     return 0
+
+
+def _index_report(done: IndexRepair) -> tuple[dict[str, Any], list[str], str]:
+    doc = {
+        "index_files_read": done.index_files_read,
+        "damaged_index_files": done.damaged_index_files,
+        "packs_indexed": done.packs_indexed,
+        "blobs_indexed": done.blobs_indexed,
+        "headers_read": done.headers_read,
+        "index_files_written": done.index_files_written,
+        "index_files_deleted": done.index_files_deleted,
+        "problems": done.problems,
+    }
+    text = (
+        f"indexed {done.blobs_indexed} blobs in {done.packs_indexed} packs "
+        f"({done.headers_read} headers read); wrote {done.index_files_written} "
+        f"index files, removed {done.index_files_deleted}"
+    )
+    return doc, done.problems, text
+
+
+def _packs_report(fixed: PackRepair) -> tuple[dict[str, Any], list[str], str]:
+    doc = {
+        "packs_read": fixed.packs_read,
+        "damaged": fixed.damaged,
+        "blobs_salvaged": fixed.blobs_salvaged,
+        "blobs_lost": [b.hex() for b in fixed.blobs_lost],
+        "packs_written": fixed.packs_written,
+        "packs_deleted": fixed.packs_deleted,
+    }
+    problems = ["; ".join(errors) for _pack, errors in sorted(fixed.damaged.items())]
+    if fixed.blobs_lost:
+        problems.append(
+            f"{len(fixed.blobs_lost)} blobs are lost; back up the same paths again "
+            "(their files, if unchanged, store them again and heal the snapshots), "
+            "then `freezeframe repair snapshots` for what stays lost"
+        )
+    text = (
+        f"{len(fixed.damaged)} damaged packs of {fixed.packs_read} read: "
+        f"{fixed.blobs_salvaged} blobs salvaged into {fixed.packs_written} new "
+        f"packs, {len(fixed.blobs_lost)} lost, {fixed.packs_deleted} packs removed"
+    )
+    return doc, problems, text
 
 
 def _snapshots_report(result: SnapshotRepair) -> tuple[dict[str, Any], list[str], str]:
@@ -145,7 +157,8 @@ def _snapshots_report(result: SnapshotRepair) -> tuple[dict[str, Any], list[str]
 
 
 def _config(ctx: CommandContext) -> int:
-    done = repair_config(ctx.storage(), ctx.password(), force=ctx.args.force)
+    request = ConfigRepairRequest(ctx.password(), force=ctx.args.force)
+    done = repair_config(ctx.storage(), request)
     doc = {
         "rewritten": done.rewritten,
         "problem": done.problem,

@@ -7,7 +7,7 @@ import argparse
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import table
 from freezeframe.cli.snapshot_view import SNAPSHOT_HEADERS, snapshot_json, snapshot_row
-from freezeframe.repository.snapshot import list_snapshots
+from freezeframe.service.browse import SnapshotsRequest, snapshots
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -16,18 +16,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
+    request = SnapshotsRequest(ctx.args.host, tuple(ctx.args.tag))
     repo = ctx.open_repository(load_index=False)
-    snapshots = [
-        s
-        for s in list_snapshots(repo)
-        if (ctx.args.host is None or s.host == ctx.args.host)
-        and all(tag in s.tags for tag in ctx.args.tag)
-    ]
+    try:
+        found = snapshots(repo, request)
+    finally:
+        repo.close()
     ctx.out.result(
-        [snapshot_json(s) for s in snapshots],
+        [snapshot_json(s) for s in found],
         lambda: (
-            table(SNAPSHOT_HEADERS, [snapshot_row(s) for s in snapshots])
-            + f"\n{len(snapshots)} snapshots"
+            table(SNAPSHOT_HEADERS, [snapshot_row(s) for s in found]) + f"\n{len(found)} snapshots"
         ),
     )
     return 0

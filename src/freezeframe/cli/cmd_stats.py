@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.repository.snapshot import list_snapshots
-from freezeframe.repository.stats import repository_stats, restore_size
+from freezeframe.service.browse import StatsRequest, stats
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -18,11 +17,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository()
-    stats = repository_stats(repo)
-    if ctx.args.restore_size:
-        stats["restore_size"] = restore_size(repo, list_snapshots(repo))
-    ctx.out.result(
-        stats, lambda: "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items())
-    )
+    repo = ctx.open_repository(load_index=False)
+    try:
+        result = stats(repo, StatsRequest(restore_size=ctx.args.restore_size))
+    finally:
+        repo.close()
+    doc = dict(result.repository)
+    if result.restore_size is not None:
+        doc["restore_size"] = result.restore_size
+    ctx.out.result(doc, lambda: "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in doc.items()))
     return 0

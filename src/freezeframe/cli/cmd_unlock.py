@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from freezeframe.cli.context import CommandContext
-from freezeframe.repository.locks import remove_locks
+from freezeframe.service.admin import UnlockRequest, unlock
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: CommandContext) -> int:
     repo = ctx.open_repository(load_index=False)
-    removed = remove_locks(repo, include_live=ctx.args.remove_all)
+    try:
+        removed = unlock(repo, UnlockRequest(remove_all=ctx.args.remove_all))
+    finally:
+        repo.close()
     ctx.out.result(
         {"removed": [lock.name for lock in removed]},
         "\n".join(

@@ -10,6 +10,7 @@ from freezeframe.backup.images import DiskProgress
 from freezeframe.backup.progress import BackupProgress
 from freezeframe.cli.output import Output, human_bytes, human_duration
 from freezeframe.restore.restorer import RestoreProgress
+from freezeframe.service.reporter import PhaseCounter
 
 
 class CliReporter:
@@ -40,6 +41,8 @@ def _renderer(name: str, progress: object) -> Callable[[float], str] | None:
         return functools.partial(render_disk, name.removeprefix("vm "), progress)
     if isinstance(progress, RestoreProgress):
         return functools.partial(render_restore, progress)
+    if isinstance(progress, PhaseCounter):
+        return functools.partial(render_steps, progress)
     return None
 
 
@@ -76,4 +79,13 @@ def render_restore(p: RestoreProgress, elapsed: float) -> str:
         line += f" of {human_bytes(p.total_bytes)} ({human_bytes(rate)}/s)"
         if rate > 0:
             line += f", ETA {human_duration((p.total_bytes - p.bytes_done) / rate)}"
+    return line
+
+
+def render_steps(counter: PhaseCounter, elapsed: float) -> str:
+    """A repair's phase and how far it is."""
+    phase, done, total = counter.state
+    line = f"[{human_duration(elapsed)}] {phase}"
+    if total:
+        line += f" {done}/{total} ({done / total:.0%})"
     return line

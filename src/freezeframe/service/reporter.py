@@ -62,3 +62,22 @@ class Cancel:
     def check(self) -> None:
         if self._requested.is_set():
             raise Interrupted("cancelled")
+
+
+class PhaseCounter:
+    """The progress of a maintenance operation that works in steps (a repair), as the
+    repository reports it: ``(phase, done, total)``; the reporter's ``phase`` gets it to show."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = ("starting", 0, 0)
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        with self._lock:
+            self._state = (phase, done, total)
+
+    @property
+    def state(self) -> tuple[str, int, int]:
+        """The phase, how many of its steps are done, of how many (0: not known)."""
+        with self._lock:
+            return self._state
