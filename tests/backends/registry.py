@@ -1,0 +1,8 @@
+"""Every backend factory the storage contract suite runs over."""
+
+from __future__ import annotations
+
+from backends import local
+from backends.base import Factory
+
+ALL: list[Factory] = [*local.FACTORIES]
