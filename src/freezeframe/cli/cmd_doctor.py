@@ -7,13 +7,11 @@ import argparse
 from dataclasses import asdict
 from typing import Any
 
-from freezeframe.capture.doctor import PathReport, examine
+from freezeframe.capture.doctor import PathReport
 from freezeframe.cli.context import CommandContext
-from freezeframe.errors import UsageError
 from freezeframe.levels import Level
-from freezeframe.quiesce import discovery
+from freezeframe.service.doctor import DoctorRequest, doctor
 from freezeframe.vm.machine import VmSpec
-from freezeframe.vm.reach import examine as examine_vm
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +22,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    if not ctx.args.paths and not ctx.args.vm:
-        raise UsageError("give paths, or --vm SPEC, to examine")
-    running = discovery.running() if ctx.args.paths else []
-    reports = [examine(path, running) for path in ctx.args.paths]
-    vms = [examine_vm(VmSpec.parse(spec)) for spec in ctx.args.vm]
+    request = DoctorRequest(
+        tuple(ctx.args.paths), tuple(VmSpec.parse(spec) for spec in ctx.args.vm)
+    )
+    found = doctor(request)
+    reports, vms = found.paths, found.vms
     if not vms:
         ctx.out.result([asdict(r) for r in reports], lambda: "\n\n".join(map(_text, reports)))
     else:
