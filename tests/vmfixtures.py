@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,17 @@ from freezeframe.vm.qmp import GuestAgent, Qmp
 RECIPE_VERSION = "fflab-3"
 READY_MARKER = "FREEZEFRAME-LAB-READY"
 FAILED_MARKER = "FREEZEFRAME-LAB-FAILED"
+# A TCG guest now and then stops taking timer interrupts during boot and never recovers (the
+# kernel prints an RCU stall every ~20 s and makes no progress); a second stall report before
+# the ready marker means that boot is lost, and the lab boots again rather than wait it out.
+STALL_MARKER = "rcu_preempt detected stalls"
+TCG_BOOT_ATTEMPTS = 3
+
+
+class StalledBoot(TimeoutError):
+    """The guest kernel stalled during boot (an emulator hang, not a failure of the guest)."""
+
+
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 RECORD = 64  # bytes per log record, as in tests/workloads.py
 
@@ -814,6 +826,7 @@ def _boot(
     serial_log: Path,
     stderr_log: Path,
     deadline: float,
+    give_up_on_stall: bool = False,
 ) -> tuple[subprocess.Popen[bytes], float]:
     """Starts qemu and waits for the ready marker and the agent; the process and boot time."""
     serial_log.unlink(missing_ok=True)
@@ -830,6 +843,8 @@ def _boot(
                     f"the {accel} guest did not boot:\n{text[-3000:]}\n"
                     f"{stderr_log.read_text(errors='replace')[-2000:]}"
                 )
+            if give_up_on_stall and text.count(STALL_MARKER) >= 2:
+                raise StalledBoot(f"the {accel} guest stalled while booting:\n{text[-3000:]}")
             if time.monotonic() > started + deadline:
                 raise TimeoutError(
                     f"the {accel} guest did not boot in {deadline} s:\n{text[-3000:]}"
@@ -848,6 +863,37 @@ def _boot(
     except BaseException:
         _stop(process, None)
         raise
+
+
+def _boot_retrying_stalls(
+    *,
+    accel: str,
+    argv: list[str],
+    sockets: Path,
+    serial_log: Path,
+    stderr_log: Path,
+    deadline: float,
+) -> tuple[subprocess.Popen[bytes], float]:
+    """``_boot``, booting a TCG guest again (up to ``TCG_BOOT_ATTEMPTS``) when its kernel stalls."""
+    attempts = TCG_BOOT_ATTEMPTS if accel == "tcg" else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return _boot(
+                accel=accel,
+                argv=argv,
+                sockets=sockets,
+                serial_log=serial_log,
+                stderr_log=stderr_log,
+                deadline=deadline,
+                give_up_on_stall=attempt < attempts,
+            )
+        except StalledBoot:
+            if attempt == attempts:
+                raise
+            print(f"vm lab: the {accel} guest stalled; boot {attempt + 1}", file=sys.stderr)
+            for leftover in ("qmp.sock", "test-qmp.sock", "qga.sock"):
+                (sockets / leftover).unlink(missing_ok=True)
+    raise AssertionError("unreachable")
 
 
 def _stop(process: subprocess.Popen[bytes], qmp: Qmp | None) -> None:
@@ -910,7 +956,7 @@ def running_vm(
             )
             last = accel == accels[-1]
             try:
-                process, seconds = _boot(
+                process, seconds = _boot_retrying_stalls(
                     accel=accel,
                     argv=argv,
                     sockets=sockets,
