@@ -1,19 +1,24 @@
 """A repository in S3, through the real CLI (a child process, the credentials in its
 environment as an operator sets them), against ``rclone serve s3`` and SeaweedFS: init, backup,
 a byte-exact restore and ``check --read-data``; a wrong secret key and a missing bucket each
-end with one line and exit 1 (error code ``storage``), the secret named nowhere."""
+end with one line and exit 1 (error code ``storage``), the secret named nowhere. And one
+storage object used by many threads at once, as the repository's uploaders and readers do."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from ffharness import FAST_INIT, is_root, run_freezeframe
 from freezeframe.errors import EXIT_FATAL
+from freezeframe.storage.base import Kind
+from freezeframe.storage.s3 import POOL_CONNECTIONS, S3Storage
 from servers.base import S3Server
 from servers.fixtures import S3_SERVERS
 from treeutil import assert_same_tree, build_odd_tree, restored_path
@@ -124,3 +129,23 @@ def test_tls_is_verified_against_the_bundle_given(
     netloc = server.endpoint.removeprefix("https://")
     assert f"TLS with {netloc} failed" in line and "FREEZEFRAME_S3_CA_BUNDLE" in line, line
     _ok(_run(place.location, "snapshots", env={"AWS_CA_BUNDLE": str(server.ca_bundle)}))
+
+
+def test_one_storage_serves_many_threads(server: S3Server) -> None:
+    place = server.fresh_place()
+    storage = S3Storage(place.location, env=server.env())
+    payloads = {f"{i:02x}{os.urandom(31).hex()}": os.urandom(64 * 1024 + i) for i in range(96)}
+
+    def round_trip(name: str) -> None:
+        storage.put(Kind.DATA, name, payloads[name])
+        assert storage.get(Kind.DATA, name, 100, 1000) == payloads[name][100:1100]
+        assert storage.get(Kind.DATA, name) == payloads[name]
+
+    with ThreadPoolExecutor(max_workers=POOL_CONNECTIONS // 2) as pool:
+        list(pool.map(round_trip, payloads))
+    listed = {info.name: info.size for info in storage.list(Kind.DATA)}
+    assert listed == {name: len(data) for name, data in payloads.items()}
+    with ThreadPoolExecutor(max_workers=POOL_CONNECTIONS // 2) as pool:
+        list(pool.map(lambda name: storage.delete(Kind.DATA, name), payloads))
+    assert list(storage.list(Kind.DATA)) == []
+    storage.close()
