@@ -29,6 +29,11 @@ from ffharness import (
     spawn_freezeframe,
 )
 from freezeframe import hooks
+from servers.fixtures import (  # noqa: F401 (session fixtures)
+    rclone_s3_server,
+    rclone_s3_tls_server,
+    seaweedfs_server,
+)
 
 __all__ = ["privileged_required", "run_freezeframe", "spawn_freezeframe"]
 

@@ -1,6 +1,7 @@
-"""Repository locations: paths and ``local:`` are local directories; a scheme this version has
-no backend for is refused in one line and nothing is created on disk (``sftp:host:/repo`` once
-became a local directory of that name); the options stack the wrappers."""
+"""Repository locations: paths and ``local:`` are local directories, ``s3:`` an S3 bucket; a
+scheme this version has no backend for (or a malformed S3 location) is refused in one line and
+nothing is created on disk (``sftp:host:/repo`` once became a local directory of that name); the
+options stack the wrappers."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from freezeframe.errors import UsageError
-from freezeframe.storage.base import Storage
+from freezeframe.storage.base import Capabilities, Storage
 from freezeframe.storage.cache import CachingStorage
 from freezeframe.storage.local import LocalStorage
 from freezeframe.storage.ratelimit import RateLimitedStorage, RateLimits
 from freezeframe.storage.readonly import ReadOnlyStorage
 from freezeframe.storage.registry import backend_for, open_storage, split_location
 from freezeframe.storage.retry import RetryingStorage, RetryPolicy
+from freezeframe.storage.s3 import S3Storage
 from freezeframe.storage.wrapper import StorageWrapper
 
 
@@ -54,12 +56,13 @@ def test_local_locations(location: str, root: str) -> None:
             "repository location 'sftp:host:/repo': the sftp backend is not "
             "available in this version",
         ),
-        (
-            "s3:https://h/b",
-            "repository location 's3:https://h/b': the s3 backend is not available in this version",
-        ),
         ("rest:http://host:8000/", "the rest backend is not available in this version"),
-        ("S3:bucket", "the s3 backend is not available in this version"),
+        ("S3:bucket", "S3 location 's3:bucket' is not s3:https://HOST[:PORT]/BUCKET[/PREFIX]"),
+        ("s3:https://host:9000", "S3 location 's3:https://host:9000' names no bucket"),
+        ("s3:ftp://host/bucket", "is not s3:https://HOST[:PORT]/BUCKET[/PREFIX]"),
+        ("s3:https://host/bucket/../up", "a prefix cannot hold '.' or '..'"),
+        ("s3:https://host:99999/bucket", "S3 location"),
+        ("s3:", "repository location 's3:' names no s3 repository"),
         (
             "rclone:remote:path",
             "unknown repository location scheme 'rclone' in 'rclone:remote:path'",
@@ -83,6 +86,28 @@ def test_other_locations_are_refused_in_one_line_creating_nothing(
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_s3_locations_open_without_a_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_PROFILE", "FREEZEFRAME_S3_ADDRESSING", "FREEZEFRAME_S3_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    storage = backend_for("s3:https://s3.example.org:9000/backups/host-a/daily/")
+    assert isinstance(storage, S3Storage)
+    assert storage.location == "s3:https://s3.example.org:9000/backups/host-a/daily"
+    assert storage.capabilities == Capabilities(
+        writable=True, local_modes=False, local_directory=None
+    )
+    stacked = open_storage("s3:http://127.0.0.1:1/b", read_only=True, retry=RetryPolicy())
+    assert _layers(stacked) == [ReadOnlyStorage, RetryingStorage, S3Storage]
+    assert stacked.capabilities.local_directory is None
+
+
+def test_credentials_in_an_s3_location_are_refused_unechoed() -> None:
+    with pytest.raises(UsageError) as raised:
+        backend_for("s3:https://AKIDEXAMPLE:hunter2-secret@s3.example.org/bucket")
+    assert "holds no credentials" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+    assert "AKIDEXAMPLE" not in str(raised.value)
 
 
 def test_split_location() -> None:

@@ -1,0 +1,36 @@
+"""The session fixtures of the S3 test servers, each started at its first use and stopped when
+the session ends; ``tests/conftest.py`` imports them. A test takes its own place on one with
+``server.fresh_place()``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from servers.base import S3Server
+from servers.rclone_s3 import rclone_s3
+from servers.seaweedfs import seaweedfs
+
+
+@pytest.fixture(scope="session")
+def rclone_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with rclone_s3(tmp_path_factory.mktemp("rclone-s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rclone_s3_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """``rclone serve s3`` over HTTPS, its certificate signed by a private CA."""
+    with rclone_s3(tmp_path_factory.mktemp("rclone-s3-tls"), tls=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+S3_SERVERS = ("rclone_s3_server", "seaweedfs_server")
+"""The fixtures' names, for tests that run over every server (``request.getfixturevalue``)."""
