@@ -100,8 +100,9 @@ def _prune(storage: Storage) -> object:
     """As ``freezeframe prune --max-unused 0`` (cmd_prune): every partly used pack repacked."""
     repo = Repository.open(storage, PASSWORD, load_index=False)
     try:
-        with RepositoryLock(repo, exclusive=True):
-            return execute_prune(repo, plan_prune(repo, max_unused_fraction=0.0))
+        with RepositoryLock(repo, exclusive=False, maintenance=True) as lock:
+            plan = plan_prune(repo, max_unused_fraction=0.0, lock=lock)
+            return execute_prune(repo, plan, lock=lock)
     finally:
         repo.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from freezeframe.cli.cmd_prune import add_grace_option
 from freezeframe.cli.context import CommandContext
 from freezeframe.cli.output import table
 from freezeframe.cli.snapshot_view import SNAPSHOT_HEADERS, snapshot_row
@@ -38,6 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="only consider snapshots with this tag (repeatable: all of them)",
     )
     parser.add_argument("--prune", action="store_true", help="run prune afterwards")
+    add_grace_option(parser)
     parser.add_argument("-n", "--dry-run", action="store_true", help="only show what would go")
 
 
@@ -75,7 +77,9 @@ def run(ctx: CommandContext) -> int:
         raise UsageError(
             "no policy given: nothing would be kept, so nothing is removed (use --keep-* options)"
         )
-    request = ForgetRequest(policy, a.host, tuple(a.tag), prune=a.prune, dry_run=a.dry_run)
+    request = ForgetRequest(
+        policy, a.host, tuple(a.tag), prune=a.prune, dry_run=a.dry_run, grace_s=a.grace
+    )
     repo = ctx.open_repository(load_index=False)
     try:
         result = forget(repo, request)

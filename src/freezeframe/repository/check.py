@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from freezeframe.errors import FreezeframeError, IntegrityError, NotFound, UsageError
 from freezeframe.repository.crypto import content_name
-from freezeframe.repository.index import decode_index
+from freezeframe.repository.index import IndexFile, decode_index_file
 from freezeframe.repository.keys import KeyFile
 from freezeframe.repository.pack import BlobType, PackEntry, read_header, stored_header_size
 from freezeframe.repository.packverify import PackReport, verify_pack
@@ -123,6 +123,7 @@ class _Checker:
         self.damaged_blobs: set[bytes] = set()
         self.snapshots: list[Snapshot] = []
         self.trees: dict[bytes, _TreeInfo] = {}
+        self.marked: dict[str, dict[bytes, PackEntry]] = {}  # marked for deletion by a prune
         self.unindexed: set[str] = set()  # packs described only by their headers
         self.needed_unindexed: set[str] = set()  # ... that hold blobs snapshots use
 
@@ -162,7 +163,7 @@ class _Checker:
                 if isinstance(outcome, str):
                     self.error(outcome)
                     continue
-                for pack, entries in outcome.items():
+                for pack, entries in outcome.packs.items():
                     merged = self.packs.setdefault(pack, {})
                     for entry in entries:
                         if merged.setdefault(entry.blob_id, entry) != entry:
@@ -170,21 +171,29 @@ class _Checker:
                                 f"index {name} places blob {entry.blob_id.hex()[:16]} of pack "
                                 f"{pack} differently from another index"
                             )
+                for pack, entries in outcome.marked.items():
+                    found = self.marked.setdefault(pack, {})
+                    found.update((entry.blob_id, entry) for entry in entries)
         self.result.index_files_checked = len(names)
 
-    def _read_index(self, name: str) -> dict[str, list[PackEntry]] | str:
+    def _read_index(self, name: str) -> IndexFile | str:
         try:
             data = self.repo.storage.get(Kind.INDEX, name)
             if content_name(data) != name:
                 return f"index {name}: its content does not match its name; {_REPAIR_INDEX}"
-            return decode_index(data, self.repo.cipher, name)
+            return decode_index_file(data, self.repo.cipher, name)
         except NotFound:
-            return {}
+            return IndexFile({}, {})
         except FreezeframeError as exc:
             return f"{exc}; {_REPAIR_INDEX}"
 
     def check_packs(self) -> None:
         self.stored = {info.name: info.size for info in self.repo.storage.list(Kind.DATA)}
+        for pack, blobs in self.marked.items():
+            # A marked pack a prune has deleted meanwhile is no error; one still stored is
+            # checked like any other (a snapshot may read it until the mark is swept).
+            if pack not in self.packs and pack in self.stored and blobs:
+                self.packs[pack] = blobs
         for pack, blobs in sorted(self.packs.items()):
             self.result.packs_checked += 1
             if pack not in self.stored:
@@ -355,6 +364,8 @@ class _Checker:
                 damaged.add(DamagedFile(snapshot.id, os.fsdecode(b"/" + relative)))
         result = self.result
         for pack in sorted(self.unindexed):
+            if pack in self.marked and pack not in self.needed_unindexed:
+                continue  # left by an interrupted backup, marked: the next prune deletes it
             if pack in self.needed_unindexed:
                 self.error(
                     f"pack {pack} holds blobs that snapshots use, but no index names it (an "

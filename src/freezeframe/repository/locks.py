@@ -1,4 +1,6 @@
-"""Repository locks: shared for backup, restore and check; exclusive for prune and forget.
+"""Repository locks: shared for backup, restore and check; *maintenance* for prune and forget
+(one at a time, beside any number of shared locks: backups never wait for a prune, see
+``prune.py``); exclusive for repairs, migrations and key changes (alone).
 
 A lock is an encrypted file in ``locks/``, refreshed every few minutes while its holder lives.
 A lock is stale when it has not been refreshed for 30 minutes, or when it belongs to this host and
@@ -13,6 +15,7 @@ import getpass
 import json
 import math
 import os
+import secrets
 import socket
 import threading
 import time
@@ -38,6 +41,18 @@ class LockInfo:
     pid: int
     user: str
     damaged: bool = False
+    maintenance: bool = False
+    since: float | None = None
+    """When the holder first took the lock (its own clock), kept across refreshes; None for a
+    lock written by a version that did not record it."""
+    holder: str = ""
+    """A random id of the holder, kept across refreshes (a refresh renames the lock)."""
+
+    def conflicts(self, other: LockInfo) -> bool:
+        """Whether the two locks cannot be held at once."""
+        if self.exclusive or other.exclusive:
+            return True
+        return self.maintenance and other.maintenance
 
     def is_stale(self, now: float) -> bool:
         if self.damaged:
@@ -49,7 +64,13 @@ class LockInfo:
     def describe(self) -> str:
         if self.damaged:
             return f"a lock that cannot be read (locks/{self.name[:16]}..., damaged)"
-        kind = "an exclusive" if self.exclusive else "a shared"
+        kind = (
+            "an exclusive"
+            if self.exclusive
+            else "a maintenance"
+            if self.maintenance
+            else "a shared"
+        )
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
         return f"{kind} lock by PID {self.pid} on {self.host} ({self.user}) since {when}"
 
@@ -68,13 +89,18 @@ def parse_lock(data: bytes, name: str) -> LockInfo:
             str(doc["host"]),
             int(doc["pid"]),
             str(doc["user"]),
+            maintenance=bool(doc.get("maintenance", False)),
+            since=float(doc["since"]) if "since" in doc else None,
+            holder=str(doc.get("holder", "")),
         )
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, AttributeError) as exc:
         raise IntegrityError(f"lock {name[:8]} is malformed: {exc}") from exc
     # A time more than a day ahead of this clock is no skew but damage (and would never go
     # stale); a PID outside what a kernel hands out cannot be asked about.
     in_time = math.isfinite(info.time) and 0 <= info.time <= time.time() + _MAX_SKEW_S
     if not isinstance(doc["exclusive"], bool) or not in_time or not 0 < info.pid < 2**31:
+        raise IntegrityError(f"lock {name[:8]} is malformed")
+    if info.since is not None and not (math.isfinite(info.since) and info.since <= info.time):
         raise IntegrityError(f"lock {name[:8]} is malformed")
     return info
 
@@ -106,10 +132,20 @@ def remove_locks(repo: Repository, *, include_live: bool) -> list[LockInfo]:
 class RepositoryLock:
     """A held lock as a context manager; a background thread keeps it fresh."""
 
-    def __init__(self, repo: Repository, *, exclusive: bool, load_index: bool = True) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        exclusive: bool,
+        load_index: bool = True,
+        maintenance: bool = False,
+    ) -> None:
         self._repo = repo
         self._exclusive = exclusive
+        self._maintenance = maintenance and not exclusive
         self._load_index = load_index
+        self.holder = secrets.token_hex(8)
+        self.since = time.time()
         self._name: str | None = None
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
@@ -169,17 +205,25 @@ class RepositoryLock:
 
     def _conflict(self) -> LockInfo | None:
         now = time.time()
+        mine = LockInfo("", now, self._exclusive, "", 1, "", maintenance=self._maintenance)
         for lock in read_locks(self._repo):
             if lock.name == self._name or lock.is_stale(now):
                 continue
-            if self._exclusive or lock.exclusive:
+            if mine.conflicts(lock):
                 return lock
         return None
+
+    def others(self) -> list[LockInfo]:
+        """Every lock in the repository but this one (stale ones too)."""
+        return [lock for lock in read_locks(self._repo) if lock.holder != self.holder]
 
     def _write(self) -> str:
         doc = {
             "time": time.time(),
             "exclusive": self._exclusive,
+            "maintenance": self._maintenance,
+            "since": self.since,
+            "holder": self.holder,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "user": getpass.getuser(),

@@ -49,6 +49,7 @@ class Packer:
         self._last_index_write = time.monotonic()
         self.packs_written = 0
         self.bytes_written = 0
+        self.index_files_written: list[str] = []
 
     def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
         full: _OpenPack | None = None
@@ -104,4 +105,7 @@ class Packer:
             batch, self._unindexed = self._unindexed, {}
             self._last_index_write = time.monotonic()
         data = encode_index(batch, self._cipher)
-        self._storage.put(Kind.INDEX, content_name(data), data)
+        name = content_name(data)
+        self._storage.put(Kind.INDEX, name, data)
+        with self._index_lock:
+            self.index_files_written.append(name)

@@ -1,57 +1,107 @@
-"""Prune: delete the packs that no snapshot needs and repack the partly used ones.
+"""Prune: delete the packs that no snapshot needs and repack the partly used ones, in two
+phases, so that backups on other hosts go on while it runs and never lose a blob.
 
 What happens to each pack (restic's ``--max-unused`` rule):
 
 - every blob reachable from a snapshot is *used*. A blob stored in several packs is used in one
   copy only (the one in the pack with the largest share of used data), the others are unused;
-- a pack with no used blob is deleted; a pack with only used blobs is kept;
+- a pack with no used blob is a candidate for deletion; a pack with only used blobs is kept;
 - partly used packs are repacked, largest unused share first, until the unused bytes left in the
   repository are at most ``max_unused_fraction`` of its size after pruning (default 5 %); the
-  others are kept with their unused blobs. Copying costs reads and writes while unused space
-  only costs storage, so a little tolerance keeps a prune after every ``forget`` cheap;
-  ``max_unused_fraction=0`` repacks every partly used pack;
-- packs that no index names (left by an interrupted backup or prune) are deleted.
+  others are kept with their unused blobs. A repacked pack becomes a candidate;
+- packs that no index names (left by an interrupted backup, or being written by a running one)
+  are candidates too.
 
-Why a crash never loses a snapshot: snapshots are not touched, so it is enough that at every
-moment each used blob is named by some index file *and* stored in a pack that exists.
+**Phase 1, mark.** Candidates are not deleted: the new index names every kept and new pack, and a
+*mark file* (an index file of format 2, see ``index.py``) names the candidates with the time of
+the mark. Blobs of marked packs are readable but never deduplicated against, so a backup that
+loads the index after the mark does not come to depend on them.
 
-1. used blobs of the packs to repack are copied into new packs. Each is decrypted and verified
-   first, so a damaged blob stops the prune instead of being copied. Old packs and indexes stay.
-2. new index files are written, naming every blob of the kept packs and of the new packs; the
-   old indexes still exist, so every blob is now named at least once by the new ones.
-3. the old index files are deleted: the new ones already name every used blob.
-4. the packs the new index does not name are deleted: by now no index names them.
+**Phase 2, sweep** (a later prune, or the same one): the packs of a mark are deleted once
 
-A crash leaves at worst duplicate index entries (before step 4) or packs no index names (during
-step 4); ``check`` reports the latter as warnings and the next prune removes both.
+1. the grace period has passed since the mark (``--grace``; it covers listings that lag behind
+   writes on some object stores; 0 on a local directory, whose listing is exact), and
+2. no lock is held that began before the mark (plus ``CLOCK_MARGIN_S`` of clock skew between
+   hosts): such a backup may have loaded the index before the mark and used a candidate blob.
+   A stale lock (its holder silent for 30 minutes) is removed instead, so that holder fails
+   before it commits (``RepositoryLock.ensure_held``), and
+3. no snapshot, listed after 2. held, uses a blob of the pack that has no other live copy: such a
+   pack (used by a snapshot written since the mark) is named live again instead.
 
-Planning and execution must run under one exclusive lock (see ``locks.py``): a running backup
-has packs that no index names yet, and prune would take them for leftovers. After
-``execute_prune`` the ``Repository`` object's in-memory index still names deleted packs: open the
-repository again before using it further.
+A mark is swept in the same run as it is made when the grace period is 0 and no other lock is
+held after the old index files are gone. Backups never wait for prune: prune takes a
+*maintenance* lock, which excludes only other prunes, forgets and exclusive commands.
+
+The order of writes keeps every used blob named by an index file and stored in a pack at every
+moment, whatever is interrupted:
+
+1. used blobs of the packs to repack are copied into new packs (each decrypted and verified
+   first, so a damaged blob stops the prune instead of being copied); their own index files
+   name them;
+2. new index files name every kept pack, the new packs and any pack named live again; the mark
+   file names the candidates;
+3. the index files that were read to plan are deleted (never one written since: a running
+   backup's index stays);
+4. packs of marks that are due are deleted, then their mark files.
+
+A crash leaves at worst duplicate index entries or a mark not yet swept; the next prune finishes
+the work.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from freezeframe.errors import FreezeframeError, IntegrityError, UsageError
-from freezeframe.repository.index import Index
+from freezeframe.repository.crypto import content_name
+from freezeframe.repository.index import Index, encode_index
 from freezeframe.repository.indexfiles import delete_index_files, write_index_files
+from freezeframe.repository.locks import LockInfo, RepositoryLock, read_locks
 from freezeframe.repository.pack import BlobType, PackEntry
 from freezeframe.repository.packer import Packer
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import list_snapshots
 from freezeframe.repository.tree import Node, decode_tree
 from freezeframe.repository.walk import reachable_blobs
-from freezeframe.storage.base import Kind
+from freezeframe.storage.base import Kind, Storage
 
 Progress = Callable[[str, int, int], None]
 
 WORKERS = 4
+CLOCK_MARGIN_S = 10 * 60.0
+"""How much earlier than a mark a lock may say it began and still block its sweep: the clocks of
+the hosts sharing a repository may differ, and the index files are rewritten over some time."""
+REMOTE_GRACE_S = 3600.0
+"""The default grace period of a repository that is not a local directory."""
+
+
+def default_grace(storage: Storage) -> float:
+    """No wait on a local directory (its listing is exact); an hour elsewhere."""
+    return 0.0 if storage.capabilities.local_directory is not None else REMOTE_GRACE_S
+
+
+@dataclass
+class Mark:
+    """A mark file read while planning: when it was made and the packs it names."""
+
+    file: str
+    time: float
+    packs: dict[str, list[PackEntry]]
+
+
+def blockers(locks: Iterable[LockInfo], mark_time: float, now: float) -> list[LockInfo]:
+    """The live locks that began before ``mark_time`` (less the clock margin), or say nothing of
+    when they began: while one is held, the mark's packs stay."""
+    return [
+        lock
+        for lock in locks
+        if not lock.is_stale(now)
+        and (lock.damaged or lock.since is None or lock.since < mark_time + CLOCK_MARGIN_S)
+    ]
 
 
 @dataclass
@@ -70,8 +120,25 @@ class PrunePlan:
     """Packs the index names but storage lacks; they only held unused blobs (else planning
     fails), so they are simply left out of the new index."""
     index_files: list[str]
+    """The index files read to plan (mark files not due are not among them)."""
     pack_sizes: dict[str, int]
     max_unused_fraction: float
+    grace_s: float = 0.0
+    marked_entries: dict[str, list[PackEntry]] = field(default_factory=dict)
+    """The blobs of the candidates that are indexed (the new mark file names them)."""
+    sweep: list[str] = field(default_factory=list)
+    """Packs of earlier marks that are due: deleted by this run."""
+    revive: dict[str, list[PackEntry]] = field(default_factory=dict)
+    """Marked packs a snapshot still uses: named live again."""
+    due_marks: list[str] = field(default_factory=list)
+    """Mark files that are due: deleted once their packs are."""
+    pending: int = 0
+    """Packs of earlier marks that wait (grace period, or a lock held since before the mark)."""
+    blocked_by: list[str] = field(default_factory=list)
+    sweep_now: bool = False
+    """Whether this run's own candidates are deleted at once (grace 0 and no other lock)."""
+    snapshots: frozenset[str] = frozenset()
+    """The snapshots the plan counted: one saved since defers the deletion at once."""
     used_blobs: int = 0
     used_bytes: int = 0
     unused_bytes: int = 0
@@ -83,13 +150,30 @@ class PrunePlan:
         return sum(e.length for entries in self.repack.values() for e in entries)
 
     @property
+    def candidates(self) -> list[str]:
+        """The packs this run marks for deletion."""
+        return [*self.delete, *self.repack, *self.orphans]
+
+    @property
     def bytes_to_delete(self) -> int:
-        gone = [*self.delete, *self.repack, *self.orphans]
+        gone = [*self.sweep, *(self.candidates if self.sweep_now else [])]
         return sum(self.pack_sizes.get(name, 0) for name in gone)
 
     @property
+    def bytes_to_mark(self) -> int:
+        return sum(self.pack_sizes.get(name, 0) for name in self.candidates)
+
+    @property
     def nothing_to_do(self) -> bool:
-        return not (self.repack or self.delete or self.orphans or self.missing)
+        return not (
+            self.repack
+            or self.delete
+            or self.orphans
+            or self.missing
+            or self.sweep
+            or self.revive
+            or self.due_marks
+        )
 
     def to_json(self) -> dict[str, int | float]:
         """The plan's numbers, for a dry run's report."""
@@ -107,6 +191,13 @@ class PrunePlan:
             "bytes_to_delete": self.bytes_to_delete,
             "blobs_to_remove": self.blobs_removed,
             "max_unused_fraction": self.max_unused_fraction,
+            "packs_to_mark": len(self.candidates),
+            "bytes_to_mark": self.bytes_to_mark,
+            "marked_packs_to_delete": len(self.sweep),
+            "marked_packs_to_revive": len(self.revive),
+            "marked_packs_waiting": self.pending,
+            "grace_seconds": self.grace_s,
+            "deleted_at_once": self.sweep_now,
         }
 
 
@@ -123,6 +214,12 @@ class PruneStats:
     index_files_deleted: int = 0
     bytes_deleted: int = 0
     bytes_written: int = 0
+    packs_marked: int = 0
+    """Candidates of this run left marked (deleted by a later prune)."""
+    marked_packs_deleted: int = 0
+    """Packs of earlier marks deleted by this run."""
+    packs_revived: int = 0
+    marked_packs_waiting: int = 0
 
     @property
     def bytes_freed(self) -> int:
@@ -135,39 +232,80 @@ class PruneStats:
 # -- planning --------------------------------------------------------------------------------
 
 
-def plan_prune(repo: Repository, *, max_unused_fraction: float = 0.05) -> PrunePlan:
-    """Decide which packs to keep, repack and delete; reads indexes and trees, never packs.
+def plan_prune(
+    repo: Repository,
+    *,
+    max_unused_fraction: float = 0.05,
+    grace_s: float | None = None,
+    lock: RepositoryLock | None = None,
+) -> PrunePlan:
+    """Decide which packs to keep, repack and mark, and which marks to sweep; reads indexes,
+    locks and trees, never packs. ``lock``: the prune's own (not a blocker of anything).
 
     Raises IntegrityError, before anything is changed, when an index, snapshot or tree cannot
     be read or a used blob has no stored copy: deleting data then could lose what a damaged
     object refers to."""
     if not 0 <= max_unused_fraction <= 1:
         raise UsageError("the unused-space limit must be between 0 and 100 %")
+    grace = default_grace(repo.storage) if grace_s is None else grace_s
+    if not (math.isfinite(grace) and grace >= 0):
+        raise UsageError("the grace period must be 0 or more")
+    now = time.time()
+    # Locks first, snapshots after: a snapshot a blocker commits later is seen by a later run.
+    others = _other_locks(repo, lock)
     index_files = sorted(repo.list_names(Kind.INDEX))
-    packs = _read_indexes(repo, index_files)
+    packs, marks = _read_indexes(repo, index_files)
     sizes = {info.name: info.size for info in repo.storage.list(Kind.DATA)}
     missing = sorted(p for p in packs if p not in sizes)
     present = {p: entries for p, entries in packs.items() if p in sizes}
+    marked: dict[str, dict[bytes, PackEntry]] = {}
+    for mark in marks:
+        for pack, mark_entries in mark.packs.items():
+            if pack not in packs and pack in sizes:
+                found = marked.setdefault(pack, {})
+                for entry in mark_entries:
+                    found.setdefault(entry.blob_id, entry)
 
     copies: dict[bytes, list[tuple[str, PackEntry]]] = {}
     for pack, entries in present.items():
         for entry in entries.values():
             copies.setdefault(entry.blob_id, []).append((pack, entry))
+    readable = {blob_id: list(found) for blob_id, found in copies.items()}
+    for pack, entries in marked.items():
+        for entry in entries.values():
+            readable.setdefault(entry.blob_id, []).append((pack, entry))
 
-    used = _used_blobs(repo, copies)
+    used, snapshot_ids = _used_blobs(repo, readable)
+    revive = {
+        pack: list(entries.values())
+        for pack, entries in marked.items()
+        if any(blob_id in used and blob_id not in copies for blob_id in entries)
+    }
+    for pack, revived in revive.items():  # a snapshot written since the mark needs them
+        for entry in revived:
+            copies.setdefault(entry.blob_id, []).append((pack, entry))
+        present[pack] = {entry.blob_id: entry for entry in revived}
     chosen = _choose_copies(present, copies, used)
 
     plan = PrunePlan(
         keep={},
         repack={},
         delete=[],
-        orphans=sorted(set(sizes) - set(packs)),
+        orphans=sorted(set(sizes) - set(packs) - {p for m in marks for p in m.packs}),
         missing=missing,
-        index_files=index_files,
+        index_files=[],
         pack_sizes=sizes,
         max_unused_fraction=max_unused_fraction,
+        grace_s=grace,
+        revive=revive,
+        snapshots=snapshot_ids,
         used_blobs=len(used),
     )
+    _plan_sweep(plan, marks, packs, revive, others, now)
+    due = set(plan.due_marks)
+    waiting = {m.file for m in marks if m.file not in due}
+    plan.index_files = [name for name in index_files if name not in waiting]
+
     partly: list[tuple[str, int, int]] = []  # (pack, used bytes, unused bytes)
     for pack, entries in sorted(present.items()):
         total = sum(e.length for e in entries.values())
@@ -197,6 +335,10 @@ def plan_prune(repo: Repository, *, max_unused_fraction: float = 0.05) -> PruneP
         else:
             plan.keep[pack] = list(entries.values())
     plan.unused_after = unused_left
+    plan.marked_entries = {
+        pack: list(present[pack].values()) for pack in [*plan.delete, *plan.repack]
+    }
+    plan.sweep_now = grace == 0 and not [lock for lock in others if not lock.is_stale(now)]
 
     old_ids = {blob_id for entries in packs.values() for blob_id in entries}
     new_ids = {e.blob_id for entries in plan.keep.values() for e in entries}
@@ -205,27 +347,69 @@ def plan_prune(repo: Repository, *, max_unused_fraction: float = 0.05) -> PruneP
     return plan
 
 
-def _read_indexes(repo: Repository, names: list[str]) -> dict[str, dict[bytes, PackEntry]]:
-    """Every indexed pack with its blobs; a pack named by several index files (left by an
-    interrupted prune) is merged."""
+def _plan_sweep(  # noqa: PLR0917 (one caller, each argument named there)
+    plan: PrunePlan,
+    marks: list[Mark],
+    live: dict[str, dict[bytes, PackEntry]],
+    revive: dict[str, list[PackEntry]],
+    others: list[LockInfo],
+    now: float,
+) -> None:
+    """Which earlier marks are due, and which of their packs go."""
+    sweep: set[str] = set()
+    for mark in marks:
+        if now < mark.time + plan.grace_s:
+            plan.pending += len(mark.packs)
+            continue
+        held = blockers(others, mark.time, now)
+        if held:
+            plan.pending += len(mark.packs)
+            plan.blocked_by.extend(lock.describe() for lock in held)
+            continue
+        plan.due_marks.append(mark.file)
+        for pack in mark.packs:
+            if pack in live or pack in revive or pack not in plan.pack_sizes:
+                continue  # named live again, needed again, or already gone
+            sweep.add(pack)
+    plan.sweep = sorted(sweep)
+    plan.blocked_by = sorted(set(plan.blocked_by))
+
+
+def _other_locks(repo: Repository, lock: RepositoryLock | None) -> list[LockInfo]:
+    if lock is not None:
+        return lock.others()
+    return read_locks(repo)
+
+
+def _read_indexes(
+    repo: Repository, names: list[str]
+) -> tuple[dict[str, dict[bytes, PackEntry]], list[Mark]]:
+    """Every pack named live with its blobs (a pack named by several index files, left by an
+    interrupted prune, is merged), and the marks."""
     packs: dict[str, dict[bytes, PackEntry]] = {}
+    marks: list[Mark] = []
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         try:
-            decoded = list(pool.map(repo.read_index_file, names))
+            decoded = list(pool.map(repo.read_index_file_marks, names))
         except FreezeframeError as exc:
             raise IntegrityError(
                 f"{exc}; prune changed nothing (it would lose what that index lists): run "
                 "`freezeframe repair index` first"
             ) from exc
-    for index_file in decoded:
-        for pack, entries in index_file.items():
+    for name, index_file in zip(names, decoded, strict=True):
+        for pack, entries in index_file.packs.items():
             merged = packs.setdefault(pack, {})
             for entry in entries:
                 merged.setdefault(entry.blob_id, entry)
-    return packs
+        if index_file.mark_time is not None:
+            marks.append(Mark(name, index_file.mark_time, index_file.marked))
+    return packs, marks
 
 
-def _used_blobs(repo: Repository, copies: dict[bytes, list[tuple[str, PackEntry]]]) -> set[bytes]:
+def _used_blobs(
+    repo: Repository, copies: dict[bytes, list[tuple[str, PackEntry]]]
+) -> tuple[set[bytes], frozenset[str]]:
+    """The blobs the snapshots use, and the snapshots' ids."""
     try:
         snapshots = list_snapshots(repo, strict=True)
     except FreezeframeError as exc:
@@ -249,6 +433,7 @@ def _used_blobs(repo: Repository, copies: dict[bytes, list[tuple[str, PackEntry]
 
     trees, data = reachable_blobs((s.tree for s in snapshots), load_tree)
     used = trees | data
+    ids = frozenset(s.id for s in snapshots)
     absent = [blob_id for blob_id in used if blob_id not in copies]
     if absent:
         raise IntegrityError(
@@ -256,7 +441,7 @@ def _used_blobs(repo: Repository, copies: dict[bytes, list[tuple[str, PackEntry]
             f"{absent[0].hex()[:16]}); prune changed nothing. Run `freezeframe repair index` "
             "(they may be in packs whose index was lost), then `check`"
         )
-    return used
+    return used, ids
 
 
 def _choose_copies(
@@ -282,18 +467,25 @@ def _choose_copies(
 
 
 def execute_prune(
-    repo: Repository, plan: PrunePlan, progress: Progress | None = None
+    repo: Repository,
+    plan: PrunePlan,
+    progress: Progress | None = None,
+    lock: RepositoryLock | None = None,
 ) -> PruneStats:
     """Carry out ``plan`` in the crash-safe order of the module docstring."""
     report = progress or _no_progress
     stats = PruneStats(packs_kept=len(plan.keep), blobs_removed=plan.blobs_removed)
-    # Under the exclusive lock no writer is running: temporaries are leftovers of crashes.
-    repo.storage.remove_stale_temporaries()
+    if not [other for other in _other_locks(repo, lock) if not other.is_stale(time.time())]:
+        # Nobody else writes: temporaries are leftovers of crashes.
+        repo.storage.remove_stale_temporaries()
+    stats.marked_packs_waiting = plan.pending
     if plan.nothing_to_do:
         return stats
-    if set(repo.list_names(Kind.INDEX)) != set(plan.index_files):
+    current = set(repo.list_names(Kind.INDEX))
+    if not set(plan.index_files) <= current:
         raise UsageError(
-            "the repository changed since this prune was planned (was it locked?); plan again"
+            "the repository changed since this prune was planned (did another prune run?); "
+            "plan again"
         )
 
     # (1) copy the used blobs of the packs to repack into new packs.
@@ -308,25 +500,86 @@ def execute_prune(
     stats.packs_written = packer.packs_written
     stats.bytes_written = packer.bytes_written
 
-    # (2) new indexes for everything kept. Listed first: the packer has written index files of
-    # its own for the new packs, and those are superseded too.
-    old_indexes = sorted(repo.list_names(Kind.INDEX))
+    # (2) new indexes for everything kept, and the mark of this run's candidates.
     new_packs = {**plan.keep, **new_index.by_pack()}
     written = set(write_index_files(repo, new_packs))
+    mark_file = _write_mark(repo, plan)
+    if mark_file is not None:
+        written.add(mark_file)
     stats.index_files_written = len(written)
+    stats.packs_revived = len(plan.revive)
 
-    # (3) old indexes go: the new ones name every used blob.
-    stats.index_files_deleted = delete_index_files(repo, old_indexes, written, report)
+    # (3) the index files read to plan go (and the packer's own, superseded by step 2).
+    due = set(plan.due_marks)
+    old = [name for name in [*plan.index_files, *packer.index_files_written] if name not in due]
+    stats.index_files_deleted = delete_index_files(repo, old, written, report)
 
-    # (4) packs that no index names any more.
-    doomed = [*plan.delete, *plan.repack, *plan.orphans]
+    # (4) the due marks: their packs, then the mark files; and this run's own mark at once
+    # when nothing else holds a lock now that the old index files are gone.
+    doomed = list(plan.sweep)
+    finished = list(plan.due_marks)
+    if _still_due(repo, plan, lock):
+        stats.marked_packs_deleted = len(plan.sweep)
+    else:
+        doomed, finished = [], []
+        stats.marked_packs_waiting += len(plan.sweep)
+    at_once = plan.sweep_now and mark_file is not None and _nobody_else(repo, plan, lock)
+    if at_once:
+        doomed += plan.candidates
+        finished.append(str(mark_file))
+        stats.packs_deleted = len(plan.delete) + len(plan.repack)
+        stats.orphans_deleted = len(plan.orphans)
+    else:
+        stats.packs_marked = len(plan.candidates)
     for done, pack in enumerate(doomed, 1):
         repo.storage.delete(Kind.DATA, pack)
         stats.bytes_deleted += plan.pack_sizes.get(pack, 0)
         report("delete packs", done, len(doomed))
-    stats.packs_deleted = len(plan.delete) + len(plan.repack)
-    stats.orphans_deleted = len(plan.orphans)
+    stats.index_files_deleted += delete_index_files(repo, finished, set(), report)
     return stats
+
+
+def _write_mark(repo: Repository, plan: PrunePlan) -> str | None:
+    """The mark file of this run's candidates (indexed ones with their blobs)."""
+    if not plan.candidates:
+        return None
+    marked = {pack: plan.marked_entries.get(pack, []) for pack in plan.candidates}
+    data = encode_index({}, repo.cipher, marked=marked, mark_time=time.time())
+    name = content_name(data)
+    repo.storage.put(Kind.INDEX, name, data)
+    return name
+
+
+def _still_due(repo: Repository, plan: PrunePlan, lock: RepositoryLock | None) -> bool:
+    """Whether the due marks may still be swept: a holder silent past the stale limit loses its
+    lock here (it then fails before committing), and one that came back since blocks."""
+    if not plan.due_marks:
+        return True
+    now = time.time()
+    for other in _other_locks(repo, lock):
+        if other.is_stale(now):
+            repo.storage.delete(Kind.LOCKS, other.name)
+    earliest = min(_mark_times(repo, plan.due_marks), default=now)
+    return not blockers(_other_locks(repo, lock), earliest, time.time())
+
+
+def _mark_times(repo: Repository, names: list[str]) -> list[float]:
+    times = []
+    for name in names:
+        mark_time = repo.read_index_file_marks(name).mark_time
+        if mark_time is not None:
+            times.append(mark_time)
+    return times
+
+
+def _nobody_else(repo: Repository, plan: PrunePlan, lock: RepositoryLock | None) -> bool:
+    """Whether no other lock is held now that the old index files are gone, and no snapshot
+    was saved since planning: a backup that ran meanwhile may have used a candidate blob it
+    found in the old index."""
+    now = time.time()
+    if [other for other in _other_locks(repo, lock) if not other.is_stale(now)]:
+        return False
+    return set(repo.list_names(Kind.SNAPSHOTS)) <= plan.snapshots
 
 
 def _repack(repo: Repository, plan: PrunePlan, packer: Packer, report: Progress) -> None:

@@ -24,7 +24,7 @@ from freezeframe.errors import (
 from freezeframe.repository.compression import compress, decompress
 from freezeframe.repository.config import FORMAT_VERSION, RepositoryConfig
 from freezeframe.repository.crypto import Cipher, IdHasher, config_mac_key, content_name
-from freezeframe.repository.index import BlobLocation, Index, decode_index
+from freezeframe.repository.index import BlobLocation, Index, IndexFile, decode_index_file
 from freezeframe.repository.keys import KdfParams, KeyFile, MasterKey
 from freezeframe.repository.pack import BlobType, PackEntry, blob_aad, read_header
 from freezeframe.repository.packer import Packer
@@ -149,12 +149,20 @@ class Repository:
         packs no readable index names are read by their headers instead, so every intact blob
         stays reachable until ``repair index`` writes a sound index again."""
         names = [info.name for info in self.storage.list(Kind.INDEX)]
-        for name, packs in zip(names, self._map(self._try_index_file, names), strict=True):
-            if isinstance(packs, str):
-                self.damaged_index_files[name] = packs
+        marked: dict[str, list[PackEntry]] = {}
+        for name, found in zip(names, self._map(self._try_index_file, names), strict=True):
+            if isinstance(found, str):
+                self.damaged_index_files[name] = found
                 continue
-            for pack, entries in packs.items():
+            for pack, entries in found.packs.items():
                 self.index.add_pack(pack, entries)
+            for pack, entries in found.marked.items():
+                if entries or pack not in marked:
+                    marked[pack] = entries
+        live = self.index.pack_names()
+        for pack, entries in marked.items():
+            if pack not in live:  # named live anywhere, a pack is live
+                self.index.add_marked_pack(pack, entries)
         self.index_loaded = True
         if self.damaged_index_files:
             count = len(self.damaged_index_files)
@@ -173,13 +181,18 @@ class Repository:
             self.load_index()
 
     def read_index_file(self, name: str) -> dict[str, list[PackEntry]]:
-        return decode_index(self.storage.get(Kind.INDEX, name), self.cipher, name)
+        """The packs an index file names as live."""
+        return self.read_index_file_marks(name).packs
 
-    def _try_index_file(self, name: str) -> dict[str, list[PackEntry]] | str:
+    def read_index_file_marks(self, name: str) -> IndexFile:
+        """An index file with the packs it marks for deletion."""
+        return decode_index_file(self.storage.get(Kind.INDEX, name), self.cipher, name)
+
+    def _try_index_file(self, name: str) -> IndexFile | str:
         try:
-            return self.read_index_file(name)
+            return self.read_index_file_marks(name)
         except NotFound:
-            return {}  # removed by a prune since the listing
+            return IndexFile({}, {})  # removed by a prune since the listing
         except FreezeframeError as exc:
             return str(exc)
 

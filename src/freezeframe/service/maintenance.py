@@ -1,7 +1,8 @@
 """forget, prune and check: each takes the lock it needs and returns what it did.
 
 The repository is opened (and closed) by the caller, without its index: an operation loads it
-once it holds the lock, as a prune elsewhere rewrites it under its exclusive lock."""
+once it holds the lock, as a prune elsewhere rewrites it. forget and prune take the maintenance
+lock, so backups on other hosts go on meanwhile (see ``repository/prune.py``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class ForgetRequest:
     tags: tuple[str, ...] = ()  # a snapshot must carry all of them to be considered
     prune: bool = False
     dry_run: bool = False
+    grace_s: float | None = None  # the prune's grace period; None: the storage's default
 
 
 @dataclass
@@ -44,7 +46,7 @@ def forget(repo: Repository, request: ForgetRequest) -> ForgetResult:
     """Apply the policy per host and set of paths; remove (unless a dry run) what it does not
     keep, then prune if asked and anything went."""
     result = ForgetResult()
-    with RepositoryLock(repo, exclusive=True):
+    with RepositoryLock(repo, exclusive=False, maintenance=True) as lock:
         snapshots = [
             s
             for s in list_snapshots(repo)
@@ -66,15 +68,22 @@ def forget(repo: Repository, request: ForgetRequest) -> ForgetResult:
             for snapshot in result.removed:
                 delete_snapshot(repo, snapshot.id)
         if request.prune and not request.dry_run and result.removed:
-            result.prune = execute_prune(repo, plan_prune(repo))
+            plan = plan_prune(repo, grace_s=request.grace_s, lock=lock)
+            result.prune = execute_prune(repo, plan, lock=lock)
     return result
 
 
-def prune(repo: Repository, *, max_unused_fraction: float, dry_run: bool) -> dict[str, Any]:
-    """What a prune removes and repacks (only planned on a dry run)."""
-    with RepositoryLock(repo, exclusive=True):
-        plan = plan_prune(repo, max_unused_fraction=max_unused_fraction)
-        return plan.to_json() if dry_run else execute_prune(repo, plan).to_json()
+def prune(
+    repo: Repository,
+    *,
+    max_unused_fraction: float,
+    dry_run: bool,
+    grace_s: float | None = None,
+) -> dict[str, Any]:
+    """What a prune removes, marks and repacks (only planned on a dry run)."""
+    with RepositoryLock(repo, exclusive=False, maintenance=True) as lock:
+        plan = plan_prune(repo, max_unused_fraction=max_unused_fraction, grace_s=grace_s, lock=lock)
+        return plan.to_json() if dry_run else execute_prune(repo, plan, lock=lock).to_json()
 
 
 def check(repo: Repository, *, read_data: bool, read_data_subset: float | None) -> CheckResult:

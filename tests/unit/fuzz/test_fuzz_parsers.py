@@ -120,6 +120,9 @@ INDEX_PACKS = [
     {os.urandom(32).hex(): _entries(BlobType.DATA, 5), os.urandom(32).hex(): []},
 ]
 INDEX_STORED = [encode_index(p, CIPHER) for p in INDEX_PACKS]
+INDEX_STORED.append(  # a mark file (format 2), which decode_index reads as its live packs
+    encode_index(INDEX_PACKS[0], CIPHER, marked=INDEX_PACKS[1], mark_time=1.0e9)
+)
 INDEX_FRAMES = [CIPHER.decrypt(s, INDEX_AAD) for s in INDEX_STORED]
 INDEX_BINARY = [zstandard.ZstdDecompressor().decompress(f) for f in INDEX_FRAMES]
 
@@ -812,7 +815,7 @@ def test_the_repository_seeds_parse() -> None:
     for config in CONFIGS:
         assert RepositoryConfig.from_bytes(config.to_bytes()) == config
     assert KeyFile.from_bytes(KEY_FILE.to_bytes(), "k").unwrap(PASSWORD) == MASTER
-    assert [decode_index(s, CIPHER, "i") for s in INDEX_STORED] == INDEX_PACKS
+    assert [decode_index(s, CIPHER, "i") for s in INDEX_STORED] == [*INDEX_PACKS, INDEX_PACKS[0]]
     assert [len(decode_header(p, CIPHER, "p")) for p in PACK_BYTES] == [3, 1, 0]
     assert decode_tree(encode_tree(NODES)) == sorted(NODES, key=lambda n: n.name)
     repo = cast(Any, StubRepository({SNAPSHOT_ID: SNAPSHOT_BYTES}))

@@ -12,7 +12,7 @@ from freezeframe.errors import IntegrityError, UnsupportedFormat, UsageError, Wr
 from freezeframe.repository.compression import RAW, ZSTD, compress, decompress
 from freezeframe.repository.config import RepositoryConfig
 from freezeframe.repository.crypto import Cipher, IdHasher
-from freezeframe.repository.index import decode_index, encode_index
+from freezeframe.repository.index import IndexFile, decode_index, decode_index_file, encode_index
 from freezeframe.repository.keys import KdfParams, KeyFile, MasterKey
 from freezeframe.repository.pack import BlobType, PackEntry, decode_header, encode_header
 from freezeframe.repository.password import resolve_password
@@ -66,6 +66,21 @@ def test_index_round_trip() -> None:
     cipher = Cipher(os.urandom(32))
     packs = {"ab" * 32: [PackEntry(BlobType.DATA, os.urandom(32), 0, 10, 20)]}
     assert decode_index(encode_index(packs, cipher), cipher, "i") == packs
+
+
+def test_a_mark_file_names_its_packs_apart_from_the_live_ones() -> None:
+    """A mark file keeps the marked packs' blobs (readable until the sweep) and its time; the
+    live packs alone are what ``decode_index`` gives (what a repair or check counts as live)."""
+    cipher = Cipher(os.urandom(32))
+    live = {"ab" * 32: [PackEntry(BlobType.DATA, os.urandom(32), 0, 10, 20)]}
+    marked = {
+        "cd" * 32: [PackEntry(BlobType.TREE, os.urandom(32), 0, 30, 40)],
+        "ef" * 32: [],  # a pack no index named: only its name
+    }
+    stored = encode_index(live, cipher, marked=marked, mark_time=1234.5)
+    assert decode_index_file(stored, cipher, "m") == IndexFile(live, marked, 1234.5)
+    assert decode_index(stored, cipher, "m") == live
+    assert decode_index_file(encode_index(live, cipher), cipher, "i") == IndexFile(live, {})
 
 
 def test_keys_open_only_with_their_password() -> None:
