@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from ffharness import FAST_INIT, run_freezeframe
 from freezeframe.backup.archiver import Archiver, BackupOptions, SourcePath
 from freezeframe.backup.files_cache import FilesCache
 from freezeframe.errors import RepositoryLocked
@@ -284,3 +285,29 @@ def test_a_lock_keeps_when_it_began_across_refreshes(repo_path: Path) -> None:
     repo.close()
     assert before.name != after.name
     assert (before.since, before.holder) == (after.since, after.holder) == (lock.since, lock.holder)
+
+
+def test_the_cli_marks_with_a_grace_period_and_deletes_without(tmp_path: Path) -> None:
+    """``prune --grace 1h`` marks and keeps; a plain ``prune`` on a local directory (no grace)
+    deletes what is marked; ``forget --prune`` takes ``--grace`` too; a bad duration is a usage
+    error."""
+    repo = tmp_path / "repo"
+    source = tmp_path / "src"
+    source.mkdir()
+    assert run_freezeframe(*FAST_INIT, repo=repo).returncode == 0
+    for number in range(2):
+        (source / "f").write_bytes(os.urandom(200_000 + number))
+        assert run_freezeframe("backup", source, repo=repo).returncode == 0
+    forget = run_freezeframe(
+        "forget", "--keep-last", "1", "--prune", "--grace", "1h", repo=repo, json=True
+    )
+    assert forget.returncode == 0, forget.stderr
+    stats = json.loads(forget.stdout)["prune"]
+    assert (stats["packs_marked"], stats["packs_deleted"]) == (FORGOTTEN_PACKS, 0)
+    waiting = json.loads(run_freezeframe("prune", "--grace", "1h", repo=repo, json=True).stdout)
+    assert waiting["marked_packs_waiting"] == FORGOTTEN_PACKS
+    swept = json.loads(run_freezeframe("prune", repo=repo, json=True).stdout)
+    assert swept["marked_packs_deleted"] == FORGOTTEN_PACKS
+    bad = run_freezeframe("prune", "--grace", "soon", repo=repo)
+    assert bad.returncode == 2 and "no duration" in bad.stderr
+    assert run_freezeframe("check", "--read-data", repo=repo).returncode == 0
