@@ -97,8 +97,9 @@ def render_steps(counter: PhaseCounter, elapsed: float) -> str:
 def render_copy(p: CopyProgress, elapsed: float) -> str:
     """A copy's snapshots so far and what it added to the target."""
     rate = p.bytes_added / elapsed if elapsed > 0 else 0
+    at = min(p.snapshots_done + 1, p.snapshots_total)
     return (
-        f"[{human_duration(elapsed)}] snapshot {min(p.snapshots_done + 1, p.snapshots_total)}/{p.snapshots_total} "
+        f"[{human_duration(elapsed)}] snapshot {at}/{p.snapshots_total} "
         f"{p.current}: {p.blobs_added} blobs, {human_bytes(p.bytes_added)} added "
         f"({human_bytes(rate)}/s)"
     )
