@@ -12,16 +12,18 @@ import json
 import os
 import random
 import subprocess
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ffharness import FAST_INIT, PASSWORD, Cli, is_root, run_freezeframe
+from freezeframe.cli.reporting import render_copy
 from freezeframe.errors import (
     EXIT_FATAL,
+    EXIT_LOCKED,
     EXIT_USAGE,
     EXIT_WRONG_PASSWORD,
     StorageError,
@@ -29,8 +31,9 @@ from freezeframe.errors import (
 )
 from freezeframe.repository.config import ChunkerParams
 from freezeframe.repository.crypto import config_mac_key
+from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.repository import Repository
-from freezeframe.service.copy import CopyRequest, copy
+from freezeframe.service.copy import CopyProgress, CopyRequest, copy
 from freezeframe.service.reporter import SilentReporter
 from freezeframe.storage.base import Kind
 from freezeframe.storage.faults import Effect, Fault, FaultyStorage
@@ -55,18 +58,24 @@ def source_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-Run = Callable[..., Any]
+@dataclasses.dataclass
+class Run:
+    """The source repository: ``source("backup", ...)`` runs a command on it (its password)."""
+
+    cli: Cli
+    password_file: Path
+
+    @property
+    def path(self) -> Path:
+        return self.cli.repo
+
+    def __call__(self, *args: str | os.PathLike[str], expect: int | None = 0) -> Any:
+        return self.cli("--password-file", self.password_file, *args, expect=expect)
 
 
 @pytest.fixture
 def source(tmp_path: Path, make_cli: Callable[[Path], Cli], source_password: Path) -> Run:
-    """The source repository: ``source("backup", ...)`` runs a command on it (its password)."""
-    cli = make_cli(tmp_path / "source-repo")
-
-    def run(*args: str | os.PathLike[str], expect: int | None = 0) -> Any:
-        return cli("--password-file", source_password, *args, expect=expect)
-
-    run.path = cli.repo  # type: ignore[attr-defined]
+    run = Run(make_cli(tmp_path / "source-repo"), source_password)
     run(*FAST_INIT)
     return run
 
@@ -84,12 +93,12 @@ def data(tmp_path: Path) -> Path:
 
 def _related(make_cli: Callable[[Path], Cli], path: Path, source: Run) -> Cli:
     target = make_cli(path)
-    target(*FAST_INIT, "--copy-chunker-params", "--from-repo", source.path)  # type: ignore[attr-defined]
+    target(*FAST_INIT, "--copy-chunker-params", "--from-repo", source.path)
     return target
 
 
 def _copy(target: Cli, source: Run, *args: str, expect: int = 0) -> Any:
-    return target("copy", "--from-repo", source.path, *args, expect=expect)  # type: ignore[attr-defined]
+    return target("copy", "--from-repo", source.path, *args, expect=expect)
 
 
 def _open(path: Path, password: str = PASSWORD) -> closing[Repository]:
@@ -114,14 +123,14 @@ def test_init_copy_chunker_params_shares_chunker_and_ids_but_not_the_key(
     source: Run, make_cli: Callable[[Path], Cli], tmp_path: Path
 ) -> None:
     # A source whose chunker is not the default, so taking it over shows.
-    with closing(Repository.open(LocalStorage(source.path), SOURCE_PASSWORD.encode())) as repo:  # type: ignore[attr-defined]
+    with closing(Repository.open(LocalStorage(source.path), SOURCE_PASSWORD.encode())) as repo:
         odd = ChunkerParams(64 * 1024, 128 * 1024, 1024 * 1024)
         config = dataclasses.replace(repo.config, chunker=odd)
         sealed = config.sealed(config_mac_key(repo.master.encryption_key))
         repo.storage.put(Kind.CONFIG, "config", sealed.to_bytes())
     made = _related(make_cli, tmp_path / "target", source).stdout
     with (
-        closing(Repository.open(LocalStorage(source.path), SOURCE_PASSWORD.encode())) as src,  # type: ignore[attr-defined]
+        closing(Repository.open(LocalStorage(source.path), SOURCE_PASSWORD.encode())) as src,
         _open(tmp_path / "target") as dst,  # opens: its config's MAC holds
     ):
         assert json.loads(made)["chunker_params_from"] == src.config.repository_id
@@ -140,7 +149,7 @@ def test_init_from_repo_needs_copy_chunker_params(
     source: Run, make_cli: Callable[[Path], Cli], tmp_path: Path
 ) -> None:
     target = make_cli(tmp_path / "target")
-    target(*FAST_INIT, "--from-repo", source.path, expect=EXIT_USAGE)  # type: ignore[attr-defined]
+    target(*FAST_INIT, "--from-repo", source.path, expect=EXIT_USAGE)
     _one_line(target)
     target(*FAST_INIT, "--copy-chunker-params", expect=EXIT_USAGE)
     _one_line(target)
@@ -192,7 +201,9 @@ def test_a_copy_of_a_copy_is_skipped_where_the_original_is(
     c = _related(make_cli, tmp_path / "c", source)
     monkeypatch.setenv("FREEZEFRAME_FROM_PASSWORD", PASSWORD)  # B's
     monkeypatch.delenv("FREEZEFRAME_FROM_PASSWORD_FILE")
-    assert len(c("copy", "--from-repo", tmp_path / "b")["copied"]) == 1
+    monkeypatch.setenv("FREEZEFRAME_FROM_REPOSITORY", str(tmp_path / "b"))
+    assert len(c("copy")["copied"]) == 1
+    monkeypatch.delenv("FREEZEFRAME_FROM_REPOSITORY")
     monkeypatch.setenv("FREEZEFRAME_FROM_PASSWORD", SOURCE_PASSWORD)
     again = _copy(c, source)
     assert again["copied"] == [] and len(again["skipped"]) == 1
@@ -272,6 +283,22 @@ def test_unrelated_repositories_are_refused_with_one_line(
     assert target("snapshots") == [] and _stored(tmp_path / "target") == (0, 0)
 
 
+@pytest.mark.parametrize("held", ["source", "target"])
+def test_an_exclusive_lock_on_either_repository_stops_the_copy(
+    source: Run, data: Path, make_cli: Callable[[Path], Cli], tmp_path: Path, held: str
+) -> None:
+    """What a running forget or prune holds: the copy does not start (exit 11, one line)."""
+    source("backup", data)
+    target = _related(make_cli, tmp_path / "target", source)
+    path, password = (
+        (source.path, SOURCE_PASSWORD) if held == "source" else (tmp_path / "target", PASSWORD)
+    )
+    with _open(path, password) as repo, RepositoryLock(repo, exclusive=True):
+        _copy(target, source, expect=EXIT_LOCKED)
+        assert "locked" in _one_line(target)
+    assert target("snapshots") == []
+
+
 def _flip_middle(pack: Path) -> None:
     raw = bytearray(pack.read_bytes())
     raw[len(raw) // 2] ^= 0x40
@@ -284,12 +311,12 @@ def test_a_damaged_source_pack_stops_the_copy_and_the_target_stays_valid(
     source("backup", data)
     target = _related(make_cli, tmp_path / "target", source)
     _copy(target, source)
-    packs_before = set((source.path / "data").rglob("*"))  # type: ignore[attr-defined]
+    packs_before = set((source.path / "data").rglob("*"))
     (data / "new.bin").write_bytes(random.Random(3).randbytes(3_000_000))
     second = source("backup", data)["snapshot_id"]
     new_packs = [
         p for p in (source.path / "data").rglob("*") if p.is_file() and p not in packs_before
-    ]  # type: ignore[attr-defined]
+    ]
     _flip_middle(max(new_packs, key=lambda p: p.stat().st_size))
 
     _copy(target, source, expect=EXIT_FATAL)
@@ -307,7 +334,7 @@ def test_service_copy_and_a_failing_target_storage(
     source("backup", data)
     source("backup", data, "--tag", "second")
     _related(make_cli, tmp_path / "target", source)
-    src_path: Path = source.path  # type: ignore[attr-defined]
+    src_path: Path = source.path
 
     def opened(storage: Any, password: str) -> closing[Repository]:
         return closing(Repository.open(storage, password.encode(), load_index=False))
@@ -331,13 +358,30 @@ def test_service_copy_and_a_failing_target_storage(
         opened(LocalStorage(src_path), SOURCE_PASSWORD) as src,
         opened(LocalStorage(tmp_path / "target"), PASSWORD) as dst,
     ):
-        outcome = copy(src, dst, CopyRequest(("latest",)), SilentReporter())
+        reporter = _Recording()
+        outcome = copy(src, dst, CopyRequest(("latest",)), reporter)
         assert [c.source.tags for c in outcome.copied] == [["second"]]
         assert outcome.blobs_added == dst.blobs_added > 0
+        # What a terminal shows: the progress object the phase was given, at the end.
+        [(name, progress)] = reporter.phases
+        assert name == "copy" and isinstance(progress, CopyProgress)
+        assert (progress.snapshots_done, progress.blobs_added) == (1, outcome.blobs_added)
+        assert f"snapshot 1/1 {outcome.copied[0].source.short_id}" in render_copy(progress, 1.0)
         with pytest.raises(UsageError, match="same repository"):
             copy(src, src, CopyRequest(), SilentReporter())
     target = make_cli(tmp_path / "target")
     target("check", "--read-data")
+
+
+class _Recording(SilentReporter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.phases: list[tuple[str, object]] = []
+
+    @contextmanager
+    def phase(self, name: str, progress: object) -> Iterator[None]:
+        self.phases.append((name, progress))
+        yield
 
 
 def test_local_to_s3(
@@ -358,10 +402,10 @@ def test_local_to_s3(
         assert result.returncode == 0, (result.stdout, result.stderr)
         return result
 
-    run(*FAST_INIT, "--copy-chunker-params", "--from-repo", source.path)  # type: ignore[attr-defined]
-    first = json.loads(run("copy", "--from-repo", source.path).stdout)  # type: ignore[attr-defined]
+    run(*FAST_INIT, "--copy-chunker-params", "--from-repo", source.path)
+    first = json.loads(run("copy", "--from-repo", source.path).stdout)
     assert len(first["copied"]) == 1 and first["blobs_added"] > 0
-    again = json.loads(run("copy", "--from-repo", source.path).stdout)  # type: ignore[attr-defined]
+    again = json.loads(run("copy", "--from-repo", source.path).stdout)
     assert again["copied"] == [] and again["packs_written"] == 0
     restore = tmp_path / "restore"
     run("restore", "latest", "--target", restore)
