@@ -8,6 +8,7 @@ And the service function called directly, with a target whose storage fails half
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from freezeframe.errors import (
     EXIT_WRONG_PASSWORD,
     StorageError,
     UsageError,
+    WrongPassword,
 )
 from freezeframe.repository.config import ChunkerParams
 from freezeframe.repository.crypto import config_mac_key
@@ -141,8 +143,8 @@ def test_init_copy_chunker_params_shares_chunker_and_ids_but_not_the_key(
         assert dst.config.repository_id != src.config.repository_id
         assert dst.blob_id(b"same data") == src.blob_id(b"same data")
     # The target's password is its own: the source's does not open it.
-    with pytest.raises(Exception, match="wrong password"):
-        _open(tmp_path / "target", SOURCE_PASSWORD).__enter__()
+    with pytest.raises(WrongPassword):
+        Repository.open(LocalStorage(tmp_path / "target"), SOURCE_PASSWORD.encode())
 
 
 def test_init_from_repo_needs_copy_chunker_params(
@@ -235,8 +237,10 @@ def test_selection_by_id_latest_host_tag_and_path(
     b = source("backup", other, "--host", "h2", "--tag", "b")["snapshot_id"]
     c = source("backup", other, "--host", "h1", "--tag", "b")["snapshot_id"]
 
+    targets = itertools.count()
+
     def copied(*args: str) -> list[str]:
-        target = _related(make_cli, tmp_path / f"t{random.random()}", source)
+        target = _related(make_cli, tmp_path / f"target-{next(targets)}", source)
         return [s["source_id"] for s in _copy(target, source, *args)["copied"]]
 
     assert copied("--host", "h1") == [a, c]

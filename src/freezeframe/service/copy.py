@@ -20,18 +20,22 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from freezeframe.backup.commit import save_committed
 from freezeframe.errors import FreezeframeError, NotFound, UsageError
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.pack import BlobType
+from freezeframe.repository.reader import MissingBlobs, PackRun, RepositoryReader
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot, find_snapshot, list_snapshots
 from freezeframe.repository.tree import decode_tree
 from freezeframe.service.reporter import Cancel, Reporter
 
 WORKERS = 4
-_IN_FLIGHT = 4 * WORKERS  # blobs read ahead at most: bounds memory to a few chunks each
+# Reads in flight at most (a pack range is up to 8 MiB): bounds memory to some 100 MiB.
+_IN_FLIGHT = 3 * WORKERS
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,8 @@ class _BlobCopier:
                         self._visited.add(node.subtree)
                         next_frontier.append(node.subtree)
             frontier = next_frontier
-        self._run(lambda blob: self._copy_blob(BlobType.DATA, blob), missing_data)
+        # Data in pack ranges (nearby blobs in one request: a remote source pays per request).
+        self._run(self._copy_run, RepositoryReader(self._source).plan_reads(missing_data))
         self._run(lambda blob: self._copy_blob(BlobType.TREE, blob), missing_trees)
 
     def _read_tree(self, tree_id: bytes) -> bytes:
@@ -205,6 +210,16 @@ class _BlobCopier:
         data = self._read(blob_id, blob_type)
         self._target.store_claimed_blob(blob_type, blob_id, data)
         self._progress.added(len(data))
+
+    def _copy_run(self, run: PackRun | MissingBlobs) -> None:
+        try:
+            fetched = run.fetch()
+            blobs = [(blob_id, fetched.open(blob_id)) for blob_id in run.blob_ids]
+        except FreezeframeError as exc:
+            raise reworded(exc, f"the source repository: {exc}") from exc
+        for blob_id, data in blobs:
+            self._target.store_claimed_blob(BlobType.DATA, blob_id, data)
+            self._progress.added(len(data))
 
     def _read(self, blob_id: bytes, blob_type: BlobType) -> bytes:
         """A blob of the source, decrypted and checked against its id; an error says it is
@@ -220,7 +235,7 @@ class _BlobCopier:
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             return list(pool.map(fn, items))
 
-    def _run(self, fn: Callable[[bytes], None], items: Iterable[bytes]) -> None:
+    def _run(self, fn: Callable[[_T], None], items: Iterable[_T]) -> None:
         """``fn`` on every item, a few in flight; the first failure stops the rest."""
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             running: set[Future[None]] = set()
