@@ -312,9 +312,9 @@ def _flip_middle(pack: Path) -> None:
 def test_a_damaged_source_pack_stops_the_copy_and_the_target_stays_valid(
     source: Run, data: Path, make_cli: Callable[[Path], Cli], tmp_path: Path
 ) -> None:
-    source("backup", data)
-    target = _related(make_cli, tmp_path / "target", source)
-    _copy(target, source)
+    """Two snapshots in one run, the second's new data damaged in the source: the first is
+    copied, the second is not, and the target passes check --read-data."""
+    first = source("backup", data)["snapshot_id"]
     packs_before = set((source.path / "data").rglob("*"))
     (data / "new.bin").write_bytes(random.Random(3).randbytes(3_000_000))
     second = source("backup", data)["snapshot_id"]
@@ -322,14 +322,14 @@ def test_a_damaged_source_pack_stops_the_copy_and_the_target_stays_valid(
         p for p in (source.path / "data").rglob("*") if p.is_file() and p not in packs_before
     ]
     _flip_middle(max(new_packs, key=lambda p: p.stat().st_size))
+    target = _related(make_cli, tmp_path / "target", source)
 
     _copy(target, source, expect=EXIT_FATAL)
     line = _one_line(target)
-    assert "source repository" in line and f"snapshot {second[:8]} was not copied" in line
-    assert [s["original"] for s in target("snapshots")] != [] and all(
-        s["original"] != second for s in target("snapshots")
-    )
-    target("check", "--read-data")
+    assert "source repository" in line and "failed authentication" in line
+    assert f"snapshot {second[:8]} was not copied (the 1 copied before it stay)" in line
+    assert [s["original"] for s in target("snapshots")] == [first]
+    assert target("check", "--read-data")["errors"] == []
 
 
 def test_service_copy_and_a_failing_target_storage(

@@ -88,7 +88,10 @@ def copy(
 ) -> CopyOutcome:
     """Copy the selected snapshots of ``source`` (oldest first) into ``target``, both opened
     without their index (each is loaded under its shared lock); ``cancel`` is honoured
-    between snapshots and blobs. A failure raises with the snapshots copied so far kept."""
+    between snapshots and blobs. A failure raises with the snapshots copied so far kept.
+
+    Each snapshot is committed once its blobs are flushed, so a copy of many snapshots leaves
+    a partly filled data pack and tree pack per snapshot, as their backups did."""
     cancel = cancel or Cancel()
     check_related(source, target)
     outcome = CopyOutcome()
@@ -113,10 +116,10 @@ def copy(
                         copier.copy_tree(snapshot.tree)
                         save_committed(target, copied, lock.ensure_held)
                     except FreezeframeError as exc:
+                        done = len(outcome.copied)
+                        kept = f" (the {done} copied before it stay)" if done else ""
                         raise reworded(
-                            exc,
-                            f"{exc}; snapshot {snapshot.short_id} was not copied "
-                            f"({len(outcome.copied)} copied before it)",
+                            exc, f"{exc}; snapshot {snapshot.short_id} was not copied{kept}"
                         ) from exc
                     present[key] = copied.id
                     outcome.copied.append(CopiedSnapshot(snapshot, copied.id))
