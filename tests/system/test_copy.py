@@ -27,6 +27,7 @@ from freezeframe.errors import (
     EXIT_LOCKED,
     EXIT_USAGE,
     EXIT_WRONG_PASSWORD,
+    Interrupted,
     StorageError,
     UsageError,
     WrongPassword,
@@ -36,7 +37,7 @@ from freezeframe.repository.crypto import config_mac_key
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.repository import Repository
 from freezeframe.service.copy import CopyProgress, CopyRequest, copy
-from freezeframe.service.reporter import SilentReporter
+from freezeframe.service.reporter import Cancel, SilentReporter
 from freezeframe.storage.base import Kind
 from freezeframe.storage.faults import Effect, Fault, FaultyStorage
 from freezeframe.storage.local import LocalStorage
@@ -354,6 +355,19 @@ def test_service_copy_and_a_failing_target_storage(
         pytest.raises(StorageError),
     ):
         copy(src, dst, CopyRequest(), SilentReporter())
+    with _open(tmp_path / "target") as dst:
+        assert list(dst.list_names(Kind.SNAPSHOTS)) == []
+        assert list(dst.list_names(Kind.LOCKS)) == []
+
+    # A cancelled copy (an API call, a stopping agent) stops before committing anything.
+    cancel = Cancel()
+    cancel.request()
+    with (
+        opened(LocalStorage(src_path), SOURCE_PASSWORD) as src,
+        opened(LocalStorage(tmp_path / "target"), PASSWORD) as dst,
+        pytest.raises(Interrupted),
+    ):
+        copy(src, dst, CopyRequest(), SilentReporter(), cancel)
     with _open(tmp_path / "target") as dst:
         assert list(dst.list_names(Kind.SNAPSHOTS)) == []
         assert list(dst.list_names(Kind.LOCKS)) == []
