@@ -64,22 +64,24 @@ class Snapshot:
         return self.id[:8]
 
     def to_json(self) -> dict[str, Any]:
-        return (
-            {
-                "time": self.time.isoformat(),
-                "host": self.host,
-                "user": self.user,
-                "paths": self.paths,
-                "tags": self.tags,
-                "excludes": self.excludes,
-                "tree": self.tree.hex(),
-                "parent": self.parent,
-                "program_version": self.program_version,
-                "summary": self.summary,
-                "consistency": asdict(self.consistency),
-            }
-            | ({"repair": self.repair} if self.repair else {})
-            | ({"original": self.original} if self.original else {})
+        return {
+            "time": self.time.isoformat(),
+            "host": self.host,
+            "user": self.user,
+            "paths": self.paths,
+            "tags": self.tags,
+            "excludes": self.excludes,
+            "tree": self.tree.hex(),
+            "parent": self.parent,
+            "program_version": self.program_version,
+            "summary": self.summary,
+            "consistency": asdict(self.consistency),
+        } | self._optional()
+
+    def _optional(self) -> dict[str, Any]:
+        """The fields only some snapshots have (written by ``repair snapshots``, ``copy``)."""
+        return ({"repair": self.repair} if self.repair else {}) | (
+            {"original": self.original} if self.original else {}
         )
 
     @classmethod
