@@ -62,6 +62,15 @@ def commit_snapshot(
         summary=stored.summary,
         consistency=consistency,
     )
+    return save_committed(repo, snapshot, before_commit)
+
+
+def save_committed(
+    repo: Repository, snapshot: Snapshot, before_commit: Callable[[], None] | None = None
+) -> Snapshot:
+    """Flush, check the lock (``before_commit``), save: a snapshot made elsewhere (``copy``)
+    is committed the same way as a backup's."""
+    repo.flush()
     if before_commit is not None:
         before_commit()
     save_snapshot(repo, snapshot)

@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "ls": "list the files in a snapshot",
     "restore": "restore a snapshot under a target directory (original absolute paths kept)",
     "diff": "show the differences between two snapshots",
+    "copy": "copy snapshots from another repository (--from-repo) into this one",
     "check": "check the repository for errors",
     "forget": "remove snapshots according to a retention policy",
     "prune": "remove unreferenced data from the repository",

@@ -10,6 +10,7 @@ from freezeframe.backup.images import DiskProgress
 from freezeframe.backup.progress import BackupProgress
 from freezeframe.cli.output import Output, human_bytes, human_duration
 from freezeframe.restore.restorer import RestoreProgress
+from freezeframe.service.copy import CopyProgress
 from freezeframe.service.reporter import PhaseCounter
 
 
@@ -43,6 +44,8 @@ def _renderer(name: str, progress: object) -> Callable[[float], str] | None:
         return functools.partial(render_restore, progress)
     if isinstance(progress, PhaseCounter):
         return functools.partial(render_steps, progress)
+    if isinstance(progress, CopyProgress):
+        return functools.partial(render_copy, progress)
     return None
 
 
@@ -89,3 +92,14 @@ def render_steps(counter: PhaseCounter, elapsed: float) -> str:
     if total:
         line += f" {done}/{total} ({done / total:.0%})"
     return line
+
+
+def render_copy(p: CopyProgress, elapsed: float) -> str:
+    """A copy's snapshots so far and what it added to the target."""
+    rate = p.bytes_added / elapsed if elapsed > 0 else 0
+    at = min(p.snapshots_done + 1, p.snapshots_total)
+    return (
+        f"[{human_duration(elapsed)}] snapshot {at}/{p.snapshots_total} "
+        f"{p.current}: {p.blobs_added} blobs, {human_bytes(p.bytes_added)} added "
+        f"({human_bytes(rate)}/s)"
+    )

@@ -68,3 +68,25 @@ def _run_command(command: str) -> bytes:
     if not password:
         raise FreezeframeError("password command printed nothing")
     return password
+
+
+def resolve_source_password(
+    password_file: str | None, env: Mapping[str, str] | None = None
+) -> bytes:
+    """The password of the other repository (``copy``, ``init --copy-chunker-params``):
+    ``--from-password-file``, then ``FREEZEFRAME_FROM_PASSWORD_FILE``,
+    ``FREEZEFRAME_FROM_PASSWORD``, then a prompt on a terminal. Never the target's password:
+    two repositories sharing one by accident would hide a mistake in the names."""
+    env = os.environ if env is None else env
+    if password_file:
+        return _read_file(password_file)
+    if env.get("FREEZEFRAME_FROM_PASSWORD_FILE"):
+        return _read_file(env["FREEZEFRAME_FROM_PASSWORD_FILE"])
+    if env.get("FREEZEFRAME_FROM_PASSWORD"):
+        return env["FREEZEFRAME_FROM_PASSWORD"].encode()
+    if sys.stdin.isatty():
+        return prompt_password("source repository password: ", confirm=False)
+    raise UsageError(
+        "no password for --from-repo given: use --from-password-file, "
+        "FREEZEFRAME_FROM_PASSWORD_FILE or FREEZEFRAME_FROM_PASSWORD"
+    )

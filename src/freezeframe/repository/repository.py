@@ -87,13 +87,25 @@ class Repository:
         *,
         group_readable: bool = False,
         warn: Warn | None = None,
+        related_to: Repository | None = None,
     ) -> Repository:
-        """Create a new repository with one key protected by ``password``."""
+        """Create a new repository with one key protected by ``password``.
+
+        ``related_to``: take that repository's chunker parameters, chunker seed and id key (its
+        encryption key and repository id stay this one's own), so the same data is cut into the
+        same chunks with the same ids in both and ``copy`` moves blobs without re-hashing."""
         if storage.exists(Kind.CONFIG, "config"):
             raise RepositoryExists(f"a repository already exists at {storage.location}")
         notes = storage.create_layout(group_readable=group_readable)
         config = RepositoryConfig.new()
         master = MasterKey.generate(config.repository_id, config_format=FORMAT_VERSION)
+        if related_to is not None:
+            config = replace(config, chunker=related_to.config.chunker)
+            master = replace(
+                master,
+                id_key=related_to.master.id_key,
+                chunker_seed=related_to.master.chunker_seed,
+            )
         key_name = add_key(storage, master, password, kdf or KdfParams())
         config = config.sealed(config_mac_key(master.encryption_key))
         storage.put(Kind.CONFIG, "config", config.to_bytes())

@@ -8,6 +8,7 @@ per-volume details, and, for a live read (level ``none``), the files that change
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,6 +54,9 @@ class Snapshot:
     repair: dict[str, Any] = field(default_factory=dict)
     """Set on a snapshot written by ``repair snapshots``: the original's id, when, and what
     was removed or truncated."""
+    original: str | None = None
+    """Set on a snapshot written by ``copy``: the id of the snapshot it copies, in the
+    repository it was first made in (a copy of a copy names the first)."""
     id: str = ""
 
     @property
@@ -72,7 +76,13 @@ class Snapshot:
             "program_version": self.program_version,
             "summary": self.summary,
             "consistency": asdict(self.consistency),
-        } | ({"repair": self.repair} if self.repair else {})
+        } | self._optional()
+
+    def _optional(self) -> dict[str, Any]:
+        """The fields only some snapshots have (written by ``repair snapshots``, ``copy``)."""
+        return ({"repair": self.repair} if self.repair else {}) | (
+            {"original": self.original} if self.original else {}
+        )
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], snapshot_id: str) -> Snapshot:
@@ -94,9 +104,18 @@ class Snapshot:
                 summary=dict(doc.get("summary", {})),
                 consistency=ConsistencyReport(**doc.get("consistency", {})),
                 repair=dict(doc.get("repair", {})),
+                original=_original(doc.get("original")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"snapshot {snapshot_id[:8]} is malformed: {exc}") from exc
+
+
+def _original(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError(f"original {value!r} is not a snapshot id")
+    return value
 
 
 def save_snapshot(repo: Repository, snapshot: Snapshot) -> str:

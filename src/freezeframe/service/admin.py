@@ -19,6 +19,9 @@ class InitRequest:
     password: bytes = field(repr=False)
     kdf: KdfParams = field(default_factory=KdfParams)
     group_readable: bool = False  # 0750/0640 instead of 0700/0600
+    related_to: Repository | None = field(default=None, repr=False)
+    """An open repository whose chunker parameters and id key the new one takes
+    (``--copy-chunker-params``), so ``copy`` between the two moves blobs as they are."""
 
 
 def init(storage: Storage, request: InitRequest, reporter: Reporter) -> Repository:
@@ -29,6 +32,7 @@ def init(storage: Storage, request: InitRequest, reporter: Reporter) -> Reposito
         request.kdf,
         group_readable=request.group_readable,
         warn=reporter.warn,
+        related_to=request.related_to,
     )
 
 
