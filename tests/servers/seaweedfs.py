@@ -1,7 +1,7 @@
 """SeaweedFS (``weed server``: master, volume server, filer and S3 gateway in one process) over
-a temporary directory, every port on loopback and chosen free, with a generated key pair; no
-telemetry; a second key pair may only read and list. Tests share one bucket and each gets a prefix of its own (``S3Server.shared_bucket``):
-SeaweedFS gives every bucket its own volumes."""
+a temporary directory, every port on loopback and chosen free, with a generated key pair (and a
+second one that may only read and list); no telemetry. Tests share one bucket and each gets a
+prefix of its own (``S3Server.shared_bucket``): SeaweedFS gives every bucket its own volumes."""
 
 from __future__ import annotations
 
