@@ -11,6 +11,7 @@ is expanded. Errors name the file and the line, never a value.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -29,10 +30,17 @@ def read(path: str) -> dict[str, str]:
     except FileNotFoundError:
         raise UsageError(f"environment file {path}: no such file") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW: its target's modes would be another's
+            raise UsageError(f"environment file {path} is a symbolic link: name the file") from exc
         raise UsageError(f"environment file {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as f:
-        _check_private(path, os.fstat(f.fileno()))
-        raw = f.read()
+    try:
+        _check_private(path, os.fstat(fd))  # of the file opened, not of the name looked at
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read()
+    except OSError as exc:
+        raise UsageError(f"environment file {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
     return parse(path, raw.decode("utf-8", errors="replace"))
 
 
