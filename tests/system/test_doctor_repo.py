@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
-from ffharness import FAST_INIT, run_freezeframe
+from ffharness import FAST_INIT, Cli, run_freezeframe
 from freezeframe.cli.main import main
 from freezeframe.errors import EXIT_FATAL, EXIT_OK, EXIT_USAGE
 from freezeframe.service.doctor import PROBE_BYTES
+from freezeframe.storage.base import PROBE_PREFIX, Kind
+from freezeframe.storage.local import LocalStorage
 from servers.base import S3Server, free_ports
 
 _PASSWORD_VARIABLES = (
@@ -172,6 +174,9 @@ def test_a_wrong_secret_is_one_failed_finding_naming_no_secret(
     assert access["ok"] is False and "AWS_SECRET_ACCESS_KEY" in access["message"]
     assert "signature does not match" in access["message"]
     assert report["can"] == dict.fromkeys(("write", "read", "list", "delete"))
+    assert _finding(report, "write")["message"] == (
+        "not tried: the storage refused the first request"
+    )
     text, err = doctor("--repo", place.location, expect=EXIT_FATAL)
     [line] = [line for line in text.splitlines() if line.startswith("  access:")]
     assert line.startswith("  access:     FAILED: cannot list ")
@@ -229,3 +234,14 @@ def test_a_read_only_account_may_read_and_list_but_not_write(
     assert write["ok"] is False and "access denied" in write["message"], write
     assert report["upload_bytes_per_s"] is None
     assert not [key for key in server.keys(place) if key.startswith("locks/")]
+
+
+def test_the_test_object_under_locks_is_no_lock(cli: Cli, repo: Path, tmp_path: Path) -> None:
+    """A backup starting while doctor's object is there is not held up by it, as it is by a
+    lock that cannot be read."""
+    (tmp_path / "data").mkdir()
+    storage = LocalStorage(repo)
+    storage.put(Kind.LOCKS, f"{PROBE_PREFIX}{'ab' * 16}", os.urandom(1024))
+    cli("backup", tmp_path / "data")
+    storage.put(Kind.LOCKS, "ab" * 32, os.urandom(1024))
+    assert cli("backup", tmp_path / "data", expect=11)["error"]["code"] == "locked"

@@ -133,7 +133,8 @@ class _Probe:
         report = self.report
         self.note("backend", None, _backend_line(report))
         if not self._reach():
-            self._not_tried("write", "read", "list", "delete", "repository", why="unreachable")
+            why = "the storage refused the first request" if report.reachable else "unreachable"
+            self._not_tried("repository", "write", "list", "read", "delete", why=why)
             return report
         self._repository()
         local = self.storage.capabilities.local_directory
