@@ -115,6 +115,10 @@ def test_the_location_comes_from_before_the_command_or_the_environment(
 ) -> None:
     out, _ = doctor("--repo", "--json", env={"FREEZEFRAME_REPOSITORY": str(tmp_path / "a")})
     assert json.loads(out)["repository"]["location"] == str(tmp_path / "a")
+    out, _ = doctor(str(tmp_path), "--repo", "--json")  # paths and the repository together
+    both = json.loads(out)
+    assert [p["path"] for p in both["paths"]] == [str(tmp_path)]
+    assert both["repository"]["location"] == str(tmp_path / "a")
     doctor.capsys.readouterr()
     assert main(["-r", str(tmp_path / "b"), "--json", "doctor", "--repo"]) == EXIT_OK
     assert json.loads(doctor.capsys.readouterr().out)["repository"]["location"] == str(

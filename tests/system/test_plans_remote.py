@@ -17,7 +17,10 @@ import pytest
 
 from ffharness import FAST_INIT, run_freezeframe
 from freezeframe.errors import EXIT_FATAL, EXIT_USAGE
+from freezeframe.plans import config
 from freezeframe.plans.agent import Agent
+from freezeframe.plans.history import History
+from freezeframe.plans.runner import run_plan
 from servers.base import S3Server, free_ports
 from treeutil import assert_same_tree, restored_path
 
@@ -82,8 +85,14 @@ def test_a_plan_backs_up_into_a_bucket_with_its_environment_file(
     (data / "a.txt").write_text("first\n")
     (data / "b.bin").write_bytes(os.urandom(300_000))
     env_file = _env_file(tmp_path / "s3.env", secrets)
+    hook_saw = tmp_path / "hook.env"
     plans = _plans(
-        tmp_path, place.location, env_file, data, 'schedule = ["0 1 * * *"]\ntimezone = "UTC"\n'
+        tmp_path,
+        place.location,
+        env_file,
+        data,
+        'schedule = ["0 1 * * *"]\ntimezone = "UTC"\n'
+        f'[plans.s3.hooks]\nbefore = ["env > {hook_saw}"]\n',
     )
 
     probed = _doc(_ff(plans, "plan", "validate", "--probe"))
@@ -98,6 +107,8 @@ def test_a_plan_backs_up_into_a_bucket_with_its_environment_file(
 
     run = _doc(_ff(plans, "plan", "run", "s3"))
     assert run["status"] == "success", run
+    assert "FREEZEFRAME_PLAN=s3" in hook_saw.read_text()  # the hook ran, without the secrets
+    assert server.secret_key not in hook_saw.read_text() and PASSWORD not in hook_saw.read_text()
     [snapshot_id] = run["snapshots"]
 
     now = [datetime(2026, 11, 30, 0, 0, 30, tzinfo=UTC).timestamp()]
@@ -149,6 +160,14 @@ def test_a_loose_or_broken_environment_file_is_refused(
             "other users can read or change the secrets it holds (chmod 600 it)"
         )
         assert done.stderr.count("\n") == 1 and secret not in done.stdout + done.stderr
+    os.chmod(env_file, 0o600)
+    loaded = config.load(str(plans))  # as the agent holds it; then the file is loosened
+    os.chmod(env_file, 0o640)
+    run = run_plan("s3", loaded, History(loaded.state.path))
+    assert run.status == "failed" and run.error == (
+        f"environment file {env_file} is mode 0640: other users can read or change the "
+        "secrets it holds (chmod 600 it)"
+    )
     os.chmod(env_file, 0o600)
     env_file.write_text(f"AWS_SECRET_ACCESS_KEY {secret}\n")
     error = _doc(_ff(plans, "plan", "validate", expect=EXIT_USAGE))["error"]
