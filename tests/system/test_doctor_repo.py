@@ -249,3 +249,20 @@ def test_the_test_object_under_locks_is_no_lock(cli: Cli, repo: Path, tmp_path: 
     cli("backup", tmp_path / "data")
     storage.put(Kind.LOCKS, "ab" * 32, os.urandom(1024))
     assert cli("backup", tmp_path / "data", expect=11)["error"]["code"] == "locked"
+
+
+def test_tls_is_verified_and_the_bundle_named(
+    doctor: Doctor, rclone_s3_tls_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = rclone_s3_tls_server
+    server.apply(monkeypatch)  # FREEZEFRAME_S3_CA_BUNDLE names the private CA, and only it
+    place = server.fresh_place()
+    report = doctor.json("--repo", place.location)
+    assert (
+        report["ok"] is True and report["details"]["tls"] == f"verified against {server.ca_bundle}"
+    )
+    monkeypatch.delenv("FREEZEFRAME_S3_CA_BUNDLE")
+    report = doctor.json("--repo", place.location, expect=EXIT_FATAL)
+    assert report["details"]["tls"] == "verified against the system's CAs"
+    message = _finding(report, "access")["message"]
+    assert f"TLS with {server.endpoint.removeprefix('https://')} failed" in message, message
