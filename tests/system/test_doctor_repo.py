@@ -266,3 +266,15 @@ def test_tls_is_verified_and_the_bundle_named(
     assert report["details"]["tls"] == "verified against the system's CAs"
     message = _finding(report, "access")["message"]
     assert f"TLS with {server.endpoint.removeprefix('https://')} failed" in message, message
+
+
+def test_a_repository_that_lost_its_config_is_a_failed_finding(repo: Path, doctor: Doctor) -> None:
+    """(``repo`` first: it is made with the password that ``doctor`` then takes away.)"""
+    (repo / "config").unlink()
+    report = doctor.json("--repo", str(repo), expect=EXIT_FATAL)
+    assert report["repository_exists"] is False
+    finding = _finding(report, "repository")
+    assert (
+        finding["ok"] is False and "`freezeframe repair config` rewrites it" in finding["message"]
+    )
+    assert report["can"] == {"write": True, "read": True, "list": True, "delete": True}

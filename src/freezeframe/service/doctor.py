@@ -177,9 +177,13 @@ class _Probe:
         if not fine:
             return
         self.report.repository_exists = bool(found)
-        if not found:
+        keys, fine = (None, True) if found else self.attempt("repository", self._keys)
+        if not fine:
+            return
+        if not found and not keys:
             self.note("repository", None, "none here yet (no config): `freezeframe init` makes one")
             return
+        # With the config: its plain fields. Without it but with keys: the repository's error.
         config, fine = self.attempt("repository", lambda: read_config(self.storage))
         if config is None or not fine:
             return
@@ -194,6 +198,9 @@ class _Probe:
             f"found: id {config.repository_id[:8]}, format version {config.version}, "
             f"created {config.created}",
         )
+
+    def _keys(self) -> bool:
+        return any(True for _ in self.storage.list(Kind.KEYS))
 
     def _round_trip(self) -> None:
         """Write, list, read and delete the probe object, each timed; the probe is removed on
