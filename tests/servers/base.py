@@ -89,14 +89,20 @@ class S3Server:
     shared_bucket: str | None = None
     log: Path | None = None
     ca_bundle: Path | None = None  # the private CA of a server speaking HTTPS
+    read_only_keys: tuple[str, str] | None = None  # access and secret key that cannot write
     _client: Any = field(default=None, repr=False)
 
-    def env(self, *, secret_key: str | None = None) -> dict[str, str]:
-        """The variables a client of this server reads (``secret_key`` to give a wrong one);
-        no shared files and no instance metadata, which would reach past loopback."""
+    def env(self, *, secret_key: str | None = None, read_only: bool = False) -> dict[str, str]:
+        """The variables a client of this server reads (``secret_key`` to give a wrong one,
+        ``read_only`` for the keys that cannot write); no shared files and no instance
+        metadata, which would reach past loopback."""
+        access, secret = self.access_key, self.secret_key
+        if read_only:
+            assert self.read_only_keys is not None, f"{self.name} has no read-only keys"
+            access, secret = self.read_only_keys
         env = {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key if secret_key is None else secret_key,
+            "AWS_ACCESS_KEY_ID": access,
+            "AWS_SECRET_ACCESS_KEY": secret if secret_key is None else secret_key,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,

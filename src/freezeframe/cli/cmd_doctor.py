@@ -1,5 +1,8 @@
 """``freezeframe doctor``: per path, the volume, what every snapshot provider answers for it,
-and which consistency levels are reachable."""
+and which consistency levels are reachable; per VM the same; with ``--repo [LOCATION]``, what
+the repository's storage answers. Exit 0 when every check passed, 1 when one of the
+repository's failed (each failure is a line of the report), 2 for a location that does not
+parse."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from typing import Any
 
 from freezeframe.capture.doctor import PathReport
 from freezeframe.cli.context import CommandContext
+from freezeframe.errors import EXIT_FATAL, EXIT_OK
 from freezeframe.levels import Level
-from freezeframe.service.doctor import DoctorRequest, doctor
+from freezeframe.service.doctor import DoctorRequest, RepositoryReport, doctor
 from freezeframe.vm.machine import VmSpec
 
 
@@ -19,14 +23,69 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vm", action="append", default=[], metavar="SPEC", help="a running QEMU VM to examine"
     )
+    _repo_option_with_optional_value(parser)
+
+
+class _ExamineRepository(argparse.Action):
+    """``--repo`` asks for the repository's storage to be examined; a location given with it
+    is the one (else ``-r`` before the command, or FREEZEFRAME_REPOSITORY)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        namespace.examine_repository = True
+        if values is not None:
+            namespace.repo = values
+
+
+def _repo_option_with_optional_value(parser: argparse.ArgumentParser) -> None:
+    """The global ``-r/--repo`` needs a value and only names the location (every command, and
+    the test harness, passes it before the command); doctor's own takes its value optionally
+    and means "examine it". The global action is shared by every command's parser, so it is
+    taken off this one (argparse has no public call for that) rather than changed."""
+    for action in list(parser._actions):
+        if "--repo" in action.option_strings:
+            parser._optionals._remove_action(action)
+            for option in action.option_strings:
+                parser._option_string_actions.pop(option, None)
+    parser.add_argument(
+        "-r",
+        "--repo",
+        nargs="?",
+        action=_ExamineRepository,
+        default=argparse.SUPPRESS,
+        metavar="LOCATION",
+        help="examine the repository's storage: reachable, latency, throughput, what the "
+        "credentials may do, whether a repository is there (default location: -r before "
+        "the command, or $FREEZEFRAME_REPOSITORY); needs no password",
+    )
+    parser.set_defaults(examine_repository=False)
 
 
 def run(ctx: CommandContext) -> int:
+    location = ctx.location if ctx.args.examine_repository else None
     request = DoctorRequest(
-        tuple(ctx.args.paths), tuple(VmSpec.parse(spec) for spec in ctx.args.vm)
+        tuple(ctx.args.paths), tuple(VmSpec.parse(spec) for spec in ctx.args.vm), location
     )
     found = doctor(request)
-    reports, vms = found.paths, found.vms
+    reports, vms, storage = found.paths, found.vms, found.repository
+    if storage is not None:
+        doc: dict[str, Any] = {"repository": _repository_doc(storage)}
+        if reports:
+            doc["paths"] = [asdict(r) for r in reports]
+        if vms:
+            doc["vms"] = vms
+        ctx.out.result(
+            doc,
+            lambda: "\n\n".join(
+                [*map(_text, reports), *map(_vm_text, vms), _repository_text(storage)]
+            ),
+        )
+        return EXIT_OK if storage.ok else EXIT_FATAL
     if not vms:
         ctx.out.result([asdict(r) for r in reports], lambda: "\n\n".join(map(_text, reports)))
     else:
@@ -34,7 +93,28 @@ def run(ctx: CommandContext) -> int:
             {"paths": [asdict(r) for r in reports], "vms": vms},
             lambda: "\n\n".join([*map(_text, reports), *map(_vm_text, vms)]),
         )
-    return 0
+    return EXIT_OK
+
+
+def _repository_doc(report: RepositoryReport) -> dict[str, Any]:
+    return {**asdict(report), "ok": report.ok}
+
+
+_SHOWN = {True: "", False: "FAILED: ", None: ""}
+
+
+def _repository_text(report: RepositoryReport) -> str:
+    """One line per finding, failures marked so that a glance finds them."""
+    lines = [f"repository {report.location}"]
+    for finding in report.findings:
+        lines.append(f"  {finding.check + ':':<12}{_SHOWN[finding.ok]}{finding.message}")
+    failed = [f.check for f in report.findings if f.ok is False]
+    lines.append(
+        "  result:     the storage can hold the repository"
+        if not failed
+        else f"  result:     FAILED ({', '.join(failed)})"
+    )
+    return "\n".join(lines)
 
 
 def _vm_text(vm: dict[str, Any]) -> str:

@@ -48,7 +48,7 @@ COMMANDS: dict[str, str] = {
     "unlock": "remove stale and damaged locks left by crashed processes",
     "repair": "repair a damaged repository: index, packs, snapshots or config",
     "migrate": "upgrade the repository to the current format version",
-    "doctor": "show, per path, its volume and which consistency levels it can reach",
+    "doctor": "show the consistency levels paths and VMs reach, or check a repository's storage",
     "guest-hook": "inside a VM: qemu-ga's fsfreeze hook holding the guest's applications",
     "plan": "list, show, validate or run the backup plans of the plans file",
     "history": "show the plans' runs",

@@ -5,8 +5,9 @@ a broken file is rejected before anything runs, with the file, the line and the 
     [state]
     path = "/var/lib/freezeframe/state.db"
     [plans.db]
-    repository = "/srv/backup/repo"
+    repository = "/srv/backup/repo"   # or s3:https://s3.example.org/bucket/prefix, ...
     password_file = "/etc/freezeframe/repo.pw"
+    environment_file = "/etc/freezeframe/s3.env"   # credentials, for this plan's runs only
     sources = ["/srv/pg"]
     consistency = "application"
     quiesce = ["postgresql:host=/run/postgresql dbname=postgres"]
@@ -26,9 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from freezeframe.errors import UsageError
 from freezeframe.levels import AUTO, Level
+from freezeframe.plans import envfile
 from freezeframe.plans.history import DEFAULT_PATH as DEFAULT_STATE_PATH
 from freezeframe.plans.schedule import Schedule, ScheduleError
 from freezeframe.repository.retention import RetentionPolicy, parse_duration
+from freezeframe.storage.registry import check_location
 
 DEFAULT_PATH = "/etc/freezeframe/plans.toml"
 PATH_ENV = "FREEZEFRAME_PLANS"
@@ -117,8 +120,9 @@ class Notify(_Strict):
 
 
 class Plan(_Strict):
-    repository: str
+    repository: str  # any location: a directory, s3:https://HOST/BUCKET/PREFIX, ...
     password_file: str | None = None
+    environment_file: str | None = None  # KEY=VALUE lines for the plan's runs (plans/envfile.py)
     sources: list[str] = Field(default_factory=list)
     excludes: list[str] = Field(default_factory=list)
     vms: list[str] = Field(default_factory=list)
@@ -144,6 +148,25 @@ class Plan(_Strict):
         if value not in choices:  # pydantic's own words for a Literal
             named = ", ".join(f"'{choice}'" for choice in choices[:-1])
             raise ValueError(f"Input should be {named} or '{choices[-1]}'")
+        return value
+
+    @field_validator("repository")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        try:
+            check_location(value)  # its syntax only: nothing is sent, no credential read
+        except UsageError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("environment_file")
+    @classmethod
+    def _private_file(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                envfile.read(value)  # read again by every run: a later change counts
+            except UsageError as exc:
+                raise ValueError(str(exc)) from exc
         return value
 
     @field_validator("sources", "vms")

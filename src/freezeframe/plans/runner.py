@@ -21,14 +21,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from freezeframe.errors import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_PARTIAL, RepositoryLocked
+from freezeframe.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_PARTIAL,
+    RepositoryLocked,
+    UsageError,
+)
 from freezeframe.levels import AUTO, Level
+from freezeframe.plans import envfile
 from freezeframe.plans.config import Plan, PlansFile
 from freezeframe.plans.history import History, Run
 from freezeframe.plans.notify import Event, Notifier, NotifyTargets, SmtpSettings
 
 LOCK_RETRY_S = 600.0  # retention waits this long for another plan's backup to let go
 LOCK_POLL_S = 2.0
+PROBE_TIMEOUT_S = 120.0  # doctor --repo: a connect timeout, a few requests and 8 MiB moved
 PLAN_TAG = "plan:{name}"  # every snapshot of a plan carries it; retention looks at no other
 
 
@@ -140,6 +148,41 @@ def check_step(plan: Plan) -> Step:
     return Step("check", freezeframe_argv(plan, *command))
 
 
+def probe_step(plan: Plan) -> Step:
+    """``doctor --repo`` on the plan's repository: reachable, and what its credentials may do."""
+    return Step("probe", freezeframe_argv(plan, "doctor", "--repo"))
+
+
+def probe(name: str, plan: Plan, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+    """The plan's repository examined by ``doctor --repo`` in a child process, with the
+    environment its runs get: doctor's ``repository`` document, or ``{"ok": False, "error":
+    ...}`` when it could not even start (a bad environment file, a location that does not
+    parse)."""
+    try:
+        env = {**os.environ, "FREEZEFRAME_PLAN": name, **_environment(plan)}
+    except _Failed as exc:
+        return {"ok": False, "error": str(exc)}
+    done = RunControl().run(probe_step(plan).argv, env, timeout_s)
+    document = _json(done.stdout) or {}
+    report = document.get("repository")
+    if isinstance(report, dict):
+        return report
+    if done.returncode == -9:
+        return {"ok": False, "error": f"doctor --repo took longer than {timeout_s:g} s"}
+    return {"ok": False, "error": _error_of(document, done.stderr, "doctor")}
+
+
+def _environment(plan: Plan) -> dict[str, str]:
+    """The variables of the plan's environment file, read anew for every run (so a changed
+    file counts without a reload, and a loosened one is refused); none without one."""
+    if plan.environment_file is None:
+        return {}
+    try:
+        return envfile.read(plan.environment_file)
+    except UsageError as exc:
+        raise _Failed(str(exc)) from exc
+
+
 def steps(name: str, plan: Plan) -> list[Step]:
     """What a run does, in order (the error hooks only on failure)."""
     listed = [Step("hook before", ["sh", "-c", c]) for c in plan.hooks.before]
@@ -188,10 +231,11 @@ def run_plan(
     try:
         for command in plan.hooks.before:
             _hook(control, "before", command, env, plan.hooks.timeout_s)
-        _backup(control, name, plan, env, run)
+        child_env = {**env, **_environment(plan)}  # for freezeframe's own steps only
+        _backup(control, name, plan, child_env, run)
         retention = retention_step(name, plan)
         if retention is not None:
-            _retention(control, retention, env, name)
+            _retention(control, retention, child_env, name)
     except _Stopped:
         run.status, run.error = "interrupted", "stopped by the agent"
     except _Failed as exc:
@@ -347,7 +391,8 @@ def run_check(
     control = control or RunControl()
     run = history.start(f"{name}:check", "check", clock(), None)
     try:
-        done = control.run(check_step(plan).argv, {**os.environ, "FREEZEFRAME_PLAN": name})
+        env = {**os.environ, "FREEZEFRAME_PLAN": name, **_environment(plan)}
+        done = control.run(check_step(plan).argv, env)
         if control.stopping.is_set() and done.returncode:
             raise _Stopped
         if done.returncode != 0:

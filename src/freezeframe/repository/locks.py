@@ -25,7 +25,7 @@ from types import TracebackType
 from freezeframe.errors import FreezeframeError, IntegrityError, NotFound, RepositoryLocked
 from freezeframe.process import process_exists
 from freezeframe.repository.repository import Repository
-from freezeframe.storage.base import Kind
+from freezeframe.storage.base import PROBE_PREFIX, Kind
 
 LOCK_AAD = b"freezeframe-lock"
 REFRESH_SECONDS = 5 * 60
@@ -108,6 +108,8 @@ def parse_lock(data: bytes, name: str) -> LockInfo:
 def read_locks(repo: Repository) -> list[LockInfo]:
     locks = []
     for name in repo.list_names(Kind.LOCKS):
+        if name.startswith(PROBE_PREFIX):
+            continue  # doctor --repo's test object, no lock
         try:
             locks.append(parse_lock(repo.load_file(Kind.LOCKS, name, LOCK_AAD), name))
         except NotFound:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -49,6 +49,36 @@ class Capabilities:
     never freeze or snapshot the file system it writes to. None when they live elsewhere."""
 
 
+PROBE_PREFIX = "probe-"
+"""Objects of kind LOCKS whose names start with this are ``doctor --repo``'s short-lived test
+objects (written, read, listed and deleted again), never locks: readers of locks skip them, so
+a backup that starts meanwhile does not take one for a lock it cannot read. Lock names are
+hex digits, so none starts with it."""
+
+
+@dataclass(frozen=True)
+class Description:
+    """Where a storage keeps its objects, as a user may be shown it (never a secret), and the
+    room left there when the backend can tell: what ``doctor --repo`` reports.
+
+    A backend fills what applies to it; ``details`` holds its own fields, e.g. a local
+    directory's ``directory``, an S3 bucket's ``endpoint``, ``bucket``, ``prefix`` and where its
+    ``credentials`` come from (``env``, a profile..., never the keys)."""
+
+    backend: str
+    """The scheme of its locations: ``local``, ``s3``, ..."""
+
+    details: dict[str, str] = field(default_factory=dict)
+
+    filesystem: str | None = None
+    """A local directory's file system type (``ext4``, ``nfs4``...); None for a remote store."""
+
+    free_bytes: int | None = None
+    """Bytes this user may still write there; None when the backend cannot tell (a bucket)."""
+
+    total_bytes: int | None = None
+
+
 class Storage(Protocol):
     """Named objects of a kind. A put is atomic: readers see the whole object or none of it."""
 
@@ -84,6 +114,11 @@ class Storage(Protocol):
     def audit(self) -> builtins.list[str]:
         """Problems of the storage itself that a user should fix although the repository
         works (for a directory: modes that let other users in); ``check`` reports them."""
+
+    def describe(self) -> Description:
+        """Where the objects are and how much room is left, for ``doctor --repo``: no request
+        beyond what that needs (a statvfs), so it works without the repository's password and
+        where no repository exists yet; it raises nothing for a place that is unreachable."""
 
     def close(self) -> None:
         """Release cached handles."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from freezeframe.errors import NotFound, StorageError, TransientStorageError
-from freezeframe.storage.base import Capabilities, Kind, ObjectInfo
+from freezeframe.storage.base import Capabilities, Description, Kind, ObjectInfo
 
 _OPEN_FILES_CACHED = 64
 _AUDIT_SHOWN = 10
@@ -212,6 +212,26 @@ class LocalStorage:
                     removed += 1
         return removed
 
+    def describe(self) -> Description:
+        """The directory, and the file system and free space of the nearest directory that
+        exists on the way to it (all of it, before ``init`` creates it)."""
+        directory = os.path.abspath(self.root)
+        existing = _nearest_existing(directory)
+        details = {"directory": directory}
+        if existing != directory:
+            details["nearest_existing"] = existing
+        try:
+            space = os.statvfs(existing)
+        except OSError:
+            return Description("local", details, _filesystem_of(existing))
+        return Description(
+            "local",
+            details,
+            _filesystem_of(existing),
+            free_bytes=space.f_bavail * space.f_frsize,
+            total_bytes=space.f_blocks * space.f_frsize,
+        )
+
     def close(self) -> None:
         with self._fds_lock:
             for fd in self._fds.values():
@@ -246,6 +266,36 @@ def _error(what: str, exc: OSError) -> StorageError:
     reason = exc.strerror or str(exc)
     cls = TransientStorageError if exc.errno in _TRANSIENT_ERRNOS else StorageError
     return cls(f"{what}: {reason}")
+
+
+def _nearest_existing(directory: str) -> str:
+    """``directory`` if it exists, else the closest of its parents that does."""
+    path = directory
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _filesystem_of(path: str) -> str | None:
+    """The type of the file system ``path`` is on: that of the longest mount point above its
+    real path in /proc/self/mountinfo (None where there is none, off Linux)."""
+    real = os.path.realpath(path)
+    best, found = -1, None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields, sep, rest = line.partition(" - ")
+        parts = fields.split()
+        if not sep or len(parts) < 5 or not rest.split():
+            continue
+        mount = parts[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= best:  # a later mount over the same point hides the earlier
+            best, found = len(mount), rest.split()[0]
+    return found
 
 
 def _fsync_dir(path: Path) -> None:

@@ -50,8 +50,35 @@ def split_location(location: str) -> tuple[str, str]:
     return match.group(1).lower(), location[match.end() :]
 
 
+def _s3_syntax(rest: str) -> None:
+    from freezeframe.storage.s3 import parse_location  # noqa: PLC0415
+
+    parse_location(rest)
+
+
+SYNTAX_CHECKS: dict[str, Callable[[str], object]] = {"s3": _s3_syntax}
+"""Scheme -> a check of what follows ``scheme:`` that sends nothing and reads no credentials
+(UsageError, one line, when it does not parse); a backend without one takes any rest."""
+
+
+def check_location(location: str) -> str:
+    """Whether ``location`` names a backend of this version in its syntax, without opening
+    it (a plans file is checked so, long before its plans run); returns the scheme."""
+    scheme, rest = _known(location)
+    check = SYNTAX_CHECKS.get(scheme)
+    if check is not None:
+        check(rest)
+    return scheme
+
+
 def backend_for(location: str) -> Storage:
     """The bare backend of ``location``; UsageError (one line) if this version has none."""
+    scheme, rest = _known(location)
+    return BACKENDS[scheme](rest)
+
+
+def _known(location: str) -> tuple[str, str]:
+    """``(scheme, rest)`` of a location whose scheme this version has a backend for."""
     if not location:
         raise UsageError("the repository location is empty")
     scheme, rest = split_location(location)
@@ -68,7 +95,7 @@ def backend_for(location: str) -> Storage:
         )
     if not rest:
         raise UsageError(f"repository location {location!r} names no {scheme} repository")
-    return factory(rest)
+    return scheme, rest
 
 
 def open_storage(

@@ -54,7 +54,7 @@ from freezeframe.errors import (
     TransientStorageError,
     UsageError,
 )
-from freezeframe.storage.base import Capabilities, Kind, ObjectInfo
+from freezeframe.storage.base import Capabilities, Description, Kind, ObjectInfo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -164,8 +164,10 @@ class S3Storage:
         self.location = str(self.place)
         self.capabilities = Capabilities(writable=True, local_modes=False, local_directory=None)
         self._root = f"{self.place.prefix}/" if self.place.prefix else ""
+        settings = os.environ if env is None else env
+        self._settings = _shown_settings(self.place, settings)
         if client is None:
-            client = _make_client(self.place, os.environ if env is None else env)
+            client = _make_client(self.place, settings)
         self._client = client
 
     # -- keys ------------------------------------------------------------------------------
@@ -331,6 +333,18 @@ class S3Storage:
         """Nothing to audit: an object store has no modes (its bucket policy decides access)."""
         return []
 
+    def describe(self) -> Description:
+        """The endpoint, bucket and prefix, and how the client is set up (TLS, addressing,
+        where the credentials come from; never the keys). Sends no request: a bucket tells
+        nobody its free space."""
+        details = {
+            "endpoint": self.place.endpoint,
+            "bucket": self.place.bucket,
+            "prefix": self.place.prefix,
+            **self._settings,
+        }
+        return Description("s3", details)
+
     def close(self) -> None:
         """Close the pooled connections; a later call opens new ones."""
         self._client.close()
@@ -470,6 +484,32 @@ def _status(exc: botocore.exceptions.ClientError) -> int:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _shown_settings(place: S3Location, env: Mapping[str, str]) -> dict[str, str]:
+    """What ``describe`` shows of the client's settings: the names of the variables the
+    credentials come from, never their values."""
+    if env.get("AWS_ACCESS_KEY_ID"):
+        source = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        if env.get("AWS_SESSION_TOKEN"):
+            source += " with AWS_SESSION_TOKEN"
+    elif env.get("AWS_PROFILE"):
+        source = f"the AWS profile {env['AWS_PROFILE']!r}"
+    else:
+        source = "botocore's defaults (the shared files' default profile, an instance role)"
+    bundle = next((env[name] for name in CA_BUNDLE_ENVS if env.get(name)), None)
+    if place.scheme == "http":
+        tls = "none (plain http)"
+    else:
+        tls = f"verified against {bundle}" if bundle else "verified against the system's CAs"
+    return {
+        "credentials": source,
+        "region": env.get("AWS_DEFAULT_REGION")
+        or env.get("AWS_REGION")
+        or ("the profile's" if env.get("AWS_PROFILE") else DEFAULT_REGION),
+        "addressing": env.get(ADDRESSING_ENV) or "path",
+        "tls": tls,
+    }
 
 
 def _make_client(place: S3Location, env: Mapping[str, str]) -> S3Client:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator
 
-from freezeframe.storage.base import Capabilities, Kind, ObjectInfo, Storage
+from freezeframe.storage.base import Capabilities, Description, Kind, ObjectInfo, Storage
 
 
 class StorageWrapper:
@@ -43,6 +43,9 @@ class StorageWrapper:
 
     def audit(self) -> builtins.list[str]:
         return self.inner.audit()
+
+    def describe(self) -> Description:
+        return self.inner.describe()
 
     def close(self) -> None:
         self.inner.close()

@@ -16,7 +16,7 @@ from freezeframe.storage.cache import CachingStorage
 from freezeframe.storage.local import LocalStorage
 from freezeframe.storage.ratelimit import RateLimitedStorage, RateLimits
 from freezeframe.storage.readonly import ReadOnlyStorage
-from freezeframe.storage.registry import backend_for, open_storage, split_location
+from freezeframe.storage.registry import backend_for, check_location, open_storage, split_location
 from freezeframe.storage.retry import RetryingStorage, RetryPolicy
 from freezeframe.storage.s3 import S3Storage
 from freezeframe.storage.wrapper import StorageWrapper
@@ -85,7 +85,23 @@ def test_other_locations_are_refused_in_one_line_creating_nothing(
         open_storage(location, retry=RetryPolicy(), cache_dir=None)
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
+    with pytest.raises(UsageError) as checked:  # a plans file's check says the same
+        check_location(location)
+    assert str(checked.value) == str(raised.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_location_is_checked_without_credentials_or_a_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plan's credentials are in its environment file, not here: half a key pair, which
+    opening the backend refuses, does not matter to the syntax."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    assert check_location("s3:https://s3.example.org/backups/host-a") == "s3"
+    assert check_location("/srv/backups/repo") == "local"
+    with pytest.raises(UsageError, match="AWS_SECRET_ACCESS_KEY is not"):
+        backend_for("s3:https://s3.example.org/backups/host-a")
 
 
 def test_s3_locations_open_without_a_request(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,8 @@ wrapper, whose own tests show that it refuses every write."""
 
 from __future__ import annotations
 
+import os
+
 import blake3
 import pytest
 
@@ -168,3 +170,27 @@ def test_the_audit_passes_through_the_wrappers(backend: Backend) -> None:
 def test_the_location_is_the_backends(backend: Backend) -> None:
     assert backend.storage.location == backend.location
     backend.storage.close()
+
+
+def test_the_description_passes_through_the_wrappers_and_names_no_secret(
+    backend: Backend,
+) -> None:
+    """What ``doctor --repo`` shows: the backend and its place, room left where it can tell;
+    the same through every wrapper, with no key of the client in it."""
+    described = backend.storage.describe()
+    assert described == backend.seed.describe()
+    scheme = backend.bare_location.partition(":")[0]
+    assert described.backend == (scheme if scheme == "s3" else "local")
+    if described.backend == "local":
+        assert described.details["directory"] == backend.storage.capabilities.local_directory
+        assert described.filesystem and described.total_bytes
+        assert (
+            described.free_bytes is not None and 0 <= described.free_bytes <= described.total_bytes
+        )
+    else:
+        assert described.free_bytes is None and described.filesystem is None
+        assert set(described.details) >= {"endpoint", "bucket", "prefix", "credentials", "tls"}
+    shown = repr(described)
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
+        value = os.environ.get(name)
+        assert not value or value not in shown
