@@ -84,8 +84,10 @@ def rest_server(
     certificates = make_tls(root) if tls else None
     argv = [
         freezeframe_executable(), "--repo", repository, "--json", "serve",
-        "--listen", listen, "--accounts", str(accounts),
+        "--accounts", str(accounts),
     ]  # fmt: skip
+    if listen:  # "": the default
+        argv += ["--listen", listen]
     if append_only:
         argv.append("--append-only")
     if certificates is not None:
