@@ -133,14 +133,20 @@ def test_an_append_host_cannot_destroy_what_it_wrote(server: RestServer, tmp_pat
 
 
 def test_the_admin_account_forgets_and_prunes(server: RestServer, tmp_path: Path) -> None:
-    source, first = _backed_up(server, tmp_path)
-    (source / "file").write_bytes(os.urandom(200_000))
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "only in the first").write_bytes(os.urandom(2_000_000))
+    ok(ff(server, "host", *FAST_INIT))
+    first = json.loads(ok(ff(server, "host", "backup", source, json_out=True)))["snapshot_id"]
+    (source / "only in the first").unlink()
+    (source / "kept").write_bytes(os.urandom(200_000))
     ok(ff(server, "host", "backup", source))
-    ok(ff(server, "admin", "forget", "--keep-last", "1"))
-    pruned = json.loads(ok(ff(server, "admin", "prune", json_out=True)))
-    assert pruned, pruned
+    packs = len(_objects(Path(server.repository))[Kind.DATA])
+    ok(ff(server, "admin", "forget", "--keep-last", "1", "--prune"))
+    assert len(_objects(Path(server.repository))[Kind.DATA]) < packs
     ok(ff(server, "admin", "check", "--read-data"))
-    assert len(json.loads(ok(ff(server, "host", "snapshots", json_out=True)))) == 1
+    remaining = json.loads(ok(ff(server, "host", "snapshots", json_out=True)))
+    assert len(remaining) == 1 and remaining[0]["id"] != first
 
 
 def test_append_only_caps_every_account(tmp_path: Path) -> None:

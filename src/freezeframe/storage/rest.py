@@ -259,6 +259,11 @@ class RestStorage:
                 f"{what}: TLS with {urlsplit(self.base).netloc} failed ({_reason(exc)}); the "
                 f"certificates of a private CA go in {CA_BUNDLE_ENV}"
             ) from exc
+        except urllib3.exceptions.NewConnectionError as exc:
+            reason = str(exc).rpartition("new connection: ")[2] or _reason(exc)
+            raise TransientStorageError(
+                f"{what}: cannot connect to {urlsplit(self.base).netloc} ({reason})"
+            ) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise TransientStorageError(f"{what}: {_reason(exc)}") from exc
         status = response.status
