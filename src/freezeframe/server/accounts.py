@@ -92,9 +92,10 @@ def load_accounts(path: Path) -> dict[str, Account]:
         raise UsageError(f"accounts file {path} is not JSON: {exc}") from exc
     try:
         if doc.get("version") != 1:
-            raise UsageError(f"accounts file {path}: unknown version {doc.get('version')!r}")
+            raise UsageError(f"unknown version {doc.get('version')!r}")
         found = {}
         for name, entry in doc["accounts"].items():
+            check_name(name)
             params = entry["scrypt"]
             found[name] = Account(
                 check_name(name),
@@ -105,6 +106,8 @@ def load_accounts(path: Path) -> dict[str, Account]:
                 int(params["r"]),
                 int(params["p"]),
             )
+    except UsageError as exc:
+        raise UsageError(f"accounts file {path}: {exc}") from exc
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise UsageError(
             f"accounts file {path} is malformed ({type(exc).__name__}: {exc})"

@@ -27,6 +27,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from freezeframe.errors import NotFound, StorageError, TransientStorageError
+from freezeframe.repository.crypto import content_name
 from freezeframe.server.accounts import Account, Role, Verifier
 from freezeframe.storage.base import Kind, ObjectInfo, Storage
 
@@ -204,23 +205,30 @@ class RepositoryServer:
         return Response(status_code=200)
 
     def _store(self, account: Account, role: Role, kind: Kind, name: str, data: bytes) -> None:
-        """Put the object, unless the role forbids overwriting what is there: an ``append``
-        account may put identical bytes again (a retried upload) and rewrite its own locks."""
-        if role is not Role.FULL and not self._owns(account, kind, name):
-            existing = None
-            if self.storage.exists(kind, name):  # a HEAD: most puts are of new objects
-                try:
-                    existing = self.storage.get(kind, name)
-                except NotFound:
-                    existing = None  # removed since (by a full account)
-            if existing is not None:
-                if existing == data:
-                    return
-                raise _Refused(self._append_reason(account, f"overwrite {kind.value}/{name}"))
+        """Put the object, unless the role forbids what it would replace. For an account
+        without the full role every object but the config must be named by the BLAKE3 of its
+        bytes, as the repository names them: then a put can only ever write the one content
+        that name stands for (again, as a retried upload does, or over a damaged copy), and
+        never replace a backup by something else. The config it may only create."""
+        if role is not Role.FULL:
+            if kind is Kind.CONFIG:
+                if self.storage.exists(kind, name) and self._differs(kind, name, data):
+                    raise _Refused(self._append_reason(account, "overwrite the config"))
+            elif content_name(data) != name:
+                raise _Refused(
+                    self._append_reason(account, f"store {kind.value}/{name}")
+                    + ": its name is not the BLAKE3 of the bytes sent"
+                )
         self.storage.put(kind, name, data)
         if kind is Kind.LOCKS:
             with self._owners_lock:
-                self._lock_owners[name] = account.name
+                self._lock_owners.setdefault(name, account.name)
+
+    def _differs(self, kind: Kind, name: str, data: bytes) -> bool:
+        try:
+            return self.storage.get(kind, name) != data
+        except NotFound:
+            return False  # removed since (by a full account)
 
     def _delete(self, account: Account, kind: Kind, name: str) -> None:
         if self.role_of(account) is not Role.FULL and not self._owns(account, kind, name):
