@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,3 +266,39 @@ def test_tls_with_a_private_ca(tmp_path: Path) -> None:
             ff(server, "host", "snapshots", env={"FREEZEFRAME_REPOSITORY": plain})
         )
     assert "serving plain HTTP" not in (root / "serve.log").read_text()
+
+
+def test_a_server_gone_mid_backup_is_one_line_and_the_repository_stays_valid(
+    tmp_path: Path,
+) -> None:
+    """The server killed while packs are being uploaded: the backup ends with one line after
+    its retries, and a server started again on the directory serves a repository that checks
+    and takes the next backup."""
+    root = tmp_path / "served"
+    repo = root / "repo"
+    source = tmp_path / "source"
+    source.mkdir()
+    for i in range(2):  # more than a pack (16 MiB): the first is written well before the end
+        (source / f"big-{i}").write_bytes(os.urandom(12 << 20))
+    with rest_server(root, str(repo)) as server:
+        ok(ff(server, "host", *FAST_INIT))
+        env = {**os.environ, "FREEZEFRAME_REPOSITORY": server.location, **server.env("host")}
+        backup = subprocess.Popen(
+            [freezeframe_executable(), "--no-progress", "backup", str(source)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any((repo / "data").glob("*/*")) and time.monotonic() < deadline:
+            assert backup.poll() is None, backup.communicate()
+            time.sleep(0.01)
+        server.process.kill()
+        _out, err = backup.communicate(timeout=60)
+    assert backup.returncode == EXIT_FATAL, err
+    # One error (a warning may say the lock could not be removed: it goes stale).
+    lines = [line for line in err.splitlines() if not line.startswith("freezeframe: warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("freezeframe: error: "), err
+    assert f"cannot connect to {server.url.removeprefix('http://').rstrip('/')}" in lines[0], err
+    with rest_server(root, str(repo), accounts=server.accounts) as again:
+        again.secrets.update(server.secrets)
+        ok(ff(again, "admin", "check", "--read-data"))
+        ok(ff(again, "host", "backup", source))
