@@ -10,6 +10,12 @@ certificates are verified, against ``FREEZEFRAME_REST_CA_BUNDLE`` when it is set
 HTTP goes through one urllib3 pool, which is thread-safe: the repository's uploaders and
 readers each have a request in flight on a connection of their own. Retries belong to
 ``storage.retry``: connection errors, timeouts and 5xx answers are TransientStorageError.
+
+Measured (bench/rest_server.py, serve of a local directory on loopback, two cores shared by
+client, server and other load): the first backup of 213 MB of mixed data goes at 61 MB/s against
+93 MB/s straight into the directory; 16 MiB packs put at about 110 MB/s and get at 200-450 MB/s
+with four in flight, so the client is not what limits a backup (its CPU per pack is a tenth
+of the server's); urllib3 stays.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import urllib3
 import urllib3.exceptions
@@ -217,7 +223,7 @@ class RestStorage:
 
     def _path_of(self, kind: Kind, name: str) -> str:
         _check_name(name)
-        return "config" if kind is Kind.CONFIG else f"{kind.value}/{name}"
+        return "config" if kind is Kind.CONFIG else f"{kind.value}/{quote(name, safe='')}"
 
     def _show(self, kind: Kind, name: str) -> str:
         return f"{self.location}{'config' if kind is Kind.CONFIG else f'{kind.value}/{name}'}"
