@@ -125,6 +125,7 @@ def test_an_append_host_cannot_destroy_what_it_wrote(server: RestServer, tmp_pat
     with pytest.raises(StorageError, match="read-only"):
         reader.delete(Kind.DATA, pack)
 
+    ok(ff(server, "reader", "check"))  # a read account takes and removes its own lock
     assert _objects(repo) == before
     assert list(LocalStorage(repo).list(Kind.LOCKS)) == []  # the failed runs' locks are gone
     ok(ff(server, "admin", "check", "--read-data"))
@@ -220,6 +221,11 @@ def test_no_secret_in_the_log_or_the_command_line(tmp_path: Path) -> None:
         server.process.send_signal(signal.SIGTERM)  # a graceful stop: exit 0, no traceback
         assert server.process.wait(10) == 0
         assert "Traceback" not in server.log_text()
+    removed = run_freezeframe(
+        "serve", "--accounts", accounts, "--remove-account", "web1", repo=None
+    )
+    ok(removed)
+    assert set(json.loads(accounts.read_text())["accounts"]) == {"admin"}
 
 
 def _other_address() -> str | None:

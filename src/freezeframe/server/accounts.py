@@ -29,6 +29,7 @@ from freezeframe.errors import UsageError
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 MAX_NAME = 64
+HASHING_AT_ONCE = 2
 
 
 class Role(StrEnum):
@@ -157,19 +158,23 @@ class Verifier:
         self._key = secrets.token_bytes(32)
         self._verified: dict[bytes, str] = {}
         self._lock = threading.Lock()
+        # Hashing takes memory and CPU: a flood of wrong secrets may keep this many threads
+        # busy, never every thread of the server (a remembered secret needs none of them).
+        self._hashing = threading.BoundedSemaphore(HASHING_AT_ONCE)
 
     def verify(self, name: str, secret: bytes) -> Account | None:
         account = self._accounts.get(name)
-        if account is None:
-            # Hash anyway, so a missing account takes as long to refuse as a wrong secret.
-            _scrypt(secret, b"\0" * 16, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-            return None
         tag = hmac.new(self._key, name.encode() + b"\0" + secret, hashlib.sha256).digest()
         with self._lock:
-            if self._verified.get(tag) == name:
+            if account is not None and self._verified.get(tag) == name:
                 return account
-        if not account.matches(secret):
-            return None
+        with self._hashing:
+            if account is None:
+                # Hash anyway: a missing account takes as long to refuse as a wrong secret.
+                _scrypt(secret, b"\0" * 16, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+                return None
+            if not account.matches(secret):
+                return None
         with self._lock:
             self._verified[tag] = name
         return account
