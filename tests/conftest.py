@@ -32,6 +32,8 @@ from freezeframe import hooks
 from servers.fixtures import (  # noqa: F401 (session fixtures)
     rclone_s3_server,
     rclone_s3_tls_server,
+    rest_local_server,
+    rest_s3_server,
     seaweedfs_server,
 )
 

@@ -10,6 +10,7 @@ import pytest
 
 from servers.base import S3Server
 from servers.rclone_s3 import rclone_s3
+from servers.rest import RestServer, rest_server
 from servers.seaweedfs import seaweedfs
 
 
@@ -29,6 +30,28 @@ def rclone_s3_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 @pytest.fixture(scope="session")
 def seaweedfs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rest_local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestServer]:
+    """``freezeframe serve`` of a local directory (``server.repository``), accounts of every
+    role; the contract suite empties it before each test."""
+    root = tmp_path_factory.mktemp("rest-local")
+    with rest_server(root, str(root / "repo")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rest_s3_server(
+    tmp_path_factory: pytest.TempPathFactory, rclone_s3_server: S3Server
+) -> Iterator[RestServer]:
+    """``freezeframe serve`` of a bucket of ``rclone serve s3``: the server fronting a remote
+    backend, its keys in its own environment only."""
+    place = rclone_s3_server.fresh_place()
+    with rest_server(
+        tmp_path_factory.mktemp("rest-s3"), place.location, env=rclone_s3_server.env()
+    ) as server:
         yield server
 
 

@@ -54,6 +54,7 @@ COMMANDS: dict[str, str] = {
     "history": "show the plans' runs",
     "status": "show each plan's last result, last success, next run and whether it is overdue",
     "agent": "run the plans on their schedules (in the foreground)",
+    "serve": "serve the repository's storage over HTTP(S) to hosts with accounts (rest:)",
 }
 
 

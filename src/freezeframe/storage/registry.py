@@ -33,10 +33,17 @@ def _s3(rest: str) -> Storage:
     return S3Storage(rest)
 
 
-BACKENDS: dict[str, Factory] = {"local": LocalStorage, "s3": _s3}
+def _rest(rest: str) -> Storage:
+    """The ``freezeframe serve`` client, imported only when a location names it (urllib3)."""
+    from freezeframe.storage.rest import RestStorage  # noqa: PLC0415
+
+    return RestStorage(rest)
+
+
+BACKENDS: dict[str, Factory] = {"local": LocalStorage, "s3": _s3, "rest": _rest}
 """Scheme -> a factory given what follows ``scheme:``."""
 
-PLANNED = frozenset({"sftp", "rest"})
+PLANNED = frozenset({"sftp"})
 """Schemes users may expect (restic's), refused with a message that says they are coming."""
 
 _SCHEME = re.compile(r"([a-z][a-z0-9+.-]+):", re.IGNORECASE)

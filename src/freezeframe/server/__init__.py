@@ -1,0 +1,1 @@
+"""Front end: the repository server (``freezeframe serve``)."""
