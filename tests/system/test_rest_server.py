@@ -144,7 +144,9 @@ def test_the_admin_account_forgets_and_prunes(server: RestServer, tmp_path: Path
     (source / "kept").write_bytes(os.urandom(200_000))
     ok(ff(server, "host", "backup", source))
     packs = len(_objects(Path(server.repository))[Kind.DATA])
-    ok(ff(server, "admin", "forget", "--keep-last", "1", "--prune"))
+    # --grace 0: a server's storage is not a local directory to the client, so prune would
+    # otherwise only mark, and delete an hour later.
+    ok(ff(server, "admin", "forget", "--keep-last", "1", "--prune", "--grace", "0"))
     assert len(_objects(Path(server.repository))[Kind.DATA]) < packs
     ok(ff(server, "admin", "check", "--read-data"))
     remaining = json.loads(ok(ff(server, "host", "snapshots", json_out=True)))

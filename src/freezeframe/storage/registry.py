@@ -63,7 +63,13 @@ def _s3_syntax(rest: str) -> None:
     parse_location(rest)
 
 
-SYNTAX_CHECKS: dict[str, Callable[[str], object]] = {"s3": _s3_syntax}
+def _rest_syntax(rest: str) -> None:
+    from freezeframe.storage.rest import parse_location  # noqa: PLC0415
+
+    parse_location(rest)
+
+
+SYNTAX_CHECKS: dict[str, Callable[[str], object]] = {"s3": _s3_syntax, "rest": _rest_syntax}
 """Scheme -> a check of what follows ``scheme:`` that sends nothing and reads no credentials
 (UsageError, one line, when it does not parse); a backend without one takes any rest."""
 

@@ -37,7 +37,7 @@ from freezeframe.errors import (
     TransientStorageError,
     UsageError,
 )
-from freezeframe.storage.base import Capabilities, Kind, ObjectInfo
+from freezeframe.storage.base import Capabilities, Description, Kind, ObjectInfo
 
 SYNTAX = "rest:https://HOST[:PORT]/"
 USER_ENV = "FREEZEFRAME_REST_USER"
@@ -215,6 +215,18 @@ class RestStorage:
             "GET", "?audit=true", f"cannot audit {self.location}"
         )
         return [str(line) for line in found]
+
+    def describe(self) -> Description:
+        """The server's URL and where the credentials come from (never the password); sends
+        nothing: the server tells no client its free space."""
+        details = {
+            "url": self.base,
+            "credentials": "FREEZEFRAME_REST_USER and its password"
+            if self._authenticated
+            else "none",
+            "tls": "none (plain http)" if self.base.startswith("http:") else "verified",
+        }
+        return Description("rest", details)
 
     def close(self) -> None:
         self._pool.clear()
