@@ -33,6 +33,7 @@ from servers.fixtures import (  # noqa: F401 (session fixtures)
     rclone_s3_server,
     rclone_s3_tls_server,
     seaweedfs_server,
+    sshd_server,
 )
 
 __all__ = ["privileged_required", "run_freezeframe", "spawn_freezeframe"]

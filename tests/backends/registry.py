@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backends import local, s3
+from backends import local, s3, sftp
 from backends.base import Factory
 
-ALL: list[Factory] = [*local.FACTORIES, *s3.FACTORIES]
+ALL: list[Factory] = [*local.FACTORIES, *s3.FACTORIES, *sftp.FACTORIES]

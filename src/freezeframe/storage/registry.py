@@ -33,10 +33,17 @@ def _s3(rest: str) -> Storage:
     return S3Storage(rest)
 
 
-BACKENDS: dict[str, Factory] = {"local": LocalStorage, "s3": _s3}
+def _sftp(rest: str) -> Storage:
+    """The SFTP backend, imported only when a location names it (paramiko takes a while)."""
+    from freezeframe.storage.sftp import SftpStorage  # noqa: PLC0415
+
+    return SftpStorage(rest)
+
+
+BACKENDS: dict[str, Factory] = {"local": LocalStorage, "s3": _s3, "sftp": _sftp}
 """Scheme -> a factory given what follows ``scheme:``."""
 
-PLANNED = frozenset({"sftp", "rest"})
+PLANNED = frozenset({"rest"})
 """Schemes users may expect (restic's), refused with a message that says they are coming."""
 
 _SCHEME = re.compile(r"([a-z][a-z0-9+.-]+):", re.IGNORECASE)

@@ -1,0 +1,617 @@
+"""The SFTP backend: a repository in a directory of an SSH server, laid out as the local backend
+lays out its own (``PATH/config``, ``keys/``, ``index/``, ``snapshots/``, ``locks/`` and
+``data/<first two hex digits>/``), so either copies into the other by a plain ``rsync``.
+
+A location is ``sftp:USER@HOST:PATH`` (scp's syntax; port 22) or ``sftp://USER@HOST[:PORT]/PATH``
+(restic's URL syntax, where ``PATH`` is relative to the login directory and ``//srv/repo`` is
+absolute). A PATH without a leading slash is in the login directory. ``sftp:host:2222/repo`` is
+refused as ambiguous (a port or a directory?). IPv6 hosts go in brackets. The location never
+holds a password (keys only: ``storage.sftp_connect``).
+
+A put writes ``.ff-tmp-<name>-<random>`` in the object's directory (hidden, so no listing shows
+it), checks every write's status, fsyncs it where the server offers ``fsync@openssh.com``, then
+renames it over the name with ``posix-rename@openssh.com`` (plain RENAME, which refuses to
+replace, where that is missing: the old object is removed first). Files are created 0600 and
+directories 0700 (0640/0750 for a group-readable repository, which its config's mode says).
+
+Threads: the repository's uploaders and readers call one storage at once, and an SFTP channel
+carries one request stream, so a pool of up to CHANNELS channels on one SSH connection serves
+them, each channel used by one thread at a time. A dropped connection fails the calls using it
+with TransientStorageError (the retrying wrapper calls again) and the next call connects anew.
+bench/sftp_channels.py measures the pool sizes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import posixpath
+import re
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import paramiko
+
+from freezeframe.errors import (
+    FreezeframeError,
+    NotFound,
+    RepositoryExists,
+    StorageError,
+    TransientStorageError,
+    UsageError,
+)
+from freezeframe.storage.base import Capabilities, Kind, ObjectInfo
+from freezeframe.storage.sftp_connect import Server, connect
+from freezeframe.storage.sftp_protocol import (
+    CREATE,
+    EXCLUSIVE,
+    NO_SUCH_FILE,
+    PERMISSION_DENIED,
+    READ,
+    TRUNCATE,
+    WRITE,
+    Attributes,
+    ProtocolError,
+    SftpChannel,
+    SftpStatus,
+)
+
+_T = TypeVar("_T")
+
+SYNTAX = "sftp:USER@HOST:/PATH or sftp://USER@HOST[:PORT]//PATH"
+TEMP_PREFIX = ".ff-tmp-"
+CHANNELS = 4  # bench/sftp_channels.py: more gains nothing on one connection
+IO_TIMEOUT = 120.0  # seconds without a reply before a channel counts as dead
+PRIVATE_MODES = (0o700, 0o600)
+GROUP_READABLE_MODES = (0o750, 0o640)
+_AUDIT_SHOWN = 10
+
+_USER = r"(?P<user>[^@/:\s]+)@"
+_HOST = r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^@/:\[\]\s]+)"
+_SCP = re.compile(rf"(?:{_USER})?{_HOST}:(?P<path>.*)", re.DOTALL)
+_URL = re.compile(rf"//(?:{_USER})?{_HOST}(?::(?P<port>[0-9]+))?/(?P<path>.*)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class SftpLocation:
+    """A parsed location: who, where, and the repository's path (relative: in the login
+    directory)."""
+
+    user: str
+    host: str  # without brackets
+    port: int
+    path: str
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.port == 22:
+            return f"sftp:{self.user}@{host}:{self.path}"
+        return f"sftp://{self.user}@{host}:{self.port}/{self.path}"
+
+
+def parse_location(rest: str, *, default_user: str | None = None) -> SftpLocation:
+    """What follows ``sftp:``; UsageError (one line) for anything the syntax does not allow."""
+    if rest[:5].lower() == "sftp:":
+        rest = rest[5:]
+    url = rest.startswith("//")
+    match = (_URL if url else _SCP).fullmatch(rest)
+    if match is None or (not url and rest.startswith("/")):
+        raise UsageError(f"SFTP location 'sftp:{rest}' is not {SYNTAX}")
+    if ":" in rest.split("@", 1)[0] and "@" in rest:
+        raise UsageError(
+            "an SFTP location holds no password: freezeframe authenticates by SSH key "
+            f"(an agent, ~/.ssh, or FREEZEFRAME_SFTP_IDENTITY); give it as {SYNTAX}"
+        )
+    host = match.group("host").strip("[]")
+    path = match.group("path")
+    port = 22
+    if url:
+        port = int(match.group("port") or 22)
+        if not 0 < port < 65536:
+            raise UsageError(f"SFTP location 'sftp:{rest}': port {port} is out of range")
+        path = "/" + path.lstrip("/") if path.startswith("/") else path
+    elif re.match(r"[0-9]+/", path):
+        port_like = path.split("/", 1)[0]
+        raise UsageError(
+            f"SFTP location 'sftp:{rest}' is ambiguous: for port {port_like} write "
+            f"sftp://USER@{match.group('host')}:{port_like}//PATH; for a directory named "
+            f"{port_like} write sftp:USER@{match.group('host')}:./{path}"
+        )
+    path = path.rstrip("/") or ("/" if path.startswith("/") else "")
+    if not path or path in (".", "./"):
+        raise UsageError(f"SFTP location 'sftp:{rest}' names no directory")
+    if any(part == ".." for part in path.split("/")):
+        raise UsageError(f"SFTP location 'sftp:{rest}': a path cannot hold '..'")
+    user = match.group("user") or default_user or _local_user()
+    return SftpLocation(user, host, port, path)
+
+
+def _local_user() -> str:
+    import getpass  # noqa: PLC0415 (only when a location names no user)
+
+    return getpass.getuser()
+
+
+def _check_name(name: str) -> None:
+    """As the local backend's: a name is one path segment that is neither hidden nor empty."""
+    if not name or "/" in name or name.startswith("."):
+        raise StorageError(f"invalid object name {name!r}")
+
+
+class _Connection:
+    """One SSH connection and its idle channels; ``generation`` tells a channel of an older
+    connection (dropped meanwhile) from one of this."""
+
+    def __init__(self, transport: paramiko.Transport, root: str, generation: int) -> None:
+        self.transport = transport
+        self.root = root
+        self.generation = generation
+        self.idle: list[SftpChannel] = []
+        self.open = 0
+
+
+class SftpStorage:
+    """A repository on an SFTP server, safe to call from many threads (a pool of channels)."""
+
+    def __init__(
+        self,
+        location: str | SftpLocation,
+        *,
+        env: Mapping[str, str] | None = None,
+        channels: int = CHANNELS,
+    ) -> None:
+        """``env``: where keys and known hosts are looked up (this process's environment
+        unless given); nothing connects until the first call."""
+        self.place = location if isinstance(location, SftpLocation) else parse_location(location)
+        self.location = str(self.place)
+        self.capabilities = Capabilities(writable=True, local_modes=True, local_directory=None)
+        self._env = os.environ if env is None else env
+        self._server = Server(self.place.user, self.place.host, self.place.port)
+        self._channels = max(1, channels)
+        self._lock = threading.Condition()
+        self._connection: _Connection | None = None
+        self._connecting = False
+        self._generation = 0
+        self._modes: tuple[int, int] | None = None
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def _dir_of(self, root: str, kind: Kind, name: str) -> str:
+        if kind is Kind.CONFIG:
+            return root
+        if kind is Kind.DATA:
+            return f"{root}/data/{name[:2]}"
+        return f"{root}/{kind.value}"
+
+    def _path(self, root: str, kind: Kind, name: str) -> str:
+        _check_name(name)
+        if kind is Kind.CONFIG:
+            return f"{root}/config"
+        return f"{self._dir_of(root, kind, name)}/{name}"
+
+    def _show(self, path: str) -> str:
+        """A remote path as users name it: the server, then the path."""
+        return f"{self.place.user}@{self._server.known_hosts_name}:{path}"
+
+    # -- the pool -------------------------------------------------------------------------
+
+    def _connect(self) -> _Connection:
+        """The current connection, made (by one thread, the others waiting) when there is none."""
+        with self._lock:
+            while True:
+                current = self._connection
+                if current is not None and current.transport.is_active():
+                    return current
+                if not self._connecting:
+                    break
+                self._lock.wait()
+            if current is not None:
+                self._drop(current)
+            self._connecting = True
+        try:
+            transport = connect(self._server, self._env)
+            try:
+                channel = self._new_channel(transport)
+                root = self.place.path
+                if not root.startswith("/"):
+                    home = self._call(f"cannot find {root}", lambda: channel.realpath("."))
+                    root = posixpath.join(home, root)
+            except BaseException:
+                transport.close()
+                raise
+            with self._lock:
+                self._generation += 1
+                connection = _Connection(transport, root, self._generation)
+                connection.idle.append(channel)
+                connection.open = 1
+                self._connection = connection
+                return connection
+        finally:
+            with self._lock:
+                self._connecting = False
+                self._lock.notify_all()
+
+    def _new_channel(self, transport: paramiko.Transport) -> SftpChannel:
+        try:
+            raw = transport.open_session(timeout=IO_TIMEOUT)
+            raw.settimeout(IO_TIMEOUT)
+            raw.invoke_subsystem("sftp")
+            return SftpChannel(raw)
+        except (paramiko.SSHException, EOFError, OSError, ProtocolError) as exc:
+            where = self._show(self.place.path)
+            raise TransientStorageError(f"cannot open an SFTP session on {where}: {exc}") from exc
+
+    def _drop(self, connection: _Connection) -> None:
+        """Close a connection that failed (under the lock); its busy channels fail alone."""
+        if self._connection is connection:
+            self._connection = None
+        for channel in connection.idle:
+            with contextlib.suppress(Exception):
+                channel.close()
+        connection.idle.clear()
+        with contextlib.suppress(Exception):
+            connection.transport.close()
+        self._lock.notify_all()
+
+    @contextlib.contextmanager
+    def _channel(self) -> Iterator[tuple[SftpChannel, str]]:
+        """A channel for this thread alone, and the repository's absolute path."""
+        connection = self._connect()
+        channel: SftpChannel | None = None
+        with self._lock:
+            while channel is None:
+                if connection.idle:
+                    channel = connection.idle.pop()
+                elif connection.open < self._channels:
+                    connection.open += 1
+                    break
+                elif self._connection is not connection:
+                    raise TransientStorageError(f"the connection to {self.location} was lost")
+                else:
+                    self._lock.wait()
+        if channel is None:
+            try:
+                channel = self._new_channel(connection.transport)
+            except BaseException:
+                with self._lock:
+                    connection.open -= 1
+                    self._lock.notify_all()
+                raise
+        healthy = False
+        try:
+            yield channel, connection.root
+            healthy = True
+        except (SftpStatus, FreezeframeError):
+            healthy = True  # the server refused a request, or we did: the stream is in step
+            raise
+        finally:
+            with self._lock:
+                if healthy and self._connection is connection:
+                    connection.idle.append(channel)
+                else:
+                    connection.open -= 1
+                    with contextlib.suppress(Exception):
+                        channel.close()
+                    if not connection.transport.is_active():
+                        self._drop(connection)
+                self._lock.notify_all()
+
+    def _run(self, what: str, fn: Callable[[SftpChannel, str], _T], missing: str = "") -> _T:
+        """``fn(channel, root)`` on a pooled channel, its errors as ours."""
+
+        def on_channel() -> _T:
+            with self._channel() as (channel, root):
+                return fn(channel, root)
+
+        return self._call(what, on_channel, missing)
+
+    def _call(self, what: str, fn: Callable[[], _T], missing: str = "") -> _T:
+        try:
+            return fn()
+        except SftpStatus as exc:
+            if exc.code == NO_SUCH_FILE and missing:
+                raise NotFound(missing) from exc
+            if exc.code == PERMISSION_DENIED:
+                raise StorageError(
+                    f"{what}: permission denied on the server (for {self.place.user})"
+                ) from exc
+            raise StorageError(f"{what}: the server answered {exc}") from exc
+        except FreezeframeError:
+            raise
+        except TimeoutError as exc:
+            raise TransientStorageError(f"{what}: no answer within {IO_TIMEOUT:g} s") from exc
+        except (paramiko.SSHException, EOFError, OSError, ProtocolError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise TransientStorageError(f"{what}: the connection failed ({reason})") from exc
+
+    def _file_modes(self, channel: SftpChannel, root: str) -> tuple[int, int]:
+        """The modes a writer uses: group-readable when the config is (as the local backend)."""
+        if self._modes is None:
+            try:
+                mode = channel.stat(f"{root}/config").mode or 0
+            except SftpStatus:
+                return PRIVATE_MODES  # no repository yet: create_layout decides
+            self._modes = GROUP_READABLE_MODES if mode & stat.S_IRGRP else PRIVATE_MODES
+        return self._modes
+
+    # -- the Protocol ---------------------------------------------------------------------
+
+    def create_layout(self, *, group_readable: bool = False) -> builtins.list[str]:
+        """Create the repository's directories in an empty (or new) directory; a directory
+        holding anything but an unfinished layout is refused."""
+        modes = GROUP_READABLE_MODES if group_readable else PRIVATE_MODES
+        what = f"cannot create a repository at {self.location}"
+
+        def create(channel: SftpChannel, root: str) -> builtins.list[str]:
+            notes: builtins.list[str] = []
+            try:
+                attributes = channel.stat(root)
+            except SftpStatus as exc:
+                if exc.code != NO_SUCH_FILE:
+                    raise
+                _make_parents(channel, root)
+                channel.mkdir(root, modes[0])
+            else:
+                if attributes.mode is not None and not stat.S_ISDIR(attributes.mode):
+                    raise StorageError(f"{what}: {root} is not a directory") from None
+                self._refuse_held(channel, root, what)
+                mode = stat.S_IMODE(attributes.mode or 0)
+                if mode & ~modes[0]:
+                    notes.append(
+                        f"{self._show(root)} was mode {mode:04o}, which let other users read "
+                        f"or delete what it holds; it is now {modes[0]:04o}"
+                    )
+            channel.chmod(root, modes[0])
+            present = {name for name, _a in channel.listdir(root)}
+            for kind in Kind:
+                if kind is not Kind.CONFIG and kind.value not in present:
+                    channel.mkdir(f"{root}/{kind.value}", modes[0])
+                    channel.chmod(f"{root}/{kind.value}", modes[0])
+            shards = {name for name, _a in channel.listdir(f"{root}/data")}
+            for prefix in range(256):
+                shard = f"{prefix:02x}"
+                if shard not in shards:
+                    channel.mkdir(f"{root}/data/{shard}", modes[0])
+                    channel.chmod(f"{root}/data/{shard}", modes[0])
+            return notes
+
+        notes = self._run(what, create)
+        self._modes = modes
+        return notes
+
+    def _refuse_held(self, channel: SftpChannel, root: str, what: str) -> None:
+        """RepositoryExists where a repository's objects are, StorageError for foreign files."""
+        layout = {k.value for k in Kind}
+        entries = channel.listdir(root)
+        foreign = sorted(
+            n for n, _a in entries if n not in layout and not n.startswith(TEMP_PREFIX)
+        )
+        held = sorted(
+            f"{n}/"
+            for n, _a in entries
+            if n in layout - {"config", "data"} and _has_files(channel, f"{root}/{n}")
+        )
+        if any(n == "config" for n, _a in entries):
+            held.insert(0, "config")
+        if held:
+            raise RepositoryExists(
+                f"{self.location} already holds a repository's objects ({', '.join(held)}); "
+                "a new repository needs an empty directory"
+            )
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise StorageError(
+                f"{what}: {root} is not empty (it holds {shown}); a new repository needs an "
+                "empty or new directory"
+            )
+
+    def put(self, kind: Kind, name: str, data: bytes) -> None:
+        def write(channel: SftpChannel, root: str) -> None:
+            path = self._path(root, kind, name)
+            directory, base = posixpath.split(path)
+            tmp = f"{directory}/{TEMP_PREFIX}{base}-{secrets.token_hex(6)}"
+            file_mode = self._file_modes(channel, root)[1]
+            handle = channel.open(tmp, WRITE | CREATE | TRUNCATE | EXCLUSIVE, file_mode)
+            try:
+                try:
+                    channel.fchmod(handle, file_mode)  # the server's umask filtered open's
+                    channel.write(handle, data)
+                    channel.fsync(handle)
+                finally:
+                    channel.close_handle(handle)
+                try:
+                    channel.rename(tmp, path)
+                except SftpStatus:
+                    if "posix-rename@openssh.com" in channel.extensions:
+                        raise
+                    channel.remove(path)  # plain RENAME does not replace
+                    channel.rename(tmp, path)
+            except SftpStatus:
+                with contextlib.suppress(SftpStatus):
+                    channel.remove(tmp)
+                raise
+
+        self._run(f"cannot write {self._show(self._path(self.place.path, kind, name))}", write)
+
+    def get(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        shown = self._show(self._path(self.place.path, kind, name))
+        what = f"cannot read {shown}"
+        missing = f"{kind.value}/{name} is missing from the repository"
+        if offset < 0 or (length is not None and length < 0):
+            raise StorageError(f"{what}: invalid range {offset}+{length}")
+
+        def read(channel: SftpChannel, root: str) -> bytes:
+            handle = channel.open(self._path(root, kind, name), READ)
+            try:
+                count = length
+                if count is None:
+                    size = channel.fstat(handle).size
+                    if size is None:
+                        raise StorageError(f"{what}: the server did not say its size")
+                    count = max(0, size - offset)
+                return channel.read(handle, offset, count)
+            finally:
+                channel.close_handle(handle)
+
+        data = self._run(what, read, missing)
+        if length is not None and len(data) != length:
+            raise StorageError(f"{kind.value}/{name} is shorter than expected")
+        return data
+
+    def list(self, kind: Kind) -> Iterator[ObjectInfo]:
+        what = f"cannot list {self._show(self.place.path + '/' + kind.value)}"
+
+        def listing(channel: SftpChannel, root: str) -> builtins.list[ObjectInfo]:
+            if kind is Kind.CONFIG:
+                try:
+                    size = channel.stat(f"{root}/config").size
+                except SftpStatus as exc:
+                    if exc.code == NO_SUCH_FILE:
+                        return []
+                    raise
+                return [ObjectInfo("config", size or 0)]
+            base = f"{root}/{kind.value}"
+            if kind is Kind.DATA:
+                dirs = sorted(
+                    f"{base}/{n}"
+                    for n, a in channel.listdir(base)
+                    if a.mode is not None and stat.S_ISDIR(a.mode) and len(n) == 2
+                )
+            else:
+                dirs = [base]
+            found = []
+            for directory in dirs:
+                try:
+                    entries = channel.listdir(directory)
+                except SftpStatus as exc:
+                    if exc.code == NO_SUCH_FILE:
+                        continue
+                    raise
+                for entry, attributes in entries:
+                    if entry.startswith(".") or attributes.mode is None:
+                        continue
+                    if stat.S_ISREG(attributes.mode):
+                        found.append(ObjectInfo(entry, attributes.size or 0))
+            return found
+
+        yield from self._run(what, listing)
+
+    def delete(self, kind: Kind, name: str) -> None:
+        what = f"cannot delete {self._show(self._path(self.place.path, kind, name))}"
+        with contextlib.suppress(NotFound):
+            self._run(what, lambda c, root: c.remove(self._path(root, kind, name)), "absent")
+
+    def exists(self, kind: Kind, name: str) -> bool:
+        what = f"cannot look for {self._show(self._path(self.place.path, kind, name))}"
+
+        def look(channel: SftpChannel, root: str) -> bool:
+            try:
+                channel.lstat(self._path(root, kind, name))
+            except SftpStatus as exc:
+                if exc.code == NO_SUCH_FILE:
+                    return False
+                raise
+            return True
+
+        return self._run(what, look)
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete what crashed writers left (``.ff-tmp-*``) in every directory of the layout."""
+
+        def sweep(channel: SftpChannel, root: str) -> int:
+            removed = 0
+            for directory in _layout_dirs(channel, root):
+                for entry, _attributes in _entries(channel, directory):
+                    if entry.startswith(TEMP_PREFIX):
+                        with contextlib.suppress(SftpStatus):
+                            channel.remove(f"{directory}/{entry}")
+                            removed += 1
+            return removed
+
+        return self._run(f"cannot clean up {self.location}", sweep)
+
+    def audit(self) -> builtins.list[str]:
+        """Directories and files whose modes let more users in than the repository's own."""
+
+        def walk(channel: SftpChannel, root: str) -> builtins.list[str]:
+            dir_mode, file_mode = self._file_modes(channel, root)
+            problems = []
+            for directory in _layout_dirs(channel, root):
+                mode = stat.S_IMODE(channel.lstat(directory).mode or 0)
+                if mode & ~dir_mode:
+                    shown = self._show(directory)
+                    problems.append(
+                        f"{shown} is mode {mode:04o} (a repository's is {dir_mode:04o})"
+                    )
+                for entry, attributes in _entries(channel, directory):
+                    if attributes.mode is None or not stat.S_ISREG(attributes.mode):
+                        continue
+                    mode = stat.S_IMODE(attributes.mode)
+                    if mode & ~file_mode:
+                        shown = self._show(f"{directory}/{entry}")
+                        problems.append(
+                            f"{shown} is mode {mode:04o} (a repository's is {file_mode:04o})"
+                        )
+            return problems
+
+        problems = self._run(f"cannot audit {self.location}", walk)
+        if len(problems) > _AUDIT_SHOWN:
+            more = len(problems) - _AUDIT_SHOWN
+            problems = [*problems[:_AUDIT_SHOWN], f"... and {more} more with loose modes"]
+        return problems
+
+    def close(self) -> None:
+        """Close the connection; a later call connects again."""
+        with self._lock:
+            if self._connection is not None:
+                self._drop(self._connection)
+
+
+def _make_parents(channel: SftpChannel, path: str) -> None:
+    """Create the missing directories above ``path`` (with the server's default modes)."""
+    parent = posixpath.dirname(path)
+    missing = []
+    while parent not in ("", "/"):
+        try:
+            channel.stat(parent)
+            break
+        except SftpStatus as exc:
+            if exc.code != NO_SUCH_FILE:
+                raise
+            missing.append(parent)
+            parent = posixpath.dirname(parent)
+    for directory in reversed(missing):
+        channel.mkdir(directory)
+
+
+def _entries(channel: SftpChannel, directory: str) -> builtins.list[tuple[str, Attributes]]:
+    try:
+        return channel.listdir(directory)
+    except SftpStatus as exc:
+        if exc.code == NO_SUCH_FILE:
+            return []
+        raise
+
+
+def _layout_dirs(channel: SftpChannel, root: str) -> builtins.list[str]:
+    """The repository's directory, each kind's, and every data shard (in order)."""
+    dirs = [root] + [f"{root}/{k.value}" for k in Kind if k is not Kind.CONFIG]
+    with contextlib.suppress(SftpStatus):
+        dirs += sorted(
+            f"{root}/data/{n}"
+            for n, a in channel.listdir(f"{root}/data")
+            if a.mode is not None and stat.S_ISDIR(a.mode)
+        )
+    return dirs
+
+
+def _has_files(channel: SftpChannel, directory: str) -> bool:
+    try:
+        return any(not n.startswith(".") for n, _a in channel.listdir(directory))
+    except SftpStatus:
+        return False
