@@ -100,10 +100,12 @@ class SshServer:
                 raise RuntimeError(
                     f"sshd exited with status {self._process.returncode}:\n{log_tail(self.log)}"
                 )
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    if sock.recv(64).startswith(b"SSH-2.0-"):
-                        return
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
+            ):
+                if sock.recv(64).startswith(b"SSH-2.0-"):
+                    return
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"sshd did not answer within {READY_TIMEOUT:g} s:\n{log_tail(self.log)}")
@@ -186,9 +188,7 @@ def sshd(root: Path) -> Iterator[SshServer]:
         )
         known_hosts = root / "known_hosts"
         known_hosts.write_text(f"[127.0.0.1]:{port} {host_key_line}\n")
-        server = SshServer(
-            root, port, user, root / "client_ed25519", known_hosts, host_key_line
-        )
+        server = SshServer(root, port, user, root / "client_ed25519", known_hosts, host_key_line)
         try:
             server.start()
         except RuntimeError:

@@ -55,7 +55,6 @@ from freezeframe.storage.sftp_protocol import (
     READ,
     TRUNCATE,
     WRITE,
-    Attributes,
     ProtocolError,
     SftpChannel,
     SftpStatus,
@@ -99,14 +98,14 @@ def parse_location(rest: str, *, default_user: str | None = None) -> SftpLocatio
     if rest[:5].lower() == "sftp:":
         rest = rest[5:]
     url = rest.startswith("//")
-    match = (_URL if url else _SCP).fullmatch(rest)
-    if match is None or (not url and rest.startswith("/")):
-        raise UsageError(f"SFTP location 'sftp:{rest}' is not {SYNTAX}")
-    if ":" in rest.split("@", 1)[0] and "@" in rest:
-        raise UsageError(
+    if "@" in rest and ":" in rest.removeprefix("//").split("@", 1)[0]:
+        raise UsageError(  # never echoed: what follows the colon may be a password
             "an SFTP location holds no password: freezeframe authenticates by SSH key "
             f"(an agent, ~/.ssh, or FREEZEFRAME_SFTP_IDENTITY); give it as {SYNTAX}"
         )
+    match = (_URL if url else _SCP).fullmatch(rest)
+    if match is None or (not url and rest.startswith("/")):
+        raise UsageError(f"SFTP location 'sftp:{rest}' is not {SYNTAX}")
     host = match.group("host").strip("[]")
     path = match.group("path")
     port = 22
@@ -367,17 +366,23 @@ class SftpStorage:
                         f"or delete what it holds; it is now {modes[0]:04o}"
                     )
             channel.chmod(root, modes[0])
-            present = {name for name, _a in channel.listdir(root)}
-            for kind in Kind:
-                if kind is not Kind.CONFIG and kind.value not in present:
-                    channel.mkdir(f"{root}/{kind.value}", modes[0])
-                    channel.chmod(f"{root}/{kind.value}", modes[0])
-            shards = {name for name, _a in channel.listdir(f"{root}/data")}
-            for prefix in range(256):
-                shard = f"{prefix:02x}"
-                if shard not in shards:
-                    channel.mkdir(f"{root}/data/{shard}", modes[0])
-                    channel.chmod(f"{root}/data/{shard}", modes[0])
+            wanted = [f"{root}/{k.value}" for k in Kind if k is not Kind.CONFIG]
+            wanted += [f"{root}/data/{prefix:02x}" for prefix in range(256)]
+            channel.mkdirs(wanted, modes[0])  # those there already fail, and are checked below
+            listed = channel.listdirs([root, f"{root}/data"])
+            for directory, entries in zip([root, f"{root}/data"], listed, strict=True):
+                if isinstance(entries, SftpStatus):
+                    raise entries
+                for entry, attributes in entries:
+                    path = f"{directory}/{entry}"
+                    if path in wanted and attributes.mode is not None:
+                        if not stat.S_ISDIR(attributes.mode):
+                            raise StorageError(f"{what}: {path} is not a directory")
+                        if stat.S_IMODE(attributes.mode) != modes[0]:  # the server's umask
+                            channel.chmod(path, modes[0])
+                        wanted.remove(path)
+            if wanted:
+                raise StorageError(f"{what}: {wanted[0]} could not be created")
             return notes
 
         notes = self._run(what, create)
@@ -485,13 +490,11 @@ class SftpStorage:
             else:
                 dirs = [base]
             found = []
-            for directory in dirs:
-                try:
-                    entries = channel.listdir(directory)
-                except SftpStatus as exc:
-                    if exc.code == NO_SUCH_FILE:
-                        continue
-                    raise
+            for entries in channel.listdirs(dirs):
+                if isinstance(entries, SftpStatus):
+                    if entries.code == NO_SUCH_FILE:
+                        continue  # a shard removed meanwhile
+                    raise entries
                 for entry, attributes in entries:
                     if entry.startswith(".") or attributes.mode is None:
                         continue
@@ -525,8 +528,9 @@ class SftpStorage:
 
         def sweep(channel: SftpChannel, root: str) -> int:
             removed = 0
-            for directory in _layout_dirs(channel, root):
-                for entry, _attributes in _entries(channel, directory):
+            dirs = _layout_dirs(channel, root)
+            for directory, entries in zip(dirs, channel.listdirs(dirs), strict=True):
+                for entry, _attributes in [] if isinstance(entries, SftpStatus) else entries:
                     if entry.startswith(TEMP_PREFIX):
                         with contextlib.suppress(SftpStatus):
                             channel.remove(f"{directory}/{entry}")
@@ -541,14 +545,21 @@ class SftpStorage:
         def walk(channel: SftpChannel, root: str) -> builtins.list[str]:
             dir_mode, file_mode = self._file_modes(channel, root)
             problems = []
-            for directory in _layout_dirs(channel, root):
-                mode = stat.S_IMODE(channel.lstat(directory).mode or 0)
+            dirs = _layout_dirs(channel, root)
+            listed = channel.listdirs(dirs)
+            modes = {root: stat.S_IMODE(channel.lstat(root).mode or 0)}
+            for directory, entries in zip(dirs, listed, strict=True):
+                for entry, attributes in [] if isinstance(entries, SftpStatus) else entries:
+                    if attributes.mode is not None and stat.S_ISDIR(attributes.mode):
+                        modes[f"{directory}/{entry}"] = stat.S_IMODE(attributes.mode)
+            for directory, entries in zip(dirs, listed, strict=True):
+                mode = modes.get(directory, 0)
                 if mode & ~dir_mode:
                     shown = self._show(directory)
                     problems.append(
                         f"{shown} is mode {mode:04o} (a repository's is {dir_mode:04o})"
                     )
-                for entry, attributes in _entries(channel, directory):
+                for entry, attributes in [] if isinstance(entries, SftpStatus) else entries:
                     if attributes.mode is None or not stat.S_ISREG(attributes.mode):
                         continue
                     mode = stat.S_IMODE(attributes.mode)
@@ -587,15 +598,6 @@ def _make_parents(channel: SftpChannel, path: str) -> None:
             parent = posixpath.dirname(parent)
     for directory in reversed(missing):
         channel.mkdir(directory)
-
-
-def _entries(channel: SftpChannel, directory: str) -> builtins.list[tuple[str, Attributes]]:
-    try:
-        return channel.listdir(directory)
-    except SftpStatus as exc:
-        if exc.code == NO_SUCH_FILE:
-            return []
-        raise
 
 
 def _layout_dirs(channel: SftpChannel, root: str) -> builtins.list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 import paramiko
@@ -113,7 +113,7 @@ def _prefer_known_key_types(transport: paramiko.Transport, known: set[str]) -> N
 def _check_host_key(
     server: Server,
     key: paramiko.PKey,
-    expected: paramiko.hostkeys.SubDict | None,
+    expected: MutableMapping[str, paramiko.PKey] | None,
     path: str,
     known: paramiko.HostKeys | None,
 ) -> None:

@@ -307,6 +307,73 @@ class SftpChannel:
             self.close_handle(handle)
         return entries
 
+    # -- many at once ---------------------------------------------------------------------
+
+    def _pipeline(self, requests: list[tuple[int, bytes]]) -> list[tuple[int, _Reader]]:
+        """Send every request (up to IN_FLIGHT outstanding) and return the replies in order:
+        one round trip's wait for many requests (a data directory has 256 shards)."""
+        replies: list[tuple[int, _Reader]] = []
+        pending: deque[int] = deque()
+        queue = deque(requests)
+        while queue or pending:
+            while queue and len(pending) < IN_FLIGHT:
+                kind, payload = queue.popleft()
+                pending.append(self._send(kind, payload))
+            replies.append(self._reply(pending.popleft()))
+        return replies
+
+    def mkdirs(self, paths: list[str], mode: int) -> list[SftpStatus | None]:
+        """MKDIR each path; the status of each (None when made)."""
+        results: list[SftpStatus | None] = []
+        for kind, reader in self._pipeline([(_MKDIR, _path(p) + _mode_attrs(mode)) for p in paths]):
+            try:
+                self._status(kind, reader)
+                results.append(None)
+            except SftpStatus as exc:
+                results.append(exc)
+        return results
+
+    def listdirs(self, paths: list[str]) -> list[list[tuple[str, Attributes]] | SftpStatus]:
+        """The entries of each directory (as ``listdir``), or the status that refused it."""
+        results: list[list[tuple[str, Attributes]] | SftpStatus] = []
+        handles: dict[int, bytes] = {}
+        for number, (kind, reader) in enumerate(
+            self._pipeline([(_OPENDIR, _path(p)) for p in paths])
+        ):
+            if kind == _HANDLE:
+                handles[number] = reader.string()
+                results.append([])
+                continue
+            try:
+                self._status(kind, reader)
+                raise ProtocolError(f"expected a handle, the server sent packet type {kind}")
+            except SftpStatus as exc:
+                results.append(exc)
+        reading = dict(handles)
+        while reading:
+            numbers = list(reading)
+            replies = self._pipeline([(_READDIR, _string(reading[n])) for n in numbers])
+            for number, (kind, reader) in zip(numbers, replies, strict=True):
+                if kind != _NAME:
+                    try:
+                        if self._status(kind, reader, allow_eof=True):
+                            raise ProtocolError("the server answered READDIR with OK")
+                    except SftpStatus as exc:
+                        results[number] = exc
+                    del reading[number]
+                    continue
+                entries = results[number]
+                assert isinstance(entries, list)
+                for _ in range(reader.u32()):
+                    name = reader.string().decode("utf-8", "surrogateescape")
+                    reader.string()
+                    attributes = reader.attributes()
+                    if name not in (".", ".."):
+                        entries.append((name, attributes))
+        for kind, reader in self._pipeline([(_CLOSE, _string(h)) for h in handles.values()]):
+            self._status(kind, reader)
+        return results
+
     # -- pipelined data -----------------------------------------------------------------------
 
     def write(self, handle: bytes, data: bytes | memoryview) -> None:

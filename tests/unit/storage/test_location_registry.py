@@ -51,11 +51,7 @@ def test_local_locations(location: str, root: str) -> None:
 @pytest.mark.parametrize(
     ("location", "message"),
     [
-        (
-            "sftp:host:/repo",
-            "repository location 'sftp:host:/repo': the sftp backend is not "
-            "available in this version",
-        ),
+        ("sftp:host:2222/repo", "SFTP location 'sftp:host:2222/repo' is ambiguous"),
         ("rest:http://host:8000/", "the rest backend is not available in this version"),
         ("S3:bucket", "S3 location 's3:bucket' is not s3:https://HOST[:PORT]/BUCKET[/PREFIX]"),
         ("s3:https://host:9000", "S3 location 's3:https://host:9000' names no bucket"),
