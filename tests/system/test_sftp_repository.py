@@ -18,13 +18,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import paramiko
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ffharness import FAST_INIT, is_root, run_freezeframe, spawn_freezeframe
-from freezeframe.errors import EXIT_FATAL
+from freezeframe.errors import EXIT_FATAL, RepositoryExists, TransientStorageError
 from freezeframe.storage.base import Kind
 from freezeframe.storage.sftp import CHANNELS, TEMP_PREFIX, SftpStorage
-from servers.sshd import SshServer, new_key, sshd
+from servers.sshd import SshServer, new_key, sshd, write_private
 from treeutil import assert_same_tree, build_odd_tree, restored_path
 
 
@@ -143,6 +146,37 @@ def test_a_key_the_server_does_not_accept_is_refused(server: SshServer, tmp_path
     assert str(stranger) in line
 
 
+def test_a_key_with_a_passphrase_is_refused_pointing_to_the_agent(
+    server: SshServer, tmp_path: Path
+) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    locked = write_private(
+        tmp_path / "locked",
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        ),
+    )
+    root = tmp_path / "repo"
+    line = _one_line_error(
+        _run(server.location(root), *FAST_INIT, env={"FREEZEFRAME_SFTP_IDENTITY": str(locked)})
+    )
+    assert f"{locked} is protected by a passphrase: load it into ssh-agent" in line, line
+    assert not root.exists()
+
+
+def test_hashed_known_hosts_entries_are_understood(server: SshServer, tmp_path: Path) -> None:
+    hashed = tmp_path / "known_hosts"
+    name = paramiko.HostKeys.hash_host(server.known_hosts_name)
+    hashed.write_text(f"{name} {server.host_key_line}\n")
+    assert server.known_hosts_name not in hashed.read_text()
+    env = {**server.env(), "FREEZEFRAME_SFTP_KNOWN_HOSTS": str(hashed)}
+    storage = SftpStorage(server.location(tmp_path / "repo"), env=env)
+    assert storage.create_layout() == []
+    storage.close()
+
+
 def _first_pack(root: Path, deadline: float) -> None:
     while time.monotonic() < deadline:
         if any(p.is_file() for p in (root / "data").glob("*/[0-9a-f]*")):
@@ -161,9 +195,11 @@ def test_a_server_gone_during_a_backup_ends_it_with_one_line(
         location = own.location(root)
         source = tmp_path / "source"
         source.mkdir()
-        for i in range(8):  # 64 MiB that do not compress: four packs of 16 MiB
+        for i in range(6):  # 48 MiB that do not compress: three packs of 16 MiB
             (source / f"part{i}").write_bytes(os.urandom(8 * 1024 * 1024))
         _ok(_run(location, *FAST_INIT))
+        storage = SftpStorage(location, env=own.env())  # one client, across the outage
+        config = storage.get(Kind.CONFIG, "config")
         backup = spawn_freezeframe(
             "backup", source, repo=None, env={"FREEZEFRAME_REPOSITORY": location}
         )
@@ -179,9 +215,14 @@ def test_a_server_gone_during_a_backup_ends_it_with_one_line(
         assert f"cannot connect to SFTP server {own.user}@127.0.0.1:{own.port}" in errors[0]
         assert all(line.startswith("freezeframe: warning: our lock") for line in others), stderr
 
+        with pytest.raises(TransientStorageError, match="cannot connect to SFTP server"):
+            storage.get(Kind.CONFIG, "config")
+
         own.start()
-        _ok(_run(location, "backup", source))  # the next backup finishes
+        assert storage.get(Kind.CONFIG, "config") == config  # the same client connects again
+        storage.close()
         _ok(_run(location, "check", "--read-data"))
+        _ok(_run(location, "backup", source))  # and the next backup finishes
 
 
 def test_one_storage_serves_many_threads(server: SshServer, tmp_path: Path) -> None:
@@ -201,4 +242,54 @@ def test_one_storage_serves_many_threads(server: SshServer, tmp_path: Path) -> N
     with ThreadPoolExecutor(max_workers=CHANNELS * 3) as pool:
         list(pool.map(lambda name: storage.delete(Kind.DATA, name), payloads))
     assert list(storage.list(Kind.DATA)) == []
+    storage.close()
+
+
+def test_init_refuses_a_directory_that_is_not_empty(server: SshServer, tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    location = server.location(root)
+    _ok(_run(location, *FAST_INIT))
+    line = _one_line_error(_run(location, *FAST_INIT))
+    assert f"a repository already exists at {location}" in line, line
+    (root / "config").unlink()
+    with pytest.raises(RepositoryExists, match=r"already holds a repository's objects \(keys/\)"):
+        SftpStorage(location, env=server.env()).create_layout()  # keys/ still holds the key
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("someone else's")
+    line = _one_line_error(_run(server.location(other), *FAST_INIT))
+    assert f"{other} is not empty (it holds notes.txt)" in line, line
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_a_group_readable_repository_keeps_its_modes(server: SshServer, tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    storage = SftpStorage(server.location(root), env=server.env())
+    assert storage.create_layout(group_readable=True) == []
+    storage.put(Kind.CONFIG, "config", b"{}")
+    storage.close()
+    later = SftpStorage(server.location(root), env=server.env())  # another writer, later
+    later.put(Kind.DATA, "ab" + "0" * 62, b"pack")
+    later.close()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o750
+    assert stat.S_IMODE((root / "data" / "ab").stat().st_mode) == 0o750
+    assert stat.S_IMODE((root / "config").stat().st_mode) == 0o640
+    assert stat.S_IMODE((root / "data" / "ab" / ("ab" + "0" * 62)).stat().st_mode) == 0o640
+
+
+def test_puts_replace_without_posix_rename_or_fsync(
+    server: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server offering neither extension (not OpenSSH): puts still replace whole objects."""
+    import freezeframe.storage.sftp_protocol as protocol
+
+    storage = SftpStorage(server.location(tmp_path / "repo"), env=server.env())
+    storage.create_layout()
+    monkeypatch.setattr(protocol, "POSIX_RENAME", "not-offered@example.org")
+    monkeypatch.setattr(protocol, "FSYNC", "not-offered@example.org")
+    storage.put(Kind.SNAPSHOTS, "s1", b"first version, long")
+    storage.put(Kind.SNAPSHOTS, "s1", b"second")
+    assert storage.get(Kind.SNAPSHOTS, "s1") == b"second"
+    assert [(i.name, i.size) for i in storage.list(Kind.SNAPSHOTS)] == [("s1", 6)]
+    assert storage.remove_stale_temporaries() == 0
     storage.close()

@@ -30,6 +30,7 @@ import posixpath
 import re
 import secrets
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -324,7 +325,7 @@ class SftpStorage:
             raise
         except TimeoutError as exc:
             raise TransientStorageError(f"{what}: no answer within {IO_TIMEOUT:g} s") from exc
-        except (paramiko.SSHException, EOFError, OSError, ProtocolError) as exc:
+        except (paramiko.SSHException, EOFError, OSError, ProtocolError, struct.error) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise TransientStorageError(f"{what}: the connection failed ({reason})") from exc
 
@@ -432,7 +433,7 @@ class SftpStorage:
                 try:
                     channel.rename(tmp, path)
                 except SftpStatus:
-                    if "posix-rename@openssh.com" in channel.extensions:
+                    if channel.replaces_atomically:
                         raise
                     channel.remove(path)  # plain RENAME does not replace
                     channel.rename(tmp, path)

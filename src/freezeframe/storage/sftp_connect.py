@@ -204,7 +204,11 @@ def _keys(env: Mapping[str, str]) -> tuple[list[tuple[str, paramiko.PKey]], list
 def _load_key(path: str, *, explicit: bool) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_path(path)
-    except paramiko.PasswordRequiredException as exc:
+    except (paramiko.PasswordRequiredException, TypeError) as exc:
+        # PEM keys say so by PasswordRequiredException, OpenSSH-format ones by a TypeError
+        # from cryptography ("Key is password-protected, but password was not provided").
+        if isinstance(exc, TypeError) and "password" not in str(exc).lower():
+            raise StorageError(f"{path} is not an SSH private key paramiko reads: {exc}") from exc
         hint = f" and unset {IDENTITY_ENV}" if explicit else ""
         raise StorageError(
             f"{path} is protected by a passphrase: load it into ssh-agent (`ssh-add {path}`){hint}"

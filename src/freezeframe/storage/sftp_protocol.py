@@ -262,10 +262,15 @@ class SftpChannel:
     def remove(self, path: str) -> None:
         self._call_status(_REMOVE, _path(path))
 
+    @property
+    def replaces_atomically(self) -> bool:
+        """Whether ``rename`` replaces an existing name in one step (posix-rename)."""
+        return POSIX_RENAME in self.extensions
+
     def rename(self, old: str, new: str) -> None:
         """Atomic replacement where the server offers posix-rename, else SFTP's RENAME (which
         fails when ``new`` exists)."""
-        if POSIX_RENAME in self.extensions:
+        if self.replaces_atomically:
             self._call_status(_EXTENDED, _string(POSIX_RENAME.encode()) + _path(old) + _path(new))
         else:
             self._call_status(_RENAME, _path(old) + _path(new))

@@ -59,6 +59,13 @@ def test_refused_locations(rest: str, message: str) -> None:
     assert "secret" not in str(caught.value)
 
 
+def test_without_a_user_the_local_one_is_taken() -> None:
+    assert parse_location("nas:/srv/repo", default_user="backup") == SftpLocation(
+        "backup", "nas", 22, "/srv/repo"
+    )
+    assert parse_location("nas:/srv/repo").user  # this process's user
+
+
 def test_the_registry_opens_sftp_without_connecting() -> None:
     storage = backend_for("sftp://nobody@192.0.2.1:2222//srv/repo")  # TEST-NET: never reached
     assert isinstance(storage, SftpStorage)
