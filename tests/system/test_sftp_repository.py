@@ -9,12 +9,18 @@ object used by many threads at once, as the repository's uploaders and readers d
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import pwd
+import shutil
+import socket
 import stat
 import subprocess
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -293,3 +299,43 @@ def test_puts_replace_without_posix_rename_or_fsync(
     assert [(i.name, i.size) for i in storage.list(Kind.SNAPSHOTS)] == [("s1", 6)]
     assert storage.remove_stale_temporaries() == 0
     storage.close()
+
+
+def test_a_server_that_is_not_ssh_is_one_error_and_nothing_on_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """paramiko's transport thread logs such failures with a traceback: none reaches stderr."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_http() -> None:
+        with contextlib.suppress(OSError):
+            connection, _address = listener.accept()
+            with connection:
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer_http, daemon=True).start()
+    storage = SftpStorage(
+        f"sftp://nobody@127.0.0.1:{port}//repo",
+        env={"FREEZEFRAME_SFTP_KNOWN_HOSTS": os.devnull, "HOME": str(tmp_path)},
+    )
+    with pytest.raises(TransientStorageError, match="it does not answer as an SSH server"):
+        storage.exists(Kind.CONFIG, "config")
+    listener.close()
+    time.sleep(0.1)  # paramiko's thread logs as it ends
+    assert capfd.readouterr().err == ""
+
+
+def test_a_relative_path_is_in_the_login_directory(server: SshServer) -> None:
+    home = Path(pwd.getpwnam(server.user).pw_dir)
+    name = f"ff-test-{uuid.uuid4().hex[:12]}"
+    location = f"sftp://{server.user}@127.0.0.1:{server.port}/{name}"
+    storage = SftpStorage(location, env=server.env())
+    try:
+        assert storage.create_layout() == []
+        storage.put(Kind.CONFIG, "config", b"{}")
+        assert (home / name / "config").read_bytes() == b"{}"
+        assert storage.location == location
+    finally:
+        storage.close()
+        shutil.rmtree(home / name, ignore_errors=True)

@@ -10,6 +10,7 @@ learnt: which key is the server's is for its operator to say.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Mapping, MutableMapping
@@ -25,6 +26,11 @@ DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 CONNECT_TIMEOUT = 15.0
 KEEPALIVE = 15  # seconds between SSH keepalives: a dead peer is noticed, a NAT keeps the flow
 WINDOW = 8 * 1024 * 1024  # per channel: enough for IN_FLIGHT writes and reads of 32 KiB
+
+# paramiko logs what its transport thread meets (a bad banner, a reset) with tracebacks; with
+# no handler of its own, Python would print them on stderr, beside the one line of the error
+# this module raises for the same failure. A program that configures logging still sees them.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,11 @@ def connect(server: Server, env: Mapping[str, str]) -> paramiko.Transport:
         try:
             transport.start_client(timeout=CONNECT_TIMEOUT)
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            reason = _reason(exc)
+            if "banner" in reason:
+                reason = "it does not answer as an SSH server"
             raise TransientStorageError(
-                f"SSH with {where} failed before authentication: {_reason(exc)}"
+                f"SSH with {where} failed before authentication: {reason}"
             ) from exc
         _check_host_key(server, transport.get_remote_server_key(), expected, path, known)
         _authenticate(server, transport, env)
