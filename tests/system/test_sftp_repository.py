@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ffharness import FAST_INIT, is_root, run_freezeframe, spawn_freezeframe
+from ffharness import FAST_INIT, is_root, privileged_required, run_freezeframe, spawn_freezeframe
 from freezeframe.errors import EXIT_FATAL, RepositoryExists, TransientStorageError
 from freezeframe.storage.base import Kind
 from freezeframe.storage.sftp import CHANNELS, TEMP_PREFIX, SftpStorage
@@ -339,3 +340,39 @@ def test_a_relative_path_is_in_the_login_directory(server: SshServer) -> None:
     finally:
         storage.close()
         shutil.rmtree(home / name, ignore_errors=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs for the server's side of a repository."""
+    if not is_root():
+        privileged_required("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_on_the_server_is_one_line_and_loses_nothing(
+    server: SshServer, small_fs: Path, tmp_path: Path
+) -> None:
+    root = small_fs / "repo"
+    location = server.location(root)
+    _ok(_run(location, *FAST_INIT))
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "fits.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    _ok(_run(location, "backup", source))
+    (source / "too-big.bin").write_bytes(os.urandom(40 * 1024 * 1024))
+    line = _one_line_error(_run(location, "backup", source))
+    assert "no space left on the server's file system" in line, line
+    assert not list(root.rglob(f"{TEMP_PREFIX}*"))
+    assert not list((root / "locks").iterdir())  # the lock was released
+
+    (source / "too-big.bin").unlink()
+    _ok(_run(location, "check", "--read-data"))
+    _ok(_run(location, "backup", source))
+    assert len(json.loads(_ok(_run(location, "snapshots", json=True)))) == 2

@@ -51,6 +51,7 @@ from freezeframe.storage.sftp_connect import Server, connect
 from freezeframe.storage.sftp_protocol import (
     CREATE,
     EXCLUSIVE,
+    FAILURE,
     NO_SUCH_FILE,
     PERMISSION_DENIED,
     READ,
@@ -417,6 +418,8 @@ class SftpStorage:
             )
 
     def put(self, kind: Kind, name: str, data: bytes) -> None:
+        what = f"cannot write {self._show(self._path(self.place.path, kind, name))}"
+
         def write(channel: SftpChannel, root: str) -> None:
             path = self._path(root, kind, name)
             directory, base = posixpath.split(path)
@@ -437,12 +440,19 @@ class SftpStorage:
                         raise
                     channel.remove(path)  # plain RENAME does not replace
                     channel.rename(tmp, path)
-            except SftpStatus:
+            except SftpStatus as exc:
                 with contextlib.suppress(SftpStatus):
                     channel.remove(tmp)
+                if exc.code == FAILURE:  # what OpenSSH answers for ENOSPC, EDQUOT, EIO...
+                    free = _free_bytes(channel, directory)
+                    if free is not None and free < len(data) + 64 * 1024:
+                        raise StorageError(
+                            f"{what}: no space left on the server's file system ({free} bytes "
+                            f"free, {len(data)} needed)"
+                        ) from exc
                 raise
 
-        self._run(f"cannot write {self._show(self._path(self.place.path, kind, name))}", write)
+        self._run(what, write)
 
     def get(self, kind: Kind, name: str, offset: int = 0, length: int | None = None) -> bytes:
         shown = self._show(self._path(self.place.path, kind, name))
@@ -582,6 +592,13 @@ class SftpStorage:
         with self._lock:
             if self._connection is not None:
                 self._drop(self._connection)
+
+
+def _free_bytes(channel: SftpChannel, directory: str) -> int | None:
+    try:
+        return channel.free_bytes(directory)
+    except SftpStatus:
+        return None
 
 
 def _make_parents(channel: SftpChannel, path: str) -> None:

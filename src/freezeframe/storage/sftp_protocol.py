@@ -25,6 +25,7 @@ MAX_PACKET = 1 << 20  # OpenSSH's replies are at most 256 KiB; more is a broken 
 
 FSYNC = "fsync@openssh.com"
 POSIX_RENAME = "posix-rename@openssh.com"
+STATVFS = "statvfs@openssh.com"
 
 # request and reply types
 _INIT, _VERSION = 1, 2
@@ -33,7 +34,7 @@ _FSETSTAT, _OPENDIR, _READDIR, _REMOVE, _MKDIR, _RMDIR, _REALPATH, _STAT, _RENAM
     10, 11, 12, 13, 14, 15, 16, 17, 18,
 )  # fmt: skip
 _EXTENDED = 200
-_STATUS, _HANDLE, _DATA, _NAME, _ATTRS = 101, 102, 103, 104, 105
+_STATUS, _HANDLE, _DATA, _NAME, _ATTRS, _EXTENDED_REPLY = 101, 102, 103, 104, 105, 201
 
 # open flags and attribute flags
 READ, WRITE, CREATE, TRUNCATE, EXCLUSIVE = 0x01, 0x02, 0x08, 0x10, 0x20
@@ -281,6 +282,18 @@ class SftpChannel:
             return False
         self._call_status(_EXTENDED, _string(FSYNC.encode()) + _string(handle))
         return True
+
+    def free_bytes(self, path: str) -> int | None:
+        """The bytes an unprivileged writer may still use on the file system of ``path``
+        (statvfs), or None where the server cannot say."""
+        if STATVFS not in self.extensions:
+            return None
+        reply, reader = self._reply(self._send(_EXTENDED, _string(STATVFS.encode()) + _path(path)))
+        if reply != _EXTENDED_REPLY:
+            self._status(reply, reader)
+            raise ProtocolError(f"expected a statvfs reply, the server sent packet type {reply}")
+        _bsize, frsize, _blocks, _bfree, bavail = (reader.u64() for _ in range(5))
+        return frsize * bavail
 
     def realpath(self, path: str) -> str:
         reply, reader = self._reply(self._send(_REALPATH, _path(path)))
