@@ -446,15 +446,21 @@ class SftpStorage:
                     channel.remove(path)  # plain RENAME does not replace
                     channel.rename(tmp, path)
             except SftpStatus as exc:
+                # OpenSSH answers ENOSPC, EDQUOT and EIO alike with a bare "Failure": what is
+                # free tells a full disk (asked before the half-written file goes and frees).
+                free = _free_bytes(channel, directory) if exc.code == FAILURE else None
                 with contextlib.suppress(SftpStatus):
                     channel.remove(tmp)
-                if exc.code == FAILURE:  # what OpenSSH answers for ENOSPC, EDQUOT, EIO...
-                    free = _free_bytes(channel, directory)
-                    if free is not None and free < len(data) + 64 * 1024:
-                        raise StorageError(
-                            f"{what}: no space left on the server's file system ({free} bytes "
-                            f"free, {len(data)} needed)"
-                        ) from exc
+                if free is not None and free < len(data) + 64 * 1024:
+                    raise StorageError(
+                        f"{what}: no space left on the server's file system ({free} bytes "
+                        f"free, {len(data)} needed)"
+                    ) from exc
+                if free is not None:
+                    raise StorageError(
+                        f"{what}: the server answered {exc}, naming no cause ({free} bytes are "
+                        "free there: a quota, or an I/O error?)"
+                    ) from exc
                 raise
 
         self._run(what, write)
