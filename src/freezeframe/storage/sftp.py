@@ -2,11 +2,8 @@
 lays out its own (``PATH/config``, ``keys/``, ``index/``, ``snapshots/``, ``locks/`` and
 ``data/<first two hex digits>/``), so either copies into the other by a plain ``rsync``.
 
-A location is ``sftp:USER@HOST:PATH`` (scp's syntax; port 22) or ``sftp://USER@HOST[:PORT]/PATH``
-(restic's URL syntax, where ``PATH`` is relative to the login directory and ``//srv/repo`` is
-absolute). A PATH without a leading slash is in the login directory. ``sftp:host:2222/repo`` is
-refused as ambiguous (a port or a directory?). IPv6 hosts go in brackets. The location never
-holds a password (keys only: ``storage.sftp_connect``).
+A location is ``sftp:USER@HOST:PATH`` or ``sftp://USER@HOST[:PORT]/PATH``
+(``storage.sftp_location``); it never holds a password (keys only: ``storage.sftp_connect``).
 
 A put writes ``.ff-tmp-<name>-<random>`` in the object's directory (hidden, so no listing shows
 it), checks every write's status, fsyncs it where the server offers ``fsync@openssh.com``, then
@@ -32,13 +29,11 @@ import builtins
 import contextlib
 import os
 import posixpath
-import re
 import secrets
 import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TypeVar
 
 import paramiko
@@ -49,10 +44,10 @@ from freezeframe.errors import (
     RepositoryExists,
     StorageError,
     TransientStorageError,
-    UsageError,
 )
 from freezeframe.storage.base import Capabilities, Kind, ObjectInfo
 from freezeframe.storage.sftp_connect import Server, connect
+from freezeframe.storage.sftp_location import SYNTAX, SftpLocation, parse_location
 from freezeframe.storage.sftp_protocol import (
     CREATE,
     EXCLUSIVE,
@@ -69,78 +64,14 @@ from freezeframe.storage.sftp_protocol import (
 
 _T = TypeVar("_T")
 
-SYNTAX = "sftp:USER@HOST:/PATH or sftp://USER@HOST[:PORT]//PATH"
+__all__ = ["SYNTAX", "SftpLocation", "SftpStorage", "parse_location"]
+
 TEMP_PREFIX = ".ff-tmp-"
 CHANNELS = 4  # see the module docstring: more gains nothing on one connection
 IO_TIMEOUT = 120.0  # seconds without a reply before a channel counts as dead
 PRIVATE_MODES = (0o700, 0o600)
 GROUP_READABLE_MODES = (0o750, 0o640)
 _AUDIT_SHOWN = 10
-
-_USER = r"(?P<user>[^@/:\s]+)@"
-_HOST = r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^@/:\[\]\s]+)"
-_SCP = re.compile(rf"(?:{_USER})?{_HOST}:(?P<path>.*)", re.DOTALL)
-_URL = re.compile(rf"//(?:{_USER})?{_HOST}(?::(?P<port>[0-9]+))?/(?P<path>.*)", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class SftpLocation:
-    """A parsed location: who, where, and the repository's path (relative: in the login
-    directory)."""
-
-    user: str
-    host: str  # without brackets
-    port: int
-    path: str
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        if self.port == 22:
-            return f"sftp:{self.user}@{host}:{self.path}"
-        return f"sftp://{self.user}@{host}:{self.port}/{self.path}"
-
-
-def parse_location(rest: str, *, default_user: str | None = None) -> SftpLocation:
-    """What follows ``sftp:``; UsageError (one line) for anything the syntax does not allow."""
-    if rest[:5].lower() == "sftp:":
-        rest = rest[5:]
-    url = rest.startswith("//")
-    if "@" in rest and ":" in rest.removeprefix("//").split("@", 1)[0]:
-        raise UsageError(  # never echoed: what follows the colon may be a password
-            "an SFTP location holds no password: freezeframe authenticates by SSH key "
-            f"(an agent, ~/.ssh, or FREEZEFRAME_SFTP_IDENTITY); give it as {SYNTAX}"
-        )
-    match = (_URL if url else _SCP).fullmatch(rest)
-    if match is None or (not url and rest.startswith("/")):
-        raise UsageError(f"SFTP location 'sftp:{rest}' is not {SYNTAX}")
-    host = match.group("host").strip("[]")
-    path = match.group("path")
-    port = 22
-    if url:
-        port = int(match.group("port") or 22)
-        if not 0 < port < 65536:
-            raise UsageError(f"SFTP location 'sftp:{rest}': port {port} is out of range")
-        path = "/" + path.lstrip("/") if path.startswith("/") else path
-    elif re.match(r"[0-9]+/", path):
-        port_like = path.split("/", 1)[0]
-        raise UsageError(
-            f"SFTP location 'sftp:{rest}' is ambiguous: for port {port_like} write "
-            f"sftp://USER@{match.group('host')}:{port_like}//PATH; for a directory named "
-            f"{port_like} write sftp:USER@{match.group('host')}:./{path}"
-        )
-    path = path.rstrip("/") or ("/" if path.startswith("/") else "")
-    if not path or path in (".", "./"):
-        raise UsageError(f"SFTP location 'sftp:{rest}' names no directory")
-    if any(part == ".." for part in path.split("/")):
-        raise UsageError(f"SFTP location 'sftp:{rest}': a path cannot hold '..'")
-    user = match.group("user") or default_user or _local_user()
-    return SftpLocation(user, host, port, path)
-
-
-def _local_user() -> str:
-    import getpass  # noqa: PLC0415 (only when a location names no user)
-
-    return getpass.getuser()
 
 
 def _check_name(name: str) -> None:
