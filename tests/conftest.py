@@ -35,6 +35,7 @@ from servers.fixtures import (  # noqa: F401 (session fixtures)
     rest_local_server,
     rest_s3_server,
     seaweedfs_server,
+    sshd_server,
 )
 
 __all__ = ["privileged_required", "run_freezeframe", "spawn_freezeframe"]

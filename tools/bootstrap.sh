@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_packages=(python3 python3-venv python3-pip acl attr e2fsprogs util-linux btrfs-progs xfsprogs
-    redis-server postgresql mariadb-server qemu-system-x86 qemu-utils qemu-guest-agent busybox-static)
+    redis-server postgresql mariadb-server qemu-system-x86 qemu-utils qemu-guest-agent busybox-static
+    openssh-server)
 # The benchmarks run restic and borg beside freezeframe: `make bench*` asks for them here.
 if [ -n "${BOOTSTRAP_EXTRA_APT:-}" ]; then
     read -r -a extra <<<"$BOOTSTRAP_EXTRA_APT"
@@ -23,7 +24,24 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     echo "bootstrap: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # The SFTP tests start their own sshd on loopback; the package's system sshd (port 22 on
+    # every interface) must not start where bootstrap installed it: masked for the install,
+    # then left installed but disabled (without systemd, the init script's start is undone).
+    new_sshd=
+    if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+        new_sshd=init
+        if [ -d /run/systemd/system ]; then
+            new_sshd=systemd
+            systemctl mask -q ssh.service ssh.socket
+        fi
+    fi
     apt-get install -y -q "${missing[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
+    if [ "$new_sshd" = systemd ]; then
+        systemctl unmask -q ssh.service ssh.socket
+        systemctl disable -q ssh.service ssh.socket 2>/dev/null || true
+    elif [ "$new_sshd" = init ] && [ -x /etc/init.d/ssh ]; then
+        /etc/init.d/ssh stop >/dev/null 2>&1 || true
+    fi
 fi
 
 python=${PYTHON:-python3}

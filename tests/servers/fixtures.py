@@ -8,10 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from ffharness import privileged_required
 from servers.base import S3Server
 from servers.rclone_s3 import rclone_s3
 from servers.rest import RestServer, rest_server
 from servers.seaweedfs import seaweedfs
+from servers.sshd import SshServer, sshd, unavailable
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +54,17 @@ def rest_s3_server(
     with rest_server(
         tmp_path_factory.mktemp("rest-s3"), place.location, env=rclone_s3_server.env()
     ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """OpenSSH's sshd on loopback serving SFTP (skips, or fails under
+    FREEZEFRAME_TEST_PRIVILEGED=1, where sshd cannot run)."""
+    reason = unavailable()
+    if reason is not None:
+        privileged_required(reason)
+    with sshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
 
 

@@ -40,10 +40,17 @@ def _rest(rest: str) -> Storage:
     return RestStorage(rest)
 
 
-BACKENDS: dict[str, Factory] = {"local": LocalStorage, "s3": _s3, "rest": _rest}
+def _sftp(rest: str) -> Storage:
+    """The SFTP backend, imported only when a location names it (paramiko takes a while)."""
+    from freezeframe.storage.sftp import SftpStorage  # noqa: PLC0415
+
+    return SftpStorage(rest)
+
+
+BACKENDS: dict[str, Factory] = {"local": LocalStorage, "s3": _s3, "rest": _rest, "sftp": _sftp}
 """Scheme -> a factory given what follows ``scheme:``."""
 
-PLANNED = frozenset({"sftp"})
+PLANNED: frozenset[str] = frozenset()
 """Schemes users may expect (restic's), refused with a message that says they are coming."""
 
 _SCHEME = re.compile(r"([a-z][a-z0-9+.-]+):", re.IGNORECASE)
@@ -69,7 +76,17 @@ def _rest_syntax(rest: str) -> None:
     parse_location(rest)
 
 
-SYNTAX_CHECKS: dict[str, Callable[[str], object]] = {"s3": _s3_syntax, "rest": _rest_syntax}
+def _sftp_syntax(rest: str) -> None:
+    from freezeframe.storage.sftp_location import parse_location  # noqa: PLC0415
+
+    parse_location(rest)
+
+
+SYNTAX_CHECKS: dict[str, Callable[[str], object]] = {
+    "s3": _s3_syntax,
+    "rest": _rest_syntax,
+    "sftp": _sftp_syntax,
+}
 """Scheme -> a check of what follows ``scheme:`` that sends nothing and reads no credentials
 (UsageError, one line, when it does not parse); a backend without one takes any rest."""
 

@@ -51,13 +51,9 @@ def test_local_locations(location: str, root: str) -> None:
 @pytest.mark.parametrize(
     ("location", "message"),
     [
-        (
-            "sftp:host:/repo",
-            "repository location 'sftp:host:/repo': the sftp backend is not "
-            "available in this version",
-        ),
         ("rest:ftp://host/", "REST location 'rest:ftp://host/' is not rest:https://HOST[:PORT]/"),
         ("rest:https://user:pw@host/", "a REST location holds no credentials"),
+        ("sftp:host:2222/repo", "SFTP location 'sftp:host:2222/repo' is ambiguous"),
         ("S3:bucket", "S3 location 's3:bucket' is not s3:https://HOST[:PORT]/BUCKET[/PREFIX]"),
         ("s3:https://host:9000", "S3 location 's3:https://host:9000' names no bucket"),
         ("s3:ftp://host/bucket", "is not s3:https://HOST[:PORT]/BUCKET[/PREFIX]"),
