@@ -127,11 +127,8 @@ def run(ctx: CommandContext) -> int:
         quiesce=tuple(a.quiesce),
     )
     request.validate()  # before a password is asked for
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         outcome = backup(repo, request, CliReporter(ctx.out))
-    finally:
-        repo.close()
     result, vms = outcome.paths, outcome.vms
     if result is None:
         ctx.out.result(backup_vm.json_of(vms), lambda: backup_vm.text_of(vms))

@@ -33,13 +33,10 @@ def _percent(text: str) -> float:
 def run(ctx: CommandContext) -> int:
     if ctx.args.read_data_subset is not None and ctx.args.read_data:
         raise UsageError("give --read-data or --read-data-subset, not both")
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         result = check(
             repo, read_data=ctx.args.read_data, read_data_subset=ctx.args.read_data_subset
         )
-    finally:
-        repo.close()
     for warning in result.warnings:
         ctx.out.warn(warning)
     ok = not result.errors

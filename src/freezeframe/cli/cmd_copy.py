@@ -36,15 +36,12 @@ def run(ctx: CommandContext) -> int:
     request = CopyRequest(
         tuple(ctx.args.snapshot), ctx.args.host, tuple(ctx.args.tag), tuple(ctx.args.path)
     )
-    target = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as target:
         source = from_repo.open_source(ctx)
         try:
             outcome = copy(source, target, request, CliReporter(ctx.out))
         finally:
             source.close()
-    finally:
-        target.close()
     ctx.out.result(_json(outcome), lambda: _text(outcome))
     return 0
 

@@ -16,11 +16,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         result = diff(repo, DiffRequest(ctx.args.first, ctx.args.second))
-    finally:
-        repo.close()
     changes = result.changes
     ctx.out.result(
         {

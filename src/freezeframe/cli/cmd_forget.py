@@ -80,11 +80,8 @@ def run(ctx: CommandContext) -> int:
     request = ForgetRequest(
         policy, a.host, tuple(a.tag), prune=a.prune, dry_run=a.dry_run, grace_s=a.grace
     )
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         result = forget(repo, request)
-    finally:
-        repo.close()
     removed = result.removed
     report = [
         {

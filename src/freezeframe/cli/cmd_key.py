@@ -34,8 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: CommandContext) -> int:
     action = ctx.args.action
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         if action == "list":
             keys = list_keys(repo)
             ctx.out.result([_key_json(k) for k in keys], lambda: _key_table(keys))
@@ -45,8 +44,6 @@ def run(ctx: CommandContext) -> int:
         else:
             removed = remove_key(repo, RemoveKeyRequest(ctx.args.key_id))
             ctx.out.result({"removed": removed}, f"removed key {removed[:8]}")
-    finally:
-        repo.close()
     return 0
 
 

@@ -20,11 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         listing = list_files(repo, ListRequest(ctx.args.snapshot, ctx.args.path))
-    finally:
-        repo.close()
     entries = listing.entries
     ctx.out.result(
         {"snapshot": listing.snapshot.id, "nodes": [_node_json(p, n) for p, n in entries]},

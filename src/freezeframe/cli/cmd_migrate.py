@@ -14,11 +14,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: CommandContext) -> int:
     request = MigrateRequest(ctx.password())
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         done = migrate(repo, request)
-    finally:
-        repo.close()
     if done.unmarked_keys:
         ctx.out.warn(
             f"{len(done.unmarked_keys)} other keys still accept a version 1 config; "

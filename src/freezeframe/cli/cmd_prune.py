@@ -47,16 +47,13 @@ def grace_seconds(text: str) -> float:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         stats = prune(
             repo,
             max_unused_fraction=ctx.args.max_unused / 100,
             dry_run=ctx.args.dry_run,
             grace_s=ctx.args.grace,
         )
-    finally:
-        repo.close()
     ctx.out.result(
         {"dry_run": ctx.args.dry_run, **stats},
         lambda: "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()),

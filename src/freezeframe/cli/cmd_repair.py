@@ -59,8 +59,7 @@ def run(ctx: CommandContext) -> int:
     if action == "config":
         return _config(ctx)
     reporter = CliReporter(ctx.out)
-    repo = ctx.open_repository(load_index=False)  # loaded under the lock
-    try:
+    with ctx.repository(load_index=False) as repo:  # the index is loaded under the lock
         if action == "index":
             request = IndexRepairRequest(read_all_packs=ctx.args.read_all_packs)
             doc, problems, text = _index_report(repair_index(repo, request, reporter))
@@ -72,8 +71,6 @@ def run(ctx: CommandContext) -> int:
                 tuple(ctx.args.snapshots), forget=ctx.args.forget, dry_run=ctx.args.dry_run
             )
             doc, problems, text = _snapshots_report(repair_snapshots(repo, snapshots, reporter))
-    finally:
-        repo.close()
     for problem in problems:
         ctx.out.warn(problem)
     ctx.out.result(doc, text)

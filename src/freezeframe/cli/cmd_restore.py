@@ -48,11 +48,8 @@ def run(ctx: CommandContext) -> int:
         disks=tuple(ctx.args.disk),
         image_format=ctx.args.format,
     )
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         outcome = restore(repo, request, CliReporter(ctx.out))
-    finally:
-        repo.close()
     snapshot, result, target = outcome.snapshot, outcome.result, outcome.target
     for path, message in result.errors:
         ctx.out.warn(f"{path}: {message}")

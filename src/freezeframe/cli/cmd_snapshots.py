@@ -17,11 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: CommandContext) -> int:
     request = SnapshotsRequest(ctx.args.host, tuple(ctx.args.tag))
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         found = snapshots(repo, request)
-    finally:
-        repo.close()
     ctx.out.result(
         [snapshot_json(s) for s in found],
         lambda: (

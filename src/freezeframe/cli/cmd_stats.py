@@ -17,11 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         result = stats(repo, StatsRequest(restore_size=ctx.args.restore_size))
-    finally:
-        repo.close()
     doc = dict(result.repository)
     if result.restore_size is not None:
         doc["restore_size"] = result.restore_size

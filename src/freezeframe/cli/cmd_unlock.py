@@ -17,11 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    repo = ctx.open_repository(load_index=False)
-    try:
+    with ctx.repository(load_index=False) as repo:
         removed = unlock(repo, UnlockRequest(remove_all=ctx.args.remove_all))
-    finally:
-        repo.close()
     ctx.out.result(
         {"removed": [lock.name for lock in removed]},
         "\n".join(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from freezeframe.cli.output import Output
@@ -42,3 +44,12 @@ class CommandContext:
         return Repository.open(
             self.storage(), self.password(), load_index=load_index, warn=self.out.warn
         )
+
+    @contextlib.contextmanager
+    def repository(self, *, load_index: bool = True) -> Iterator[Repository]:
+        """The open repository for the block, closed however the block ends."""
+        repo = self.open_repository(load_index=load_index)
+        try:
+            yield repo
+        finally:
+            repo.close()
