@@ -87,6 +87,10 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+# A server out of space (MinIO's full disk, Ceph's and others' quota; 507 is HTTP's "insufficient
+# storage"): final, since retrying within seconds cannot free space. rclone answers a full disk
+# with a bare 500 InternalError, which stays transient: nothing tells it from a passing fault.
+_FULL_CODES = frozenset({"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage"})
 
 
 @dataclass(frozen=True)
@@ -393,6 +397,10 @@ class S3Storage:
                 return self._no_bucket(what)
             if missing is not None and (code in _NOT_FOUND_CODES or status == 404):
                 return NotFound(missing or what)
+            message = _one_line(exc.response.get("Error", {}).get("Message", ""))
+            detail = f"{code or status}" + (f" ({message})" if message else "")
+            if code in _FULL_CODES or status == 507:
+                return StorageError(f"{what}: the server's storage is full: {detail}")
             reason = _CREDENTIAL_REASONS.get(code)
             if reason is not None:
                 return StorageError(f"{what}: {reason}")
@@ -401,8 +409,6 @@ class S3Storage:
                     f"{what}: access denied (HTTP 403): the credentials may not use bucket "
                     f"{self.place.bucket!r}"
                 )
-            message = _one_line(exc.response.get("Error", {}).get("Message", ""))
-            detail = f"{code or status}" + (f" ({message})" if message else "")
             if code in _TRANSIENT_CODES or status >= 500 or status == 429:
                 return TransientStorageError(f"{what}: the server answered {detail}")
             return StorageError(f"{what}: the server answered {detail}")
