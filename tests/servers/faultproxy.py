@@ -10,7 +10,9 @@ says, and count every request. ``refuse()`` closes the listening socket (connect
 ``accept()`` opens it again on the same port.
 
 A test adds rules (``proxy.add(Rule(...))``) and removes them (``proxy.reset()``); the first
-rule that matches a request and has uses left decides what happens to it.
+rule that matches a request and has uses left decides what happens to it (a rule with
+``larger_than`` is asked once the server's answer is known). A request is counted when the
+server has done it (or, for a fault that keeps it from the server, when it is read).
 
 Threads, not asyncio: each client connection is a thread (botocore opens a few dozen at most),
 and blocking sockets make "send N bytes, then close" exact.
@@ -64,6 +66,7 @@ class Rule:
     status: int = 503
     code: str | None = None  # the S3 error code; by default InternalError / ServiceUnavailable
     seconds: float = 0.0
+    larger_than: int | None = None  # only answers whose body is longer (a response's rule)
     seed: int = 0
     used: int = field(default=0, init=False)
     _rng: random.Random = field(init=False, repr=False)
@@ -72,7 +75,11 @@ class Rule:
         self._rng = random.Random(self.seed)
         self._path = re.compile(self.path) if self.path is not None else None
 
-    def _matches(self, method: str, path: str) -> bool:
+    def _matches(self, method: str, path: str, size: int | None) -> bool:
+        if (self.larger_than is None) != (size is None):
+            return False  # size rules are asked once the answer is known, the others before
+        if size is not None and self.larger_than is not None and size <= self.larger_than:
+            return False
         if self.method is not None and method != self.method:
             return False
         if self._path is not None and not self._path.search(path):
@@ -145,15 +152,19 @@ class FaultProxy:
         with self._lock:
             return Counter(s.action for s in self._seen if s.action is not None)
 
-    def _decide(self, method: str, path: str) -> Rule | None:
+    def _decide(self, method: str, path: str, size: int | None = None) -> Rule | None:
+        """The first rule that acts on this request: ``size`` None before it is relayed,
+        the answer's body length after (for the rules with ``larger_than``)."""
         with self._lock:
             for rule in self._rules:
-                if rule._matches(method, path):
+                if rule._matches(method, path, size):
                     rule.used += 1
-                    self._seen.append(Seen(method, path, rule.action))
                     return rule
-            self._seen.append(Seen(method, path, None))
             return None
+
+    def _record(self, method: str, path: str, rule: Rule | None) -> None:
+        with self._lock:
+            self._seen.append(Seen(method, path, rule.action if rule is not None else None))
 
     # -- listening ---------------------------------------------------------------------------
 
@@ -204,8 +215,11 @@ class FaultProxy:
                 if head is None:
                     return
                 method, target, version, headers = head
-                rule = self._decide(method, urlsplit(target).path)
+                path = urlsplit(target).path
+                rule = self._decide(method, path)
                 action = rule.action if rule is not None else None
+                if action in (Action.RESET, Action.DROP_REQUEST, Action.ERROR):
+                    self._record(method, path, rule)  # what the server never sees
                 if action is Action.RESET:
                     _abort(client)
                     return
@@ -232,8 +246,13 @@ class FaultProxy:
                         upstream, method, target, headers, body
                     )
                 except (OSError, http.client.HTTPException):
+                    self._record(method, path, None)
                     _abort(client)
                     return
+                if rule is None:
+                    rule = self._decide(method, path, len(answer))
+                    action = rule.action if rule is not None else None
+                self._record(method, path, rule)  # the server has done it by now
                 if action is Action.DELAY:
                     assert rule is not None
                     time.sleep(rule.seconds)
