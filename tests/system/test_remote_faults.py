@@ -31,6 +31,8 @@ import pytest
 
 from ffharness import FAST_INIT, is_root, privileged_required, run_freezeframe, spawn_freezeframe
 from freezeframe.errors import EXIT_FATAL
+from freezeframe.storage.retry import RetryPolicy
+from freezeframe.storage.s3 import S3Storage
 from servers.base import S3Server
 from servers.faultproxy import Action, FaultProxy, Rule, fault_proxy
 from servers.rclone_s3 import rclone_s3
@@ -261,6 +263,21 @@ def test_truncated_downloads_are_never_restored_short(
     assert _restored(location, snapshot, source, tmp_path / "again") == expected
 
 
+def test_the_documented_retries_and_timeouts(rclone_s3_server: S3Server) -> None:
+    """What the operator guide says of them: 5 attempts, waits of 0.25-0.5 s doubling up to
+    2-4 s; 10 s to connect, 120 s between two reads."""
+    policy = RetryPolicy()
+    assert policy.attempts == ATTEMPTS
+    waits = [(policy.delay(n, 0.0), policy.delay(n, 1.0)) for n in range(ATTEMPTS - 1)]
+    assert waits == [(0.25, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 4.0)]
+    assert sum(high for _, high in waits) == RETRY_WAIT_MAX
+    storage = S3Storage(rclone_s3_server.fresh_place().location, env=rclone_s3_server.env())
+    config = storage._client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (10, 120)
+    assert config.retries["total_max_attempts"] == 1  # retries are storage.retry's alone
+    storage.close()
+
+
 # -- credentials and a full server -------------------------------------------------------------
 
 
@@ -297,7 +314,16 @@ def test_a_rejected_session_token_is_one_line_and_no_credential_leaks(
         for secret in secrets:
             assert secret not in result.stdout + result.stderr + as_json.stdout + as_json.stderr
 
-    proxy.reset()  # a running backup: what its arguments show
+    proxy.reset()  # running commands: what their arguments show
+    proxy.add(Rule(Action.DELAY, seconds=1.0, times=1))
+    process = spawn_freezeframe(
+        "snapshots", repo=None, env={"FREEZEFRAME_REPOSITORY": location, **env}
+    )
+    _wait_for(lambda: bool(proxy.actions()), 60, "the first request")
+    argv = _argv_of(process.pid)
+    assert "snapshots" in argv and not any(secret in argv for secret in secrets), argv
+    _finished(process)
+    proxy.reset()
     proxy.add(Rule(Action.DELAY, method="PUT", path=DATA, seconds=1.0))
     source = _make_source(tmp_path / "source", seed=5)
     process = spawn_freezeframe(

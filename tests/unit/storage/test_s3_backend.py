@@ -120,6 +120,9 @@ def test_a_range_from_past_the_end(storage: S3Storage, stub: Stubber) -> None:
         ("ServiceUnavailable", 503, TransientStorageError, "ServiceUnavailable"),
         ("Whatever", 502, TransientStorageError, "Whatever"),
         ("InvalidArgument", 400, StorageError, "InvalidArgument"),
+        ("XMinioStorageFull", 507, StorageError, "the server's storage is full"),
+        ("QuotaExceeded", 403, StorageError, "the server's storage is full"),
+        ("Whatever", 507, StorageError, "the server's storage is full"),
     ],
 )
 def test_server_errors_become_one_line(
