@@ -3,11 +3,12 @@
 Clients are pointed at the proxy's endpoint instead of the server's; it relays every request
 (the Host header untouched, so SigV4 signatures still verify) over a connection of its own per
 client connection, and does to the requests its rules match what a bad network or a bad server
-does: drop the connection after N bytes of a request body (mid-upload) or of a response body
-(mid-download), answer 500/503 with an S3 XML error (``SlowDown`` too) for the next K requests
-or a fraction of them, delay an answer, send fewer bytes of a body than its Content-Length
-says, and count every request. ``refuse()`` closes the listening socket (connection refused),
-``accept()`` opens it again on the same port.
+does: drop the connection after N bytes of a request body (mid-upload: before the server sees
+any of it, or after the server got those N bytes) or of a response body (mid-download), answer
+500/503 with an S3 XML error (``SlowDown`` too) for the next K requests or a fraction of them,
+delay an answer, send fewer bytes of a body than its Content-Length says, and count every
+request. ``refuse()`` closes the listening socket (connection refused), ``accept()`` opens it
+again on the same port.
 
 A test adds rules (``proxy.add(Rule(...))``) and removes them (``proxy.reset()``); the first
 rule that matches a request and has uses left decides what happens to it (a rule with
@@ -45,6 +46,7 @@ class Action(Enum):
     """What a rule does to a request it matches."""
 
     DROP_REQUEST = "drop-request"  # read ``after_bytes`` of the request body, then close
+    CUT_UPLOAD = "cut-upload"  # send the server the head and ``after_bytes``, then close both
     DROP_RESPONSE = "drop-response"  # relay the answer's head and ``after_bytes`` of its body
     TRUNCATE = "truncate"  # as DROP_RESPONSE, with the full Content-Length announced
     ERROR = "error"  # answer ``status`` with an S3 error document (``code``) instead
@@ -218,7 +220,7 @@ class FaultProxy:
                 path = urlsplit(target).path
                 rule = self._decide(method, path)
                 action = rule.action if rule is not None else None
-                if action in (Action.RESET, Action.DROP_REQUEST, Action.ERROR):
+                if action in (Action.RESET, Action.DROP_REQUEST, Action.ERROR, Action.CUT_UPLOAD):
                     self._record(method, path, rule)  # what the server never sees
                 if action is Action.RESET:
                     _abort(client)
@@ -230,6 +232,11 @@ class FaultProxy:
                 if action is Action.DROP_REQUEST:
                     assert rule is not None
                     reader.read(min(rule.after_bytes, length))
+                    _abort(client)
+                    return
+                if action is Action.CUT_UPLOAD:
+                    assert rule is not None
+                    _cut_upload(self._upstream, method, target, headers, reader, rule.after_bytes)
                     _abort(client)
                     return
                 body = reader.read(length) if length else b""
@@ -332,6 +339,30 @@ def _relay(
             if attempt:
                 raise
     raise AssertionError("unreachable")
+
+
+def _cut_upload(  # noqa: PLR0917 (one request's parts)
+    upstream: tuple[str, int],
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    reader: object,
+    count: int,
+) -> None:
+    """The request's head and its first ``count`` body bytes to the server, on a connection of
+    its own that is then reset: the server sees an upload that stops short of its length."""
+    connection = http.client.HTTPConnection(*upstream, timeout=30)
+    try:
+        connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value)
+        connection.endheaders()
+        connection.send(reader.read(count))  # type: ignore[attr-defined]
+        time.sleep(0.2)  # the server has read what came
+        assert connection.sock is not None
+        _abort(connection.sock)
+    finally:
+        connection.close()
 
 
 def _error_answer(rule: Rule, method: str, target: str) -> bytes:

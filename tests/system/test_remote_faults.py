@@ -30,11 +30,13 @@ from pathlib import Path
 import pytest
 
 from ffharness import FAST_INIT, is_root, privileged_required, run_freezeframe, spawn_freezeframe
-from freezeframe.errors import EXIT_FATAL
-from freezeframe.storage.retry import RetryPolicy
+from freezeframe.errors import EXIT_FATAL, TransientStorageError
+from freezeframe.storage.base import Kind
+from freezeframe.storage.retry import RetryingStorage, RetryPolicy
 from freezeframe.storage.s3 import S3Storage
 from servers.base import S3Server
 from servers.faultproxy import Action, FaultProxy, Rule, fault_proxy
+from servers.fixtures import S3_SERVERS
 from servers.rclone_s3 import rclone_s3
 
 pytestmark = pytest.mark.timeout(240)
@@ -167,6 +169,34 @@ def test_transient_faults_are_retried(
     assert all(rule.used for rule in rules if rule.times is not None), [
         (rule.action, rule.path, rule.used) for rule in rules
     ]
+
+
+@pytest.mark.parametrize("name", S3_SERVERS, ids=["rclone", "seaweedfs"])
+def test_an_upload_cut_short_stores_nothing(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The server gets the head and a third of a pack, then the connection dies: it must store
+    nothing under that name (the Protocol's atomic put, which every crash-safety argument of
+    the repository rests on); the put fails as a transient error and its retry stores it whole."""
+    server: S3Server = request.getfixturevalue(name)
+    place = server.fresh_place()
+    data = random.Random(9).randbytes(3 * MiB)
+    pack = "ab" + "0" * 62
+    with fault_proxy(server.endpoint) as proxy:
+        location = f"s3:{proxy.endpoint}/{place.bucket}" + (
+            f"/{place.prefix}" if place.prefix else ""
+        )
+        storage = S3Storage(location, env=server.env())
+        proxy.add(Rule(Action.CUT_UPLOAD, method="PUT", path=DATA, times=2, after_bytes=MiB))
+        with pytest.raises(TransientStorageError):
+            storage.put(Kind.DATA, pack, data)
+        assert f"data/ab/{pack}" not in server.keys(place)
+        RetryingStorage(storage, RetryPolicy(base_delay=0.05, max_delay=0.1)).put(
+            Kind.DATA, pack, data
+        )
+        assert proxy.count("PUT", DATA) == 3 and proxy.actions()[Action.CUT_UPLOAD] == 2
+        assert storage.get(Kind.DATA, pack) == data
+        storage.close()
 
 
 # -- persistent faults -------------------------------------------------------------------------
