@@ -252,9 +252,10 @@ def test_a_server_that_always_answers_503_ends_the_backup_in_one_line(
 def test_connection_refused_mid_backup_ends_in_one_line(
     location: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
-    """The server goes away after the first pack was sent: the backup gives up after its
-    retries (its lock cannot even be removed), and the lock it left does not stop the next run."""
-    source = _make_source(tmp_path / "source", seed=3, big=20 * MiB)
+    """The server goes away once it stored a pack, before its answer: the backup gives up
+    after its retries (its lock cannot even be removed), and the lock it left does not stop
+    the next run."""
+    source = _make_source(tmp_path / "source", seed=3)
     _ok(_run(location, *FAST_INIT))
     proxy.add(Rule(Action.DELAY, method="PUT", path=DATA, seconds=0.3))
     process = _spawn_backup(location, source)
