@@ -87,6 +87,11 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_INCOMPLETE = re.compile(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)")
+# A server out of space (MinIO's full disk, Ceph's and others' quota; 507 is HTTP's "insufficient
+# storage"): final, since retrying within seconds cannot free space. rclone answers a full disk
+# with a bare 500 InternalError, which stays transient: nothing tells it from a passing fault.
+_FULL_CODES = frozenset({"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage"})
 
 
 @dataclass(frozen=True)
@@ -407,6 +412,10 @@ class S3Storage:
                 return self._no_bucket(what)
             if missing is not None and (code in _NOT_FOUND_CODES or status == 404):
                 return NotFound(missing or what)
+            message = _one_line(exc.response.get("Error", {}).get("Message", ""))
+            detail = f"{code or status}" + (f" ({message})" if message else "")
+            if code in _FULL_CODES or status == 507:
+                return StorageError(f"{what}: the server's storage is full: {detail}")
             reason = _CREDENTIAL_REASONS.get(code)
             if reason is not None:
                 return StorageError(f"{what}: {reason}")
@@ -415,8 +424,6 @@ class S3Storage:
                     f"{what}: access denied (HTTP 403): the credentials may not use bucket "
                     f"{self.place.bucket!r}"
                 )
-            message = _one_line(exc.response.get("Error", {}).get("Message", ""))
-            detail = f"{code or status}" + (f" ({message})" if message else "")
             if code in _TRANSIENT_CODES or status >= 500 or status == 429:
                 return TransientStorageError(f"{what}: the server answered {detail}")
             return StorageError(f"{what}: the server answered {detail}")
@@ -432,7 +439,7 @@ class S3Storage:
             | botocore.exceptions.HTTPClientError
             | botocore.exceptions.IncompleteReadError,
         ):
-            return TransientStorageError(f"{what}: {_one_line(str(exc))}")
+            return TransientStorageError(f"{what}: {self._network_reason(exc)}")
         if isinstance(
             exc,
             botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError,
@@ -442,6 +449,34 @@ class S3Storage:
                 "(or AWS_PROFILE)"
             )
         return StorageError(f"{what}: {_one_line(str(exc))}")
+
+    def _network_reason(self, exc: Exception) -> str:
+        """Why a request got no whole answer, in a user's words: botocore's messages repeat
+        the URL (the key is named already) and quote urllib3's exception tuples."""
+        host = self.place.netloc
+        if isinstance(exc, botocore.exceptions.ConnectTimeoutError):
+            return f"no connection to {host} within {CONNECT_TIMEOUT:g} s"
+        if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+            return f"{host} sent nothing for {READ_TIMEOUT:g} s"
+        if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+            refused = "refused" in str(exc.kwargs.get("error", "")).lower()
+            return f"cannot connect to {host}" + (" (connection refused)" if refused else "")
+        if isinstance(exc, botocore.exceptions.ConnectionClosedError):
+            return f"{host} closed the connection before it answered"
+        if isinstance(
+            exc,
+            botocore.exceptions.ResponseStreamingError | botocore.exceptions.IncompleteReadError,
+        ):
+            reason = f"the answer from {host} broke off"
+            counts = _INCOMPLETE.search(str(exc))
+            if counts is not None:
+                read, more = int(counts.group(1)), int(counts.group(2))
+                return f"{reason} after {read} of {read + more} bytes"
+            if isinstance(exc, botocore.exceptions.IncompleteReadError):
+                sizes = exc.kwargs
+                return f"{reason} after {sizes['actual_bytes']} of {sizes['expected_bytes']} bytes"
+            return reason
+        return _one_line(str(exc))
 
     def _no_bucket(self, what: str) -> StorageError:
         return StorageError(

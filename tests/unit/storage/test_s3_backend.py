@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
@@ -120,6 +121,9 @@ def test_a_range_from_past_the_end(storage: S3Storage, stub: Stubber) -> None:
         ("ServiceUnavailable", 503, TransientStorageError, "ServiceUnavailable"),
         ("Whatever", 502, TransientStorageError, "Whatever"),
         ("InvalidArgument", 400, StorageError, "InvalidArgument"),
+        ("XMinioStorageFull", 507, StorageError, "the server's storage is full"),
+        ("QuotaExceeded", 403, StorageError, "the server's storage is full"),
+        ("Whatever", 507, StorageError, "the server's storage is full"),
     ],
 )
 def test_server_errors_become_one_line(
@@ -204,7 +208,9 @@ def test_layout_needs_the_bucket_and_no_repository_in_it(storage: S3Storage, stu
 def test_a_refused_connection_may_pass_on_a_retry() -> None:
     [port] = free_ports(1)  # nothing listens there now
     storage = S3Storage(f"http://127.0.0.1:{port}/bucket", env=ENV)
-    with pytest.raises(TransientStorageError, match="Could not connect"):
+    with pytest.raises(
+        TransientStorageError, match=r"cannot connect to 127\.0\.0\.1:\d+ \(connection refused\)$"
+    ):
         storage.get(Kind.SNAPSHOTS, "s1")
 
 
@@ -228,3 +234,46 @@ def test_a_ca_bundle_and_virtual_hosts_are_taken(tmp_path: Path) -> None:
     storage = S3Storage("https://s3.example.org/bucket", env=env)
     assert storage._client.meta.config.s3 == {"addressing_style": "virtual"}
     assert storage._client._endpoint.http_session._verify == str(bundle)
+
+
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (
+            botocore.exceptions.EndpointConnectionError(
+                endpoint_url="http://h/k", error="[Errno 111] Connection refused"
+            ),
+            "cannot connect to 127.0.0.1:1 (connection refused)",
+        ),
+        (
+            botocore.exceptions.ConnectTimeoutError(endpoint_url="http://h/k"),
+            "no connection to 127.0.0.1:1 within 10 s",
+        ),
+        (
+            botocore.exceptions.ReadTimeoutError(endpoint_url="http://h/k"),
+            "127.0.0.1:1 sent nothing for 120 s",
+        ),
+        (
+            botocore.exceptions.ConnectionClosedError(endpoint_url="http://h/k"),
+            "127.0.0.1:1 closed the connection before it answered",
+        ),
+        (
+            botocore.exceptions.ResponseStreamingError(
+                error="('Connection broken: IncompleteRead(100 bytes read, 900 more expected)', "
+                "IncompleteRead(100 bytes read, 900 more expected))"
+            ),
+            "the answer from 127.0.0.1:1 broke off after 100 of 1000 bytes",
+        ),
+        (
+            botocore.exceptions.IncompleteReadError(actual_bytes=5, expected_bytes=10),
+            "the answer from 127.0.0.1:1 broke off after 5 of 10 bytes",
+        ),
+    ],
+)
+def test_network_failures_are_transient_and_said_plainly(exc: Exception, words: str) -> None:
+    """What a dropped, refused or silent connection says: the host and what went wrong, once
+    (botocore's own text repeats the URL and quotes urllib3's exceptions)."""
+    storage = S3Storage("http://127.0.0.1:1/bucket", env=ENV)
+    error = storage._error("cannot read s3:http://127.0.0.1:1/bucket/k", exc, None)
+    assert type(error) is TransientStorageError
+    assert str(error) == f"cannot read s3:http://127.0.0.1:1/bucket/k: {words}"
