@@ -66,29 +66,40 @@ def archive_images(
 def _json_file(repo: Repository, name: str, document: Any, mtime_ns: int) -> Node:
     text = json.dumps(document, indent=2, sort_keys=True).encode()
     text_id, _ = repo.save_blob(BlobType.DATA, text)
-    return Node(
-        name=name.encode(),
-        type="file",
-        mode=0o644,
-        uid=0,
-        gid=0,
-        mtime_ns=mtime_ns,
-        size=len(text),
-        content=[text_id],
-    )
+    return _root_file(name, mode=0o644, mtime_ns=mtime_ns, size=len(text), content=[text_id])
 
 
 def _image_file(name: str, disk: StoredDisk, mtime_ns: int) -> Node:
-    return Node(
-        name=name.encode(),
-        type="file",
+    return _root_file(
+        name,
         mode=0o600,
-        uid=0,
-        gid=0,
         mtime_ns=mtime_ns,
         size=disk.size,
         content=disk.content,
         sparse_map=disk.sparse_map,
+    )
+
+
+def _root_file(
+    name: str,
+    *,
+    mode: int,
+    mtime_ns: int,
+    size: int,
+    content: list[bytes],
+    sparse_map: list[tuple[int, int]] | None = None,
+) -> Node:
+    """A file of a VM's snapshot tree: owned by root, its time the snapshot's."""
+    return Node(
+        name=name.encode(),
+        type="file",
+        mode=mode,
+        uid=0,
+        gid=0,
+        mtime_ns=mtime_ns,
+        size=size,
+        content=content,
+        sparse_map=sparse_map,
     )
 
 
