@@ -10,8 +10,9 @@ What SeaweedFS does, as these tests assert it:
   (seen by hand: the gateway holds a PUT until its 30 s deadline, then answers 500
   InternalError, which the backend retries as any 500). Every freezeframe command that takes
   a lock (backup, restore, check, prune: a lock is an object written) then fails after its
-  retries; ``snapshots`` and ``ls``, which take none, work. Once the server is back the
-  repository is intact.
+  retries; ``snapshots`` and ``ls``, which take none, work, and so do ``restore --no-lock`` and
+  ``check --read-data --no-lock``: the repository survives the loss. Once the server is back
+  everything works again.
 - With three volume servers the master still has (or grows) volumes whose two copies are
   alive: restore, check and a new backup all work while one server is down.
 """
@@ -143,6 +144,11 @@ def test_two_volume_servers_one_dies_reads_go_on_writes_wait(
     listed = json.loads(_ok(_run(location, "snapshots", json=True)))
     assert [s["id"] for s in listed] == [snapshot]
     _ok(_run(location, "ls", snapshot))  # the commands that take no lock work
+    # ... and so do restore and check told to take none: the repository survived the loss.
+    _ok(_run(location, "restore", snapshot, "--no-lock", "--target", tmp_path / "while-down"))
+    assert _files(tmp_path / "while-down" / source.relative_to("/")) == _files(source)
+    doc = json.loads(_ok(_run(location, "check", "--read-data", "--no-lock", json=True)))
+    assert doc["ok"] and not doc["warnings"], doc
 
     cluster.restart("volume0")
     deadline = time.monotonic() + 30

@@ -18,6 +18,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="PCT",
         help="read and verify a random PCT%% of the packs",
     )
+    parser.add_argument(
+        "--no-lock",
+        action="store_true",
+        help="take no lock (storage that takes no write, e.g. read-only credentials); a prune "
+        "running meanwhile may make this fail",
+    )
 
 
 def _percent(text: str) -> float:
@@ -35,7 +41,10 @@ def run(ctx: CommandContext) -> int:
         raise UsageError("give --read-data or --read-data-subset, not both")
     with ctx.repository(load_index=False) as repo:
         result = check(
-            repo, read_data=ctx.args.read_data, read_data_subset=ctx.args.read_data_subset
+            repo,
+            read_data=ctx.args.read_data,
+            read_data_subset=ctx.args.read_data_subset,
+            lock=not ctx.args.no_lock,
         )
     for warning in result.warnings:
         ctx.out.warn(warning)

@@ -38,6 +38,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="raw",
         help="a VM's snapshot: write the disk images as sparse raw (default) or qcow2",
     )
+    parser.add_argument(
+        "--no-lock",
+        action="store_true",
+        help="take no lock (storage that takes no write, e.g. read-only credentials); a prune "
+        "running meanwhile may make this fail",
+    )
 
 
 def run(ctx: CommandContext) -> int:
@@ -47,6 +53,7 @@ def run(ctx: CommandContext) -> int:
         includes=tuple(ctx.args.include),
         disks=tuple(ctx.args.disk),
         image_format=ctx.args.format,
+        lock=not ctx.args.no_lock,
     )
     with ctx.repository(load_index=False) as repo:
         outcome = restore(repo, request, CliReporter(ctx.out))

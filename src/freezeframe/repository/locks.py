@@ -11,6 +11,7 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import math
@@ -19,6 +20,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -244,3 +246,17 @@ class RepositoryLock:
                 return
             self._name = self._write()
             self._repo.storage.delete(Kind.LOCKS, old)
+
+
+@contextlib.contextmanager
+def reading(repo: Repository, *, lock: bool = True) -> Iterator[None]:
+    """A shared lock for a command that only reads, or with ``lock=False`` none at all (its
+    index loaded all the same): for storage that takes no write, such as an object store that
+    lost a replica, or read-only credentials. Unlocked, nothing keeps a prune elsewhere from
+    deleting what it reads; such a read fails rather than returns wrong data."""
+    if not lock:
+        repo.ensure_index()
+        yield
+        return
+    with RepositoryLock(repo, exclusive=False):
+        yield

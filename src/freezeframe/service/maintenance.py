@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from freezeframe.repository.check import CheckResult, check_repository
-from freezeframe.repository.locks import RepositoryLock
+from freezeframe.repository.locks import RepositoryLock, reading
 from freezeframe.repository.prune import PruneStats, execute_prune, plan_prune
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.retention import RetentionPolicy, apply_policy, group_by
@@ -86,7 +86,9 @@ def prune(
         return plan.to_json() if dry_run else execute_prune(repo, plan, lock=lock).to_json()
 
 
-def check(repo: Repository, *, read_data: bool, read_data_subset: float | None) -> CheckResult:
-    """Verify structure, and data if asked, under a shared lock (backups go on)."""
-    with RepositoryLock(repo, exclusive=False):
+def check(
+    repo: Repository, *, read_data: bool, read_data_subset: float | None, lock: bool = True
+) -> CheckResult:
+    """Verify structure, and data if asked, under a shared lock (backups go on), or none."""
+    with reading(repo, lock=lock):
         return check_repository(repo, read_data=read_data, read_data_subset=read_data_subset)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from freezeframe.errors import UsageError
-from freezeframe.repository.locks import RepositoryLock
+from freezeframe.repository.locks import reading
 from freezeframe.repository.reader import RepositoryReader
 from freezeframe.repository.repository import Repository
 from freezeframe.repository.snapshot import Snapshot, find_snapshot
@@ -22,6 +22,7 @@ class RestoreRequest:
     includes: tuple[str, ...] = ()  # absolute paths of the snapshot; none: everything
     disks: tuple[str, ...] = ()  # a VM's snapshot: only these drives
     image_format: str = "raw"  # a VM's snapshot: raw (sparse) or qcow2
+    lock: bool = True  # False: take no lock (storage that takes no write)
 
 
 @dataclass
@@ -44,7 +45,7 @@ def restore(repo: Repository, request: RestoreRequest, reporter: Reporter) -> Re
     if request.image_format != "raw" and vm is None:
         raise UsageError("--format applies to a VM's snapshot (made with backup --vm)")
     progress = RestoreProgress()
-    with RepositoryLock(repo, exclusive=False), reporter.phase("restore", progress):
+    with reading(repo, lock=request.lock), reporter.phase("restore", progress):
         result = restore_snapshot(
             RepositoryReader(repo), snapshot, request.target, includes=includes, progress=progress
         )
