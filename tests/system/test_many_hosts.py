@@ -159,7 +159,8 @@ def test_two_hosts_back_up_while_a_third_prunes(
     assert trial.failures == [], "\n".join(trial.failures)
     assert trial.backups == ROUNDS * len(HOSTS)
     assert trial.deleted > 0, "no prune deleted anything"
-    assert trial.marked > 0, "no prune ran beside a backup"
+    # How many prunes planned while a backup held its lock (and so marked instead of deleting)
+    # depends on timing: the summary reports it; test_prune_two_phase.py makes each order sure.
 
     snapshots = trial.run("snapshots")
     assert isinstance(snapshots, list)

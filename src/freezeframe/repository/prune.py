@@ -64,7 +64,7 @@ from freezeframe.repository.locks import LockInfo, RepositoryLock, read_locks
 from freezeframe.repository.pack import BlobType, PackEntry
 from freezeframe.repository.packer import Packer
 from freezeframe.repository.repository import Repository
-from freezeframe.repository.snapshot import list_snapshots
+from freezeframe.repository.snapshot import Snapshot, list_snapshots
 from freezeframe.repository.tree import Node, decode_tree
 from freezeframe.repository.walk import reachable_blobs
 from freezeframe.storage.base import Kind, Storage
@@ -253,6 +253,9 @@ def plan_prune(
     now = time.time()
     # Locks first, snapshots after: a snapshot a blocker commits later is seen by a later run.
     others = _other_locks(repo, lock)
+    # Snapshots before the index: a backup writes its index before its snapshot, so every
+    # snapshot listed here has its blobs in an index file listed after it.
+    snapshots = _snapshots(repo)
     index_files = sorted(repo.list_names(Kind.INDEX))
     packs, marks = _read_indexes(repo, index_files)
     sizes = {info.name: info.size for info in repo.storage.list(Kind.DATA)}
@@ -275,7 +278,7 @@ def plan_prune(
         for entry in entries.values():
             readable.setdefault(entry.blob_id, []).append((pack, entry))
 
-    used, snapshot_ids = _used_blobs(repo, readable)
+    used, snapshot_ids = _used_blobs(repo, snapshots, readable)
     revive = {
         pack: list(entries.values())
         for pack, entries in marked.items()
@@ -406,17 +409,22 @@ def _read_indexes(
     return packs, marks
 
 
-def _used_blobs(
-    repo: Repository, copies: dict[bytes, list[tuple[str, PackEntry]]]
-) -> tuple[set[bytes], frozenset[str]]:
-    """The blobs the snapshots use, and the snapshots' ids."""
+def _snapshots(repo: Repository) -> list[Snapshot]:
     try:
-        snapshots = list_snapshots(repo, strict=True)
+        return list_snapshots(repo, strict=True)
     except FreezeframeError as exc:
         raise IntegrityError(
             f"{exc}; prune changed nothing (it cannot tell what that snapshot uses). "
             "`freezeframe repair snapshots --forget` removes unreadable snapshots"
         ) from exc
+
+
+def _used_blobs(
+    repo: Repository,
+    snapshots: list[Snapshot],
+    copies: dict[bytes, list[tuple[str, PackEntry]]],
+) -> tuple[set[bytes], frozenset[str]]:
+    """The blobs the snapshots use, and the snapshots' ids."""
 
     def load_tree(tree_id: bytes) -> list[Node]:
         problem = "is not in the index"
