@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from ffharness import FAST_INIT, freezeframe_executable, is_root, run_freezeframe
+from ffharness import FAST_INIT, PASSWORD, freezeframe_executable, is_root, run_freezeframe
 from freezeframe.errors import EXIT_FATAL, EXIT_OK, StorageError
+from freezeframe.repository.locks import RepositoryLock
+from freezeframe.repository.repository import Repository
 from freezeframe.storage.base import Kind
 from freezeframe.storage.local import LocalStorage
 from freezeframe.storage.rest import RestStorage
@@ -134,6 +136,30 @@ def test_an_append_host_cannot_destroy_what_it_wrote(server: RestServer, tmp_pat
     assert f"refused: account reader (read) POST /snapshots/{'0' * 64}" in log, log
 
 
+def test_an_append_host_prune_beside_a_backup_writes_nothing(
+    server: RestServer, tmp_path: Path
+) -> None:
+    """With another host's lock present prune would mark rather than delete at once: it must
+    refuse before writing its new index files, not after, when the first delete is refused."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "only in the first").write_bytes(os.urandom(2_000_000))
+    ok(ff(server, "host", *FAST_INIT))
+    ok(ff(server, "host", "backup", source))
+    (source / "only in the first").unlink()
+    (source / "kept").write_bytes(os.urandom(200_000))
+    ok(ff(server, "host", "backup", source))
+    ok(ff(server, "admin", "forget", "--keep-last", "1"))  # leaves unreferenced packs
+    repo_path = Path(server.repository)
+    before = _objects(repo_path)
+    repo = Repository.open(LocalStorage(repo_path), PASSWORD.encode(), load_index=False)
+    with RepositoryLock(repo, exclusive=False):  # another host backing up meanwhile
+        line = one_line_error(ff(server, "host", "prune", "--grace", "0"))
+    assert "append-only" in line and "full role" in line, line
+    assert _objects(repo_path) == before
+    ok(ff(server, "admin", "check"))
+
+
 def test_the_admin_account_forgets_and_prunes(server: RestServer, tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
@@ -211,7 +237,9 @@ def test_no_secret_in_the_log_or_the_command_line(tmp_path: Path) -> None:
         server.secrets.update({"web1": given, "admin": generated})
         ok(ff(server, "web1", *FAST_INIT))
         ok(ff(server, "web1", "backup", tmp_path / "served"))
-        one_line_error(ff(server, "web1", "prune"))
+        ok(ff(server, "web1", "backup", tmp_path / "served"))
+        one_line_error(ff(server, "web1", "prune"))  # refused by the client, before asking
+        one_line_error(ff(server, "web1", "forget", "--keep-last", "1"))  # by the server
         one_line_error(ff(server, "admin", "snapshots", secret="not-" + generated))
         ok(ff(server, "admin", "check"))
         cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().decode()

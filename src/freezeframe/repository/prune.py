@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 
-from freezeframe.errors import FreezeframeError, IntegrityError, UsageError
+from freezeframe.errors import FreezeframeError, IntegrityError, StorageError, UsageError
 from freezeframe.repository.crypto import content_name
 from freezeframe.repository.index import Index, encode_index
 from freezeframe.repository.indexfiles import delete_index_files, write_index_files
@@ -482,6 +482,13 @@ def execute_prune(
 ) -> PruneStats:
     """Carry out ``plan`` in the crash-safe order of the module docstring."""
     report = progress or _no_progress
+    if not repo.storage.capabilities.deletes:
+        # Refused before anything is written: its new index files would be left beside the
+        # old ones it could not delete.
+        raise StorageError(
+            f"cannot prune {repo.storage.location}: this account may not delete (append-only "
+            "or read-only); prune with an account of the full role"
+        )
     stats = PruneStats(packs_kept=len(plan.keep), blobs_removed=plan.blobs_removed)
     if not [other for other in _other_locks(repo, lock) if not other.is_stale(time.time())]:
         # Nobody else writes: temporaries are leftovers of crashes.

@@ -129,8 +129,12 @@ class RepositoryServer:
     async def _root(self, request: Request, account: Account) -> Response:
         """``POST /?create=true`` lays out a new repository; ``POST /?cleanup=true`` removes
         what crashed writes left (full role: it runs under prune's exclusive lock);
-        ``GET /?audit=true`` gives the storage's own problems."""
+        ``GET /?audit=true`` gives the storage's own problems; ``GET /?account=true`` the
+        account's name and role (after the server's cap), so a client knows before it starts
+        whether it may delete."""
         query = request.query_params
+        if request.method == "GET" and query.get("account") == "true":
+            return _json({"account": account.name, "role": self.role_of(account).value})
         if request.method == "GET" and query.get("audit") == "true":
             return _json(await run_in_threadpool(self.storage.audit))
         if request.method == "POST" and query.get("create") == "true":

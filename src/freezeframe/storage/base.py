@@ -40,6 +40,10 @@ class Capabilities:
     writable: bool = True
     """False when the storage refuses every change (``ReadOnlyStorage``)."""
 
+    deletes: bool = True
+    """False when the storage refuses to delete or replace what it holds (a read-only one, an
+    append-only account of ``freezeframe serve``): prune refuses before it writes anything."""
+
     local_modes: bool = False
     """Objects are files with owner/group modes that ``create_layout`` sets (and
     ``group_readable`` means something) and ``audit`` reports; an object store has none."""

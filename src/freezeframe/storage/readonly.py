@@ -16,7 +16,7 @@ class ReadOnlyStorage(StorageWrapper):
 
     @property
     def capabilities(self) -> Capabilities:
-        return replace(self.inner.capabilities, writable=False)
+        return replace(self.inner.capabilities, writable=False, deletes=False)
 
     def create_layout(self, *, group_readable: bool = False) -> builtins.list[str]:
         raise _refused(f"cannot create a repository at {self.location}")

@@ -110,7 +110,7 @@ class RestStorage:
         env = os.environ if env is None else env
         self.base = parse_location(location)
         self.location = f"rest:{self.base}"
-        self.capabilities = Capabilities(writable=True, local_modes=False, local_directory=None)
+        self._capabilities: Capabilities | None = None
         self._path = urlsplit(self.base).path
         headers = {"User-Agent": "freezeframe"}
         authorization = _credentials(env)
@@ -131,6 +131,17 @@ class RestStorage:
         )
 
     # -- the Protocol ------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Asked of the server once (the account's role): only the full role deletes."""
+        if self._capabilities is None:
+            doc = self._json("GET", "?account=true", f"cannot reach {self.location}")
+            role = doc.get("role") if isinstance(doc, dict) else None
+            self._capabilities = Capabilities(
+                writable=role != "read", deletes=role == "full", local_modes=False
+            )
+        return self._capabilities
 
     def create_layout(self, *, group_readable: bool = False) -> builtins.list[str]:
         notes: builtins.list[str] = self._json(
