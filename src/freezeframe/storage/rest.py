@@ -38,6 +38,7 @@ from freezeframe.errors import (
     UsageError,
 )
 from freezeframe.storage.base import Capabilities, Description, Kind, ObjectInfo
+from freezeframe.storage.timeouts import io_timeout
 
 SYNTAX = "rest:https://HOST[:PORT]/"
 USER_ENV = "FREEZEFRAME_REST_USER"
@@ -46,7 +47,6 @@ PASSWORD_FILE_ENV = "FREEZEFRAME_REST_PASSWORD_FILE"
 CA_BUNDLE_ENV = "FREEZEFRAME_REST_CA_BUNDLE"
 POOL_CONNECTIONS = 32  # as the S3 backend's: uploads and prefetching reads, a socket each
 CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 120.0
 LIST_TYPE = "application/vnd.x.restic.rest.v2"
 
 
@@ -121,12 +121,14 @@ class RestStorage:
         bundle = env.get(CA_BUNDLE_ENV) or None
         if bundle is not None and not os.path.isfile(bundle):
             raise UsageError(f"{CA_BUNDLE_ENV}={bundle!r} is not a file of CA certificates")
+        silent = io_timeout(env)
+        self._timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT, silent), read=silent)
         self._pool = urllib3.PoolManager(
             num_pools=2,
             maxsize=POOL_CONNECTIONS,
             cert_reqs="CERT_REQUIRED",
             ca_certs=bundle,
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+            timeout=self._timeout,
             retries=False,
         )
 
@@ -292,6 +294,16 @@ class RestStorage:
             reason = str(exc).rpartition("new connection: ")[2] or _reason(exc)
             raise TransientStorageError(
                 f"{what}: cannot connect to {urlsplit(self.base).netloc} ({reason})"
+            ) from exc
+        except urllib3.exceptions.ConnectTimeoutError as exc:
+            raise TransientStorageError(
+                f"{what}: no connection to {urlsplit(self.base).netloc} within "
+                f"{self._timeout.connect_timeout:g} s"
+            ) from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise TransientStorageError(
+                f"{what}: {urlsplit(self.base).netloc} sent nothing for "
+                f"{self._timeout.read_timeout:g} s"
             ) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise TransientStorageError(f"{what}: {_reason(exc)}") from exc

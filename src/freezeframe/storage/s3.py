@@ -55,6 +55,7 @@ from freezeframe.errors import (
     UsageError,
 )
 from freezeframe.storage.base import Capabilities, Description, Kind, ObjectInfo
+from freezeframe.storage.timeouts import io_timeout
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -67,7 +68,6 @@ CA_BUNDLE_ENVS = ("FREEZEFRAME_S3_CA_BUNDLE", "AWS_CA_BUNDLE")
 DEFAULT_REGION = "us-east-1"  # what SigV4 needs when nothing names one; most servers ignore it
 POOL_CONNECTIONS = 32  # several uploads and prefetching reads in flight, each on its own socket
 CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 120.0  # between two reads of a socket, not for a whole transfer
 LIST_PAGE = 1000  # the most S3 gives per page
 
 # A lenient bucket check (legacy and S3-compatible buckets allow more than AWS's rules today):
@@ -171,6 +171,7 @@ class S3Storage:
         self._root = f"{self.place.prefix}/" if self.place.prefix else ""
         settings = os.environ if env is None else env
         self._settings = _shown_settings(self.place, settings)
+        self._io_timeout = io_timeout(settings)
         if client is None:
             client = _make_client(self.place, settings)
         self._client = client
@@ -455,9 +456,9 @@ class S3Storage:
         the URL (the key is named already) and quote urllib3's exception tuples."""
         host = self.place.netloc
         if isinstance(exc, botocore.exceptions.ConnectTimeoutError):
-            return f"no connection to {host} within {CONNECT_TIMEOUT:g} s"
+            return f"no connection to {host} within {min(CONNECT_TIMEOUT, self._io_timeout):g} s"
         if isinstance(exc, botocore.exceptions.ReadTimeoutError):
-            return f"{host} sent nothing for {READ_TIMEOUT:g} s"
+            return f"{host} sent nothing for {self._io_timeout:g} s"
         if isinstance(exc, botocore.exceptions.EndpointConnectionError):
             refused = "refused" in str(exc.kwargs.get("error", "")).lower()
             return f"cannot connect to {host}" + (" (connection refused)" if refused else "")
@@ -588,8 +589,8 @@ def _make_client(place: S3Location, env: Mapping[str, str]) -> S3Client:
         signature_version="s3v4",
         s3={"addressing_style": "virtual" if addressing == "virtual" else "path"},
         retries={"mode": "standard", "total_max_attempts": 1},
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
+        connect_timeout=min(CONNECT_TIMEOUT, io_timeout(env)),
+        read_timeout=io_timeout(env),  # between two reads of a socket, not a whole transfer
         max_pool_connections=POOL_CONNECTIONS,
         tcp_keepalive=True,
         request_checksum_calculation="when_required",

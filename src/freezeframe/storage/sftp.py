@@ -61,6 +61,7 @@ from freezeframe.storage.sftp_protocol import (
     SftpChannel,
     SftpStatus,
 )
+from freezeframe.storage.timeouts import io_timeout
 
 _T = TypeVar("_T")
 
@@ -68,7 +69,6 @@ __all__ = ["SYNTAX", "SftpLocation", "SftpStorage", "parse_location"]
 
 TEMP_PREFIX = ".ff-tmp-"
 CHANNELS = 4  # see the module docstring: more gains nothing on one connection
-IO_TIMEOUT = 120.0  # seconds without a reply before a channel counts as dead
 PRIVATE_MODES = (0o700, 0o600)
 GROUP_READABLE_MODES = (0o750, 0o640)
 _AUDIT_SHOWN = 10
@@ -108,6 +108,7 @@ class SftpStorage:
         self.location = str(self.place)
         self.capabilities = Capabilities(writable=True, local_modes=True, local_directory=None)
         self._env = os.environ if env is None else env
+        self._io_timeout = io_timeout(self._env)  # without a reply, a channel counts as dead
         self._server = Server(self.place.user, self.place.host, self.place.port)
         self._channels = max(1, channels)
         self._lock = threading.Condition()
@@ -175,8 +176,8 @@ class SftpStorage:
 
     def _new_channel(self, transport: paramiko.Transport) -> SftpChannel:
         try:
-            raw = transport.open_session(timeout=IO_TIMEOUT)
-            raw.settimeout(IO_TIMEOUT)
+            raw = transport.open_session(timeout=self._io_timeout)
+            raw.settimeout(self._io_timeout)
             raw.invoke_subsystem("sftp")
             return SftpChannel(raw)
         except (paramiko.SSHException, EOFError, OSError, ProtocolError) as exc:
@@ -261,7 +262,7 @@ class SftpStorage:
         except FreezeframeError:
             raise
         except TimeoutError as exc:
-            raise TransientStorageError(f"{what}: no answer within {IO_TIMEOUT:g} s") from exc
+            raise TransientStorageError(f"{what}: no answer within {self._io_timeout:g} s") from exc
         except (paramiko.SSHException, EOFError, OSError, ProtocolError, struct.error) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise TransientStorageError(f"{what}: the connection failed ({reason})") from exc

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import paramiko
 
 from freezeframe.errors import StorageError, TransientStorageError
+from freezeframe.storage.timeouts import io_timeout
 
 IDENTITY_ENV = "FREEZEFRAME_SFTP_IDENTITY"
 KNOWN_HOSTS_ENV = "FREEZEFRAME_SFTP_KNOWN_HOSTS"
@@ -67,20 +68,22 @@ def connect(server: Server, env: Mapping[str, str]) -> paramiko.Transport:
     where = f"{server.user}@{server.host}:{server.port}"
     path = known_hosts_path(env)
     known = _load_known_hosts(path)
+    timeout = min(CONNECT_TIMEOUT, io_timeout(env))
     try:
-        sock = socket.create_connection((server.host, server.port), timeout=CONNECT_TIMEOUT)
+        sock = socket.create_connection((server.host, server.port), timeout=timeout)
     except socket.gaierror as exc:
         raise StorageError(f"cannot find SFTP server {server.host!r}: {exc.strerror}") from exc
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise TransientStorageError(f"cannot connect to SFTP server {where}: {reason}") from exc
     transport = paramiko.Transport(sock, default_window_size=WINDOW)
+    transport.banner_timeout = transport.handshake_timeout = timeout
     try:
         expected = known.lookup(server.known_hosts_name) if known is not None else None
         if expected:
             _prefer_known_key_types(transport, set(expected.keys()))
         try:
-            transport.start_client(timeout=CONNECT_TIMEOUT)
+            transport.start_client(timeout=timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             reason = _reason(exc)
             if "banner" in reason:
@@ -88,7 +91,14 @@ def connect(server: Server, env: Mapping[str, str]) -> paramiko.Transport:
             raise TransientStorageError(
                 f"SSH with {where} failed before authentication: {reason}"
             ) from exc
-        _check_host_key(server, transport.get_remote_server_key(), expected, path, known)
+        try:
+            # start_client returns, without raising, when its timeout passes mid-negotiation.
+            offered = transport.get_remote_server_key()
+        except paramiko.SSHException as exc:
+            raise TransientStorageError(
+                f"SSH with {where} failed before authentication: no answer within {timeout:g} s"
+            ) from exc
+        _check_host_key(server, offered, expected, path, known)
         _authenticate(server, transport, env)
         transport.set_keepalive(KEEPALIVE)
     except BaseException:
