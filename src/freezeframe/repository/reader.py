@@ -11,7 +11,8 @@ Over a storage with latency (anything but a local directory) a run is served fro
 window of its pack (``repository.readahead``): the runs of the batches that follow, reading the
 next blobs of the same pack, need no request of their own; and ``fetch_threads`` tells the
 consumer to keep several requests in flight. A window that cannot be read leaves each run to
-read its own range, as without windows, so a damaged range still fails only its blobs.
+read its own range, as without windows (so does a run a short window does not hold), so a
+damaged range still fails only its blobs.
 """
 
 from __future__ import annotations
@@ -147,7 +148,9 @@ class PackRun:
                 pass  # the window is unreadable: the run reads its own range, as without one
             else:
                 begin = self._start - window.start
-                return FetchedRun(self, memoryview(data)[begin : begin + self._length])
+                if len(data) >= begin + self._length:
+                    return FetchedRun(self, memoryview(data)[begin : begin + self._length])
+                # Short (a pack cut short): the run's own read fails only what it lacks.
             finally:
                 self.windows.done(window)
                 self.window = None
