@@ -75,13 +75,16 @@ def _backup(storage: Storage, source: Path, cache: Path) -> Snapshot:
         repo.close()
 
 
-def _restore(storage: Storage, snapshot_id: str, target: Path) -> RestoreResult:
-    """As ``freezeframe restore`` (cmd_restore)."""
+def _restore(
+    storage: Storage, snapshot_id: str, target: Path, *, read_ahead: bool | None = None
+) -> RestoreResult:
+    """As ``freezeframe restore`` (cmd_restore); ``read_ahead`` True as over a remote storage
+    (pack windows, several requests in flight, trees loaded ahead)."""
     repo = Repository.open(storage, PASSWORD, load_index=False)
     try:
         snapshot = next(s for s in list_snapshots(repo) if s.id == snapshot_id)
         with RepositoryLock(repo, exclusive=False):
-            return restore_snapshot(RepositoryReader(repo), snapshot, target)
+            return restore_snapshot(RepositoryReader(repo, read_ahead=read_ahead), snapshot, target)
     finally:
         repo.close()
 
@@ -234,13 +237,14 @@ RESTORE_FAULTS = {
 }
 
 
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["local", "read-ahead"])
 @pytest.mark.parametrize("fault", RESTORE_FAULTS.values(), ids=RESTORE_FAULTS.keys())
-def test_a_restore_that_fails_half_way(fx: Repo, fault: Fault) -> None:
+def test_a_restore_that_fails_half_way(fx: Repo, fault: Fault, read_ahead: bool) -> None:
     storage = fx.faulty([fault])
     ((snapshot_id, (source, expected)),) = fx.kept.items()
     target = fx.tmp / "target"
     try:
-        result = _restore(storage, snapshot_id, target)
+        result = _restore(storage, snapshot_id, target, read_ahead=read_ahead)
     except FreezeframeError as exc:
         _one_line(exc)
         reported: list[str] | None = None
@@ -261,15 +265,21 @@ def test_a_restore_that_fails_half_way(fx: Repo, fault: Fault) -> None:
     _assert_healthy(fx)
 
 
-@pytest.mark.parametrize("nth", [12, 20])  # both stop with files begun and not finished
-def test_a_storage_that_stops_answering_stops_the_restore(fx: Repo, nth: int) -> None:
+@pytest.mark.parametrize(
+    ("nth", "read_ahead"),  # each stops with files begun and not finished
+    [(12, False), (20, False), (6, True), (12, True)],
+    ids=["local-12", "local-20", "read-ahead-6", "read-ahead-12"],
+)
+def test_a_storage_that_stops_answering_stops_the_restore(
+    fx: Repo, nth: int, read_ahead: bool
+) -> None:
     """Retries spent on a storage that no longer answers: the restore stops with one line
     (not thousands of files named damaged), and no file it had begun is left behind."""
     storage = fx.faulty([Fault("get", Effect.TRANSIENT, kind=Kind.DATA, nth=nth, times=None)])
     ((snapshot_id, (source, expected)),) = fx.kept.items()
     target = fx.tmp / "target"
     with pytest.raises(TransientStorageError) as stopped:
-        _restore(storage, snapshot_id, target)
+        _restore(storage, snapshot_id, target, read_ahead=read_ahead)
     _one_line(stopped.value)
     restored = _files(target / str(source).lstrip("/")) if target.exists() else {}
     assert len(restored) < len(expected)

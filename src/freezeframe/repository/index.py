@@ -64,6 +64,7 @@ class Index:
         self._marked_packs: set[str] = set()
         self._pack_names: list[str] = []
         self._pack_numbers: dict[str, int] = {}
+        self._pack_ends: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -94,10 +95,13 @@ class Index:
     def add_pack(self, pack: str, entries: Iterable[PackEntry]) -> None:
         with self._lock:
             pack_no = self._number(pack)
+            end = self._pack_ends.get(pack_no, 0)
             for e in entries:
                 self._blobs.setdefault(
                     e.blob_id, (pack_no, e.blob_type, e.offset, e.length, e.raw_length)
                 )
+                end = max(end, e.offset + e.length)
+            self._pack_ends[pack_no] = end
 
     def add_marked_pack(self, pack: str, entries: Iterable[PackEntry]) -> None:
         """A pack a prune marked for deletion: readable, never deduplicated against; call after
@@ -105,11 +109,20 @@ class Index:
         with self._lock:
             pack_no = self._number(pack)
             self._marked_packs.add(pack)
+            end = self._pack_ends.get(pack_no, 0)
             for e in entries:
+                end = max(end, e.offset + e.length)
                 if e.blob_id not in self._blobs:
                     self._marked_blobs.setdefault(
                         e.blob_id, (pack_no, e.blob_type, e.offset, e.length, e.raw_length)
                     )
+            self._pack_ends[pack_no] = end
+
+    def blobs_end(self, pack: str) -> int | None:
+        """Where the last blob an index file places in ``pack`` ends (the pack's header
+        follows): a read ahead never goes past it. None for a pack no index file names."""
+        pack_no = self._pack_numbers.get(pack)
+        return None if pack_no is None else self._pack_ends.get(pack_no)
 
     def marked_packs(self) -> set[str]:
         """Packs marked for deletion (and named live by no index file)."""

@@ -11,11 +11,16 @@ Two paths, because of the GIL. Large blobs go to worker threads: AES-GCM, zstd a
 release the GIL on them, so the workers use every core. Small blobs cost mostly interpreter
 time, and threads handing the GIL back and forth on every system call cost more CPU than they
 save (measured on 200,000 small files: one thread 16 s, two threads 21-27 s, four 30 s): the
-walk thread writes them itself, while one reader thread fetches the read groups of the next
-few batches, so waiting for the disk still overlaps with work.
+walk thread writes them itself, while reader threads fetch the read groups of the next few
+batches, so waiting for the storage still overlaps with work. Only the fetching goes parallel:
+one reader thread where a fetch is a local read, ``BlobReader.fetch_threads`` of them where
+each pays a round trip (then the large-blob workers hand their fetches to those threads too,
+so a batch's requests are in flight together, and more small batches are read ahead).
 
-Memory stays bounded: a fixed number of batches in flight or read ahead, read groups of bounded
-size (a repository's: at most ``repository.reader.MAX_RUN`` bytes), a fixed-size cache.
+Memory stays bounded: a fixed number of batches in flight or read ahead (``READ_AHEAD``, twice
+that over a storage with latency), read groups of bounded size (a repository's: at most
+``repository.reader.MAX_RUN`` bytes, plus its read-ahead windows, at most
+``repository.readahead.BUDGET`` bytes), a fixed-size cache.
 """
 
 from __future__ import annotations
@@ -70,14 +75,18 @@ class ContentWriter:
         self._finished = finished
         self._written = written
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="restore")
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-read")
+        self._fetchers = max(1, blobs.fetch_threads)
+        self._reader = ThreadPoolExecutor(
+            max_workers=self._fetchers, thread_name_prefix="restore-read"
+        )
+        self._read_ahead = READ_AHEAD if self._fetchers == 1 else 2 * READ_AHEAD
         in_flight = 2 * max(1, workers)
         self._slots = threading.BoundedSemaphore(in_flight)
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         fd_budget = (soft_limit if soft_limit > 0 else 1024) // 2
         # Files stay open from creation to their last write: in worker batches, in batches
         # read ahead, and in the batch being filled.
-        queued = in_flight + READ_AHEAD + 2
+        queued = in_flight + self._read_ahead + 2
         self._batch_files = max(1, min(BATCH_FILES, fd_budget // queued))
         self._cache = _BlobCache(CACHE_BYTES)
         self._lock = threading.Lock()
@@ -149,7 +158,7 @@ class ContentWriter:
             plan = self._plan(batch)
             plan.reads = [self._reader.submit(group.fetch) for group in plan.groups]
             self._ahead.append(plan)
-            if len(self._ahead) > READ_AHEAD:
+            if len(self._ahead) > self._read_ahead:
                 self._write_ahead()
             return
         self._slots.acquire()
@@ -188,7 +197,15 @@ class ContentWriter:
         done = False
         try:
             plan = self._plan(batch)
-            self._execute(plan, lambda index: plan.groups[index].fetch())
+            if self._fetchers > 1:  # every request of the batch in flight at once
+                reads = [self._reader.submit(group.fetch) for group in plan.groups]
+                try:
+                    self._execute(plan, lambda index: reads[index].result())
+                finally:
+                    for read in reads:
+                        read.cancel()
+            else:
+                self._execute(plan, lambda index: plan.groups[index].fetch())
             done = True
         finally:
             self._complete(batch, done)

@@ -50,7 +50,12 @@ class BlobGroup(Protocol):
 
 
 class BlobReader(Protocol):
-    """File content: the blobs a file node lists, in order, make up its content."""
+    """File content: the blobs a file node lists, in order, make up its content.
+
+    ``fetch_threads``: how many group fetches are worth running at once (1 where a fetch is a
+    local read, more where each pays a round trip)."""
+
+    fetch_threads: int
 
     def blob_size(self, blob_id: bytes) -> int | None:
         """The length of a content blob's data, without reading it; None when there is no

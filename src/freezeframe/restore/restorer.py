@@ -6,7 +6,8 @@ link and special file through directory descriptors (see ``safepath``); the cont
 files is written by worker threads (see ``content``), and each file gets its metadata once its
 last byte is written. A directory's metadata is applied after all its entries exist (post-order),
 so creating them does not disturb its mtime and a read-only directory still receives them;
-writing content into open files never touches a directory again.
+writing content into open files never touches a directory again. Over a storage with latency
+the trees of the directories ahead are loaded on a few threads meanwhile (see ``trees``).
 
 One entry that cannot be restored (a bad name in the tree, a missing or damaged blob, a full
 disk) becomes an error in the result and the restore goes on; only Ctrl-C and bugs stop it.
@@ -59,6 +60,7 @@ from freezeframe.restore.safepath import (
     open_target,
 )
 from freezeframe.restore.selection import Selection, narrow, select
+from freezeframe.restore.trees import THREADS, TreeLoader
 
 __all__ = ["Damage", "RestoreProgress", "RestoreResult", "restore_snapshot"]
 
@@ -147,6 +149,8 @@ class _Restorer:
         self.bytes = 0
         self._lock = threading.Lock()
         self._writer = ContentWriter(reader, workers, self._file_done, self._bytes_written)
+        # Where each request pays a round trip, subdirectories' trees are loaded ahead.
+        self._trees = TreeLoader(reader.load_tree, THREADS if reader.fetch_threads > 1 else 0)
         self._root_fd = -1  # both set once the target is open
         self._links = HardLinks(-1)
         umask = read_umask()
@@ -154,7 +158,13 @@ class _Restorer:
         self._fresh: dict[int, Fresh] = {}  # by creation mode
 
     def run(self, tree: bytes, target: Path, selection: Selection) -> RestoreResult:
-        root_nodes = self.reader.load_tree(tree)
+        try:
+            return self._run(tree, target, selection)
+        finally:
+            self._trees.close()
+
+    def _run(self, tree: bytes, target: Path, selection: Selection) -> RestoreResult:
+        root_nodes = self._trees.load(tree, ahead=selection is None)
         self._root_fd = open_target(target)
         self._links = HardLinks(self._root_fd)
         setgid = bool(os.fstat(self._root_fd).st_mode & stat.S_ISGID)
@@ -221,7 +231,7 @@ class _Restorer:
             clear_default_acl(fd)
             if node.subtree is None:
                 raise IntegrityError("the directory has no recorded contents")
-            nodes = self.reader.load_tree(node.subtree)
+            nodes = self._trees.load(node.subtree, ahead=wanted is None)
         except TransientStorageError:
             raise  # the storage stopped answering (retries spent): stop, not damage
         except FreezeframeError as exc:

@@ -203,7 +203,10 @@ class _BlobCopier:
                         next_frontier.append(node.subtree)
             frontier = next_frontier
         # Data in pack ranges (nearby blobs in one request: a remote source pays per request).
-        self._run(self._copy_run, RepositoryReader(self._source).plan_reads(missing_data))
+        self._run(
+            self._copy_run,
+            RepositoryReader(self._source, read_ahead=False).plan_reads(missing_data),
+        )
         self._run(lambda blob: self._copy_blob(BlobType.TREE, blob), missing_trees)
 
     def _read_tree(self, tree_id: bytes) -> bytes:

@@ -165,6 +165,8 @@ class _Group:
 class MemoryReader:
     """Trees and blobs held in memory; one group per blob."""
 
+    fetch_threads = 1
+
     def __init__(self) -> None:
         self.trees: dict[bytes, list[Node]] = {}
         self.blobs: dict[bytes, bytes] = {}
