@@ -9,7 +9,9 @@ suspended or frozen.
 
 Level: lvcreate suspends the origin with lockfs (lvm2 always does for a snapshot's origin, and
 offers no switch to skip it), and device-mapper's lockfs freezes the file system on it: the
-snapshot is of a flushed, frozen file system, `filesystem` level, and needs no journal replay.
+snapshot is of a flushed, frozen file system, `filesystem` level: an ext4 snapshot needs no
+journal replay; an XFS one still had its log replayed when mounted (seen on Linux 6.1 in the
+lab), into the snapshot, over the data the frozen file system had written.
 A separate FIFREEZE around it is not wanted (``needs_freeze`` is False): the suspend's own
 freeze of an already frozen file system fails with EBUSY on the kernels we test. `crash` is not
 offered separately: it is served by this stronger snapshot. The mount is writable underneath
