@@ -183,3 +183,25 @@ def test_sigkill_while_reading_leaves_what_the_next_run_removes(lvm_vm: Vm, name
     handle = str(held["handle"])
     assert result["removed"] == [f"/run/freezeframe/snapshots/lvm/{handle}", handle]
     assert _leftovers(lvm_vm) == []
+
+
+def test_thin_pool_above_90_percent_is_refused_before_anything(lvm_vm: Vm) -> None:
+    """Last in the file: it fills the pool (with a file on one thin LV) past 90 % of its data,
+    then a snapshot of the other thin LV is refused in one line and none is made."""
+    fill = (
+        "i=0; while :; do "
+        f"p=$(lvs --noheadings -o data_percent {VG}/pool | tr -d ' '); "
+        'case "$p" in 9[1-9].*|100.*) echo "$p"; exit 0;; esac; '
+        "i=$((i + 1)); [ $i -lt 100 ] || exit 1; "
+        "dd if=/dev/urandom of=/mnt/lv/thin-xfs/fill$i bs=1M count=4 conv=fsync 2>/dev/null "
+        "|| exit 2; done"
+    )
+    percent = float(must(lvm_vm, fill, timeout=600).strip())
+    status, result = _driver(lvm_vm, "snapshot", "/mnt/lv/thin-ext4")
+    assert status == 3, result
+    refused = str(result["refused"])
+    assert refused == (
+        f"cannot snapshot {VG}/thin-ext4: thin pool {VG}/pool is {percent:.1f}% full (data); "
+        "above 90% a snapshot could fill it and stop its volumes"
+    )
+    assert _leftovers(lvm_vm) == []
