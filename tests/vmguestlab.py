@@ -259,9 +259,14 @@ def warm_pycache() -> Path:
     return PYCACHE_PREFIX
 
 
-def app_initramfs(workload: str = APP_WORKLOAD) -> Path:
-    """The lab's initramfs with the 9p modules, APP_SETUP and the agent in the chroot."""
-    return guest_initramfs(workload, modules=APP_MODULES, setup=APP_SETUP, agent=APP_AGENT)
+def app_initramfs(
+    workload: str = APP_WORKLOAD,
+    modules: tuple[str, ...] = APP_MODULES,
+    setup: str = APP_SETUP,
+) -> Path:
+    """The lab's initramfs with the 9p modules, APP_SETUP and the agent in the chroot
+    (``modules`` and ``setup``: more modules, more setup, e.g. the LVM lab's)."""
+    return guest_initramfs(workload, modules=modules, setup=setup, agent=APP_AGENT)
 
 
 @contextlib.contextmanager
@@ -275,6 +280,8 @@ def running_app_vm(
     memory_mib: int = MEMORY_MIB,
     fmt: str | None = None,
     boot_timeout: float = 180.0,
+    modules: tuple[str, ...] = APP_MODULES,
+    setup: str = APP_SETUP,
 ) -> Iterator[Vm]:
     """Boots the application guest on ``disks`` (from ``make_app_disks``) like
     ``vmfixtures.running_vm``; ``hook`` (a script's text) becomes the agent's fsfreeze hook
@@ -302,7 +309,7 @@ def running_app_vm(
         memory_mib=memory_mib,
         fmt=fmt,
         boot_timeout=boot_timeout,
-        initramfs=app_initramfs(workload),
+        initramfs=app_initramfs(workload, modules, setup),
         extra_args=extra_args,
     ) as vm:
         yield vm

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 apt_packages=(python3 python3-venv python3-pip acl attr e2fsprogs util-linux btrfs-progs xfsprogs
     redis-server postgresql mariadb-server qemu-system-x86 qemu-utils qemu-guest-agent busybox-static
-    openssh-server)
+    openssh-server lvm2 thin-provisioning-tools)
 # The benchmarks run restic and borg beside freezeframe: `make bench*` asks for them here.
 if [ -n "${BOOTSTRAP_EXTRA_APT:-}" ]; then
     read -r -a extra <<<"$BOOTSTRAP_EXTRA_APT"

@@ -1,0 +1,205 @@
+"""ext4 and XFS on an LVM logical volume: ``lvcreate --snapshot`` of the LV, mounted read-only
+under /run/freezeframe/snapshots/lvm/<vg>/<snapshot>, read, unmounted and removed.
+
+A volume is LVM's when its device-mapper device's uuid starts with ``LVM-``; ``lvs`` then says
+whether it is thin (the snapshot needs no size; refused when its pool is over 90 % full) or
+thick (a copy-on-write store of ``snapshot_size`` bytes, default 20 % of the origin, refused
+when the VG has less free). The checks run in ``unsupported_reason``: before anything is
+suspended or frozen.
+
+Level: lvcreate suspends the origin with lockfs (lvm2 always does for a snapshot's origin, and
+offers no switch to skip it), and device-mapper's lockfs freezes the file system on it: the
+snapshot is of a flushed, frozen file system, `filesystem` level: an ext4 snapshot needs no
+journal replay; an XFS one still had its log replayed when mounted (seen on Linux 6.1 in the
+lab), into the snapshot, over the data the frozen file system had written.
+A separate FIFREEZE around it is not wanted (``needs_freeze`` is False): the suspend's own
+freeze of an already frozen file system fails with EBUSY on the kernels we test. `crash` is not
+offered separately: it is served by this stronger snapshot. The mount is writable underneath
+(snapshots are read-write LVs), so a journal that does need replay is replayed into the
+snapshot, never the origin; XFS mounts it with ``nouuid``, since it carries the origin's uuid.
+
+A thick snapshot whose store fills becomes invalid: ``check_intact`` (after reading, before
+the data read from it is trusted) fails loudly then. Snapshot names carry the run id, so a
+dead run's snapshots and mounts are found and removed (``find_leftovers``).
+
+Not chosen by the capture layer yet (not in ``registry.PROVIDERS``): proven so far only by the
+VM lab's tests (tests/system/test_lvm_lab.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from freezeframe.capture.providers.base import ReadOnlyView, run_is_alive, run_tool
+from freezeframe.capture.providers.lvm_report import (
+    LV_FIELDS,
+    LVM_UUID_PREFIX,
+    VG_FIELDS,
+    LogicalVolume,
+    SnapshotPlan,
+    VolumeGroup,
+    damage,
+    parse_lvs,
+    parse_vgs,
+    plan_snapshot,
+    run_of_snapshot,
+    split_dm_name,
+)
+from freezeframe.capture.volumes import Volume
+from freezeframe.errors import FreezeframeError
+
+MOUNT_ROOT = "/run/freezeframe/snapshots/lvm"
+FILE_SYSTEMS = ("ext4", "xfs")
+SYS_DEV_BLOCK = Path("/sys/dev/block")
+REPORT = ("--reportformat", "json", "--units", "b", "--nosuffix")
+
+
+class LvmProvider:
+    name = "lvm"
+    needs_freeze = False  # lvcreate's suspend freezes the file system itself (lockfs)
+
+    def __init__(self, snapshot_size: int | None = None) -> None:
+        self.snapshot_size = snapshot_size  # bytes of a thick snapshot's store; None: 20 %
+
+    def unsupported_reason(self, volume: Volume) -> str | None:
+        if volume.fs_type not in FILE_SYSTEMS:
+            return f"{volume.fs_type} is not ext4 or xfs"
+        names = lvm_names(volume.mount.device)
+        if names is None:
+            return f"{volume.mount.source} is not an LVM logical volume"
+        if shutil.which("lvcreate") is None:
+            return "lvm2 is not installed"
+        if os.geteuid() != 0:
+            return "LVM snapshots need root"
+        if volume.mount.read_only:
+            return f"{volume.mount.mount_point} is mounted read-only"
+        try:
+            self.plan(volume, "19700101T000000-0-000000")
+        except FreezeframeError as exc:
+            return str(exc)
+        return None
+
+    def plan(self, volume: Volume, run_id: str) -> SnapshotPlan:
+        """The snapshot ``take`` would create, from lvm's report now; or why none can be."""
+        names = lvm_names(volume.mount.device)
+        if names is None:
+            raise FreezeframeError(f"{volume.mount.source} is no longer an LVM logical volume")
+        lv = report_lv(*names)
+        pool = report_lv(lv.vg, lv.pool) if lv.kind == "thin" and lv.pool else None
+        vg = report_vg(lv.vg) if lv.kind == "thick" else None
+        return plan_snapshot(lv, pool, vg, run_id, self.snapshot_size)
+
+    def take(self, volume: Volume, run_id: str) -> ReadOnlyView:
+        plan = self.plan(volume, run_id)
+        started = time.monotonic()
+        created_ns = time.time_ns()
+        run_tool(*plan.lvcreate_argv(), what=f"lvcreate --snapshot of {plan.origin.full_name}")
+        elapsed_ms = (time.monotonic() - started) * 1000
+        handle = f"{plan.origin.vg}/{plan.name}"
+        root = os.path.join(_mount_dir(handle), volume.mount.root.lstrip("/"))
+        return ReadOnlyView(
+            self.name, volume, volume.mount.mount_point, root.rstrip("/"), created_ns,
+            elapsed_ms, handle,
+        )  # fmt: skip
+
+    def expose(self, view: ReadOnlyView) -> None:
+        """Mount the snapshot read-only (a journal that needs it is replayed into the snapshot)."""
+        directory = _mount_dir(view.handle)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        options = "ro,nouuid" if view.volume.fs_type == "xfs" else "ro"
+        run_tool("mount", "-t", view.volume.fs_type, "-o", options, f"/dev/{view.handle}",
+                 directory, what=f"mount of snapshot {view.handle}")  # fmt: skip
+
+    def check_intact(self, view: ReadOnlyView) -> None:
+        """Raise unless the snapshot is still whole: call after reading it, before what was
+        read is kept (a thick snapshot whose store filled meanwhile is invalid)."""
+        vg, name = view.handle.split("/", 1)
+        try:
+            snapshot = report_lv(vg, name)
+        except FreezeframeError as exc:
+            raise FreezeframeError(f"snapshot {view.handle} is gone: {exc}") from exc
+        reason = damage(snapshot)
+        if reason is not None:
+            raise FreezeframeError(f"{reason}; nothing read from it is kept")
+
+    def remove(self, view: ReadOnlyView) -> None:
+        self.remove_leftover(_mount_dir(view.handle))
+        self.remove_leftover(view.handle)
+
+    def scratch_paths(self, view: ReadOnlyView) -> list[str]:
+        return [MOUNT_ROOT]
+
+    def find_leftovers(self, volume: Volume) -> list[str]:
+        """Mounts, then snapshots (``vg/name``), of ``volume``'s LV made by runs now dead."""
+        names = lvm_names(volume.mount.device)
+        if names is None:
+            return []
+        vg, origin = names
+        snapshots = [
+            lv
+            for lv in parse_lvs(run_tool("lvs", *REPORT, "-o", LV_FIELDS, vg, what="lvs"))
+            if lv.origin == origin and _dead(lv.name)
+        ]
+        found = [
+            directory for lv in snapshots if os.path.isdir(directory := _mount_dir(lv.full_name))
+        ]
+        return found + [lv.full_name for lv in snapshots]
+
+    def remove_leftover(self, path: str) -> None:
+        if path.startswith(MOUNT_ROOT + "/"):
+            if os.path.ismount(path):
+                try:
+                    run_tool("umount", path)
+                except FreezeframeError:
+                    run_tool("umount", "--lazy", path)
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(path)
+            return
+        vg, name = path.split("/", 1)
+        if any(lv.name == name for lv in _lvs_of(vg)):
+            run_tool("lvremove", "-y", path, what=f"lvremove of snapshot {path}")
+
+
+def lvm_names(device: str) -> tuple[str, str] | None:
+    """VG and LV of the block device ``major:minor``, when it is an LVM LV, else None."""
+    dm = SYS_DEV_BLOCK / device / "dm"
+    try:
+        uuid = (dm / "uuid").read_text().strip()
+        name = (dm / "name").read_text().strip()
+    except OSError:
+        return None
+    if not uuid.startswith(LVM_UUID_PREFIX) or "-" in uuid[len(LVM_UUID_PREFIX) :]:
+        return None  # not lvm's, or a layer device (uuid with a -real, -cow... suffix)
+    return split_dm_name(name)
+
+
+def report_lv(vg: str, lv: str) -> LogicalVolume:
+    found = parse_lvs(run_tool("lvs", *REPORT, "-o", LV_FIELDS, f"{vg}/{lv}", what="lvs"))
+    if len(found) != 1:
+        raise FreezeframeError(f"lvs reported {len(found)} LVs for {vg}/{lv}")
+    return found[0]
+
+
+def report_vg(vg: str) -> VolumeGroup:
+    found = parse_vgs(run_tool("vgs", *REPORT, "-o", VG_FIELDS, vg, what="vgs"))
+    if len(found) != 1:
+        raise FreezeframeError(f"vgs reported {len(found)} VGs for {vg}")
+    return found[0]
+
+
+def _lvs_of(vg: str) -> list[LogicalVolume]:
+    return parse_lvs(run_tool("lvs", *REPORT, "-o", LV_FIELDS, vg, what="lvs"))
+
+
+def _mount_dir(handle: str) -> str:
+    """Where the snapshot ``vg/name`` is mounted."""
+    return os.path.join(MOUNT_ROOT, handle)
+
+
+def _dead(name: str) -> bool:
+    run_id = run_of_snapshot(name)
+    return run_id is not None and not run_is_alive(run_id)

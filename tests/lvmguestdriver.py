@@ -1,0 +1,139 @@
+"""Run inside the LVM lab's guest (tests/vmlvmlab.py) by tests/system/test_lvm_lab.py: drives
+freezeframe's LVM provider on a mounted LV the way a backup does and prints one JSON line.
+
+    snapshot MOUNT [--size BYTES] [--scribble MIB] [--hold]
+        hashes every file under MOUNT, takes the snapshot, then changes MOUNT (rewrites
+        ``marker``, adds ``after-snapshot``), mounts the snapshot and hashes what it shows;
+        ``--scribble`` writes MIB MiB of new data to MOUNT before the snapshot is checked (to
+        overflow a small thick snapshot); ``--hold`` writes the view and its pid to HOLD_FILE
+        once the snapshot is mounted and sleeps (to be killed). Also reports whether the
+        snapshot's ext4 needed journal replay (and the origin's), and the kernel's lines about
+        mounting the snapshot (XFS says whether it recovered its log).
+        Then checks the snapshot is intact and removes it.
+    cleanup MOUNT
+        removes the snapshots and mounts of dead runs on MOUNT's LV, as the next run does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+from freezeframe.capture.providers.base import new_run_id
+from freezeframe.capture.providers.lvm import LvmProvider
+from freezeframe.capture.volumes import resolve_volume
+from freezeframe.errors import FreezeframeError
+
+HOLD_FILE = "/run/lvm-hold.json"  # --hold: the view and this process's pid, once mounted
+
+
+def tree_hashes(root: str) -> dict[str, str]:
+    hashes = {}
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "lost+found"]
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                hashes[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return hashes
+
+
+def needs_recovery(fs_type: str, device: str) -> bool | None:
+    """ext4: whether the superblock says the journal must be replayed (always so on a mounted
+    ext4, never on a frozen one: freezing flushes the journal). None for other file systems."""
+    if fs_type != "ext4":
+        return None
+    done = subprocess.run(["dumpe2fs", "-h", device], capture_output=True, text=True, check=True)
+    return "needs_recovery" in done.stdout
+
+
+def _kernel_log() -> list[str]:
+    return subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def snapshot(args: argparse.Namespace) -> int:
+    provider = LvmProvider(snapshot_size=args.size)
+    volume = resolve_volume(args.mount)
+    reason = provider.unsupported_reason(volume)
+    if reason is not None:
+        print(json.dumps({"refused": reason}))
+        return 3
+    before = tree_hashes(args.mount)
+    view = provider.take(volume, new_run_id())
+    result: dict[str, object] = {"handle": view.handle, "create_ms": view.create_ms}
+    try:
+        with open(os.path.join(args.mount, "marker"), "w") as f:
+            f.write(f"after the snapshot {time.time()}\n")
+        with open(os.path.join(args.mount, "after-snapshot"), "w") as f:
+            f.write("not in the snapshot\n")
+        os.sync()
+        result["needs_recovery"] = needs_recovery(volume.fs_type, f"/dev/{view.handle}")
+        result["origin_needs_recovery"] = needs_recovery(volume.fs_type, volume.mount.source)
+        kernel_log = _kernel_log()
+        provider.expose(view)
+        # The kernel names it dm-<minor> (lvm without udev makes /dev/mapper nodes, not links).
+        device = f"dm-{os.minor(os.stat(f'/dev/{view.handle}').st_rdev)}"
+        result["mount_log"] = [
+            line for line in _kernel_log()[len(kernel_log) :] if f"({device})" in line
+        ]
+        result["root"] = view.root
+        if args.hold:
+            result["pid"] = os.getpid()
+            with open(HOLD_FILE + ".tmp", "w") as f:
+                json.dump(result, f)
+            os.rename(HOLD_FILE + ".tmp", HOLD_FILE)
+            time.sleep(3600)
+        seen = tree_hashes(view.root)
+        result.update(before=before, seen=seen, origin_after=tree_hashes(args.mount))
+        if args.scribble:
+            with open(os.path.join(args.mount, "scribble"), "wb") as f:
+                for _ in range(args.scribble):
+                    f.write(os.urandom(1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            provider.check_intact(view)
+            result["intact"] = True
+        except FreezeframeError as exc:
+            result["damaged"] = str(exc)
+    finally:
+        provider.remove(view)
+    print(json.dumps(result))
+    return 0
+
+
+def cleanup(args: argparse.Namespace) -> int:
+    provider = LvmProvider()
+    volume = resolve_volume(args.mount)
+    leftovers = provider.find_leftovers(volume)
+    for path in leftovers:
+        provider.remove_leftover(path)
+    print(json.dumps({"removed": leftovers}))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    take = commands.add_parser("snapshot")
+    take.add_argument("mount")
+    take.add_argument("--size", type=int)
+    take.add_argument("--scribble", type=int, default=0)
+    take.add_argument("--hold", action="store_true")
+    clean = commands.add_parser("cleanup")
+    clean.add_argument("mount")
+    args = parser.parse_args()
+    try:
+        return snapshot(args) if args.command == "snapshot" else cleanup(args)
+    except FreezeframeError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
