@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from freezeframe import hooks
+from freezeframe.errors import EXIT_FATAL
 
 PASSWORD = "correct horse battery staple"
 FAST_INIT = ("init", "--argon2-memory", "8", "--argon2-time", "1")
@@ -171,6 +172,46 @@ def hold_env(point: hooks.Point, seconds: float) -> dict[str, str]:
     fixture holds the in-process ``Cli`` instead."""
     path = [str(HOOK_INSTALLER), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {HOLD_ENV: f"{point.value}={seconds:g}", "PYTHONPATH": os.pathsep.join(path)}
+
+
+def run_at(
+    location: str,
+    *args: str | os.PathLike[str],
+    env: dict[str, str] | None = None,
+    json: bool = False,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a separate process against the repository at ``location``, named as an
+    operator names it (``FREEZEFRAME_REPOSITORY``; its credentials in ``env`` or the test's
+    environment)."""
+    return run_freezeframe(
+        *args,
+        repo=None,
+        json=json,
+        env={"FREEZEFRAME_REPOSITORY": location, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> str:
+    """A run that exited 0 with no traceback; returns its stdout."""
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout
+
+
+def one_line_error(
+    result: subprocess.CompletedProcess[str], status: int = EXIT_FATAL, *, warnings: int = 0
+) -> str:
+    """The failure's only error line, the last (exit ``status``, no traceback, no snapshot
+    claimed), after at most ``warnings`` warning lines."""
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 1 + warnings, result.stderr
+    assert all(line.startswith("freezeframe: warning: ") for line in lines[:-1]), lines
+    assert lines[-1].startswith("freezeframe: error: "), lines
+    assert "saved" not in result.stdout + result.stderr
+    return lines[-1]
 
 
 def parse_json(text: str, what: str = "output") -> Any:

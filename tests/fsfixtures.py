@@ -14,6 +14,22 @@ from pathlib import Path
 
 from ffharness import is_root, privileged_required
 
+
+@contextmanager
+def small_tmpfs(mount: Path, size_mib: int = 24, *, lazy: bool = False) -> Iterator[Path]:
+    """A tmpfs of ``size_mib`` MiB mounted on ``mount`` (made if missing), for a full disk;
+    unmounted afterwards (``lazy``: even while a server still has files open on it)."""
+    if not is_root():
+        privileged_required("mounting a small tmpfs needs root")
+    mount.mkdir(exist_ok=True)
+    options = f"size={size_mib}m"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", *(["-l"] if lazy else []), str(mount)], check=True)
+
+
 MKFS = {
     "btrfs": ["mkfs.btrfs", "-q", "-f"],
     "xfs": ["mkfs.xfs", "-q", "-f"],

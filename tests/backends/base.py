@@ -1,7 +1,9 @@
-"""What the storage contract suite needs of a backend beyond the Storage Protocol."""
+"""What the storage contract suite needs of a backend beyond the Storage Protocol, and the pieces
+every backend's factories share."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from freezeframe.storage.base import Kind, Storage
+from freezeframe.storage.ratelimit import RateLimits
+from freezeframe.storage.registry import open_storage
+from freezeframe.storage.retry import RetryPolicy
 
 
 @dataclass
@@ -32,3 +37,47 @@ class Backend:
 
 
 Factory = Callable[[pytest.FixtureRequest, Path], Backend]
+
+
+def named(name: str, factory: Factory) -> Factory:
+    """The factory under ``name``, the test id of every case it makes."""
+    factory.__name__ = name
+    return factory
+
+
+def stacked(location: str, tmp_path: Path) -> Storage:
+    """``location`` as the CLI opens it (through the registry: retries without waits, the cache
+    in ``tmp_path``, a rate limit too high to bite); credentials come from the environment."""
+    return open_storage(
+        location,
+        retry=RetryPolicy(attempts=2, base_delay=0, max_delay=0),
+        cache_dir=tmp_path / "cache",
+        limits=RateLimits(upload=1e12, download=1e12),
+    )
+
+
+def set_environment(request: pytest.FixtureRequest, variables: dict[str, str]) -> None:
+    """Put ``variables`` in this process's environment for the test (as an operator sets them
+    for the CLI)."""
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+
+
+def directory_probes(
+    root: Path, leftover: str, shown: str = ""
+) -> tuple[Callable[[Kind], Callable[[], bool]], Callable[[], str]]:
+    """``plant_temporary`` and ``loosen`` of a backend whose repository is the directory
+    ``root`` on this machine: ``leftover`` is the name of what a killed writer leaves, ``shown``
+    what ``audit`` puts before a path (``user@host:`` of a server)."""
+
+    def plant(kind: Kind) -> Callable[[], bool]:
+        path = root / kind.value / leftover
+        path.write_bytes(b"partial")
+        return path.exists
+
+    def loosen() -> str:
+        os.chmod(root / "index", 0o755)
+        return f"{shown}{root / 'index'} is mode 0755 (a repository's is 0700)"
+
+    return plant, loosen

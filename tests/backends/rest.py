@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import Backend, Factory
+from backends.base import Backend, Factory, directory_probes, named, set_environment, stacked
+from backends.local import LEFTOVER
 from freezeframe.storage.base import Kind, Storage
-from freezeframe.storage.ratelimit import RateLimits
-from freezeframe.storage.registry import open_storage
 from freezeframe.storage.rest import RestStorage
-from freezeframe.storage.retry import RetryPolicy
 from servers.rest import RestServer
 
 
@@ -37,48 +35,34 @@ def emptied(server: RestServer) -> RestStorage:
     return client
 
 
-def _factory(fixture: str, name: str, *, stacked: bool) -> Factory:
+def _factory(name: str, fixture: str, *, stack: bool) -> Factory:
     def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         server: RestServer = request.getfixturevalue(fixture)
         seed = emptied(server)
         storage: Storage
-        if stacked:  # as the CLI opens it: the account comes from the environment
+        if stack:  # as the CLI opens it: the account comes from the environment
+            set_environment(request, server.env("admin"))
             monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
-            for variable, value in server.env("admin").items():
-                monkeypatch.setenv(variable, value)
             monkeypatch.delenv("FREEZEFRAME_REST_PASSWORD_FILE", raising=False)
-            storage = open_storage(
-                server.location,
-                retry=RetryPolicy(attempts=2, base_delay=0, max_delay=0),
-                cache_dir=tmp_path / "cache",
-                limits=RateLimits(upload=1e12, download=1e12),
-            )
+            storage = stacked(server.location, tmp_path)
         else:
             storage = RestStorage(server.location, env=server.env("admin"))
         plant: Callable[[Kind], Callable[[], bool]] | None = None
         loosen: Callable[[], str] | None = None
-        root = Path(server.repository)
-        if (
-            ":" not in server.repository
-        ):  # the server's backend is a directory: what it leaves, its modes
-
-            def plant(kind: Kind) -> Callable[[], bool]:
-                leftover = root / kind.value / ".x.tmp-1-2"
-                leftover.write_bytes(b"partial")
-                return leftover.exists
-
-            def loosen() -> str:
-                os.chmod(root / "index", 0o755)
-                return f"{root / 'index'} is mode 0755 (a repository's is 0700)"
-
+        if ":" not in server.repository:  # the server's backend is a directory: leftovers, modes
+            plant, loosen = directory_probes(Path(server.repository), LEFTOVER)
         return Backend(storage, seed, server.location, plant, loosen)
 
-    factory.__name__ = name
-    return factory
+    return named(name, factory)
 
+
+BARE: list[Factory] = [
+    _factory("rest_local", "rest_local_server", stack=False),
+    _factory("rest_s3", "rest_s3_server", stack=False),
+]
 
 FACTORIES: list[Factory] = [
-    _factory("rest_local_server", "rest_local", stacked=False),
-    _factory("rest_local_server", "rest_local_stacked", stacked=True),
-    _factory("rest_s3_server", "rest_s3", stacked=False),
+    BARE[0],
+    _factory("rest_local_stacked", "rest_local_server", stack=True),
+    BARE[1],
 ]

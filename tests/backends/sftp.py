@@ -5,63 +5,39 @@ leaves (``plant_temporary``) and loose modes (``loosen``) are made directly in t
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from backends.base import Backend, Factory
-from freezeframe.storage.base import Kind, Storage
-from freezeframe.storage.ratelimit import RateLimits
-from freezeframe.storage.registry import open_storage
-from freezeframe.storage.retry import RetryPolicy
+from backends.base import Backend, Factory, directory_probes, named, set_environment, stacked
+from freezeframe.storage.base import Storage
 from freezeframe.storage.sftp import TEMP_PREFIX, SftpStorage
 from servers.sshd import SshServer
 
 
-def _factory(name: str, *, stacked: bool) -> Factory:
+def _factory(name: str, fixture: str, *, stack: bool) -> Factory:
     def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-        server: SshServer = request.getfixturevalue("sshd_server")
+        server: SshServer = request.getfixturevalue(fixture)
         root = tmp_path / "repo"
         location = server.location(root)
         storage: Storage
-        if stacked:  # as the CLI opens it: the key and known hosts come from the environment
-            monkeypatch = request.getfixturevalue("monkeypatch")
-            for variable, value in server.env().items():
-                monkeypatch.setenv(variable, value)
-            storage = open_storage(
-                location,
-                retry=RetryPolicy(attempts=2, base_delay=0, max_delay=0),
-                cache_dir=tmp_path / "cache",
-                limits=RateLimits(upload=1e12, download=1e12),
-            )
+        if stack:  # as the CLI opens it: the key and known hosts come from the environment
+            set_environment(request, server.env())
+            storage = stacked(location, tmp_path)
         else:
             storage = SftpStorage(location, env=server.env())
         assert storage.create_layout() == []
         seed = SftpStorage(location, env=server.env())
         request.addfinalizer(seed.close)
         request.addfinalizer(storage.close)
-
-        def plant(kind: Kind) -> Callable[[], bool]:
-            leftover = root / kind.value / f"{TEMP_PREFIX}x-0123456789ab"
-            leftover.write_bytes(b"partial")
-            return leftover.exists
-
-        def loosen() -> str:
-            os.chmod(root / "index", 0o755)
-            return (
-                f"{server.user}@{server.known_hosts_name}:{root / 'index'} is mode 0755 "
-                "(a repository's is 0700)"
-            )
-
+        plant, loosen = directory_probes(
+            root, f"{TEMP_PREFIX}x-0123456789ab", f"{server.user}@{server.known_hosts_name}:"
+        )
         return Backend(storage, seed, seed.location, plant, loosen)
 
-    factory.__name__ = name
-    return factory
+    return named(name, factory)
 
 
-FACTORIES: list[Factory] = [
-    _factory("sftp", stacked=False),
-    _factory("sftp_stacked", stacked=True),
-]
+BARE: list[Factory] = [_factory("sftp", "sshd_server", stack=False)]
+
+FACTORIES: list[Factory] = [*BARE, _factory("sftp_stacked", "sshd_server", stack=True)]

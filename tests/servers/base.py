@@ -53,6 +53,14 @@ def binary(name: str, package: str) -> str:
     return found
 
 
+def write_private(path: Path, data: bytes) -> Path:
+    """``data`` in a file only its owner may read (a private key)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct ports free on loopback now (all are held until all are chosen)."""
     with contextlib.ExitStack() as stack:

@@ -20,18 +20,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from servers.base import free_ports, log_tail
+from servers.base import free_ports, log_tail, write_private
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")  # Debian's sshd refuses to start without it
 READY_TIMEOUT = 15.0
-
-
-def write_private(path: Path, data: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-    return path
 
 
 def new_key(path: Path) -> str:

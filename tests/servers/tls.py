@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from servers.base import write_private
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,6 @@ class Tls:
 
 def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _write(path: Path, data: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "wb") as f:
-        f.write(data)
-    return path
 
 
 def make_tls(directory: Path) -> Tls:
@@ -89,9 +83,9 @@ def make_tls(directory: Path) -> Tls:
     pem = serialization.Encoding.PEM
     ca_pem = ca.public_bytes(pem)
     return Tls(
-        ca_bundle=_write(directory / "ca.pem", ca_pem),
-        cert=_write(directory / "server.pem", cert.public_bytes(pem) + ca_pem),
-        key=_write(
+        ca_bundle=write_private(directory / "ca.pem", ca_pem),
+        cert=write_private(directory / "server.pem", cert.public_bytes(pem) + ca_pem),
+        key=write_private(
             directory / "server.key",
             key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
         ),

@@ -4,26 +4,19 @@ objects behind, and the repository stays valid and usable once space is freed.""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ffharness import FAST_INIT, is_root, privileged_required, run_freezeframe
+from ffharness import FAST_INIT, run_freezeframe
+from fsfixtures import small_tmpfs
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    if not is_root():
-        privileged_required("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_full_disk_fails_cleanly_and_loses_nothing(small_fs: Path, tmp_path: Path) -> None:

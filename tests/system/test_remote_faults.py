@@ -17,6 +17,7 @@ its credentials in its environment), against ``rclone serve s3`` behind the faul
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -29,15 +30,24 @@ from pathlib import Path
 
 import pytest
 
-from ffharness import FAST_INIT, is_root, privileged_required, run_freezeframe, spawn_freezeframe
-from freezeframe.errors import EXIT_FATAL, TransientStorageError
+from ffharness import (
+    FAST_INIT,
+    one_line_error,
+    run_at,
+    spawn_freezeframe,
+    succeeded,
+)
+from freezeframe.errors import TransientStorageError
 from freezeframe.storage.base import Kind
 from freezeframe.storage.retry import RetryingStorage, RetryPolicy
 from freezeframe.storage.s3 import S3Storage
+from fsfixtures import small_tmpfs
 from servers.base import S3Server
 from servers.faultproxy import Action, FaultProxy, Rule, fault_proxy
 from servers.fixtures import S3_SERVERS
 from servers.rclone_s3 import rclone_s3
+
+run = functools.partial(run_at, timeout=180)  # a command hung is a failure
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -65,39 +75,6 @@ def location(rclone_s3_server: S3Server, proxy: FaultProxy) -> str:
     return f"s3:{proxy.endpoint}/{place.bucket}"
 
 
-def _run(
-    location: str, *args: str | Path, env: dict[str, str] | None = None, json: bool = False
-) -> subprocess.CompletedProcess[str]:
-    return run_freezeframe(
-        *args,
-        repo=None,
-        json=json,
-        env={"FREEZEFRAME_REPOSITORY": location, **(env or {})},
-        timeout=180,
-    )
-
-
-def _ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stdout
-
-
-def _one_line_error(
-    result: subprocess.CompletedProcess[str], status: int = EXIT_FATAL, *, warnings: int = 0
-) -> str:
-    """The failure's only error line, the last (exit ``status``, no traceback, no snapshot
-    claimed), after at most ``warnings`` warning lines."""
-    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert 1 <= len(lines) <= 1 + warnings, result.stderr
-    assert all(line.startswith("freezeframe: warning: ") for line in lines[:-1]), lines
-    lines = lines[-1:]
-    assert lines[0].startswith("freezeframe: error: "), lines
-    assert "saved" not in result.stdout + result.stderr
-    return lines[0]
-
-
 def _make_source(root: Path, seed: int, big: int = 3 * MiB) -> Path:
     """Two incompressible files (one pack's worth and a bit) and a few small ones."""
     rng = random.Random(seed)
@@ -115,13 +92,13 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _restored(location: str, snapshot: str, source: Path, target: Path) -> dict[str, bytes]:
-    _ok(_run(location, "restore", snapshot, "--target", target))
+    succeeded(run(location, "restore", snapshot, "--target", target))
     return _files(target / source.relative_to("/"))
 
 
 def _clean_check(location: str) -> dict[str, object]:
     """``check --read-data`` passes with no warning at all."""
-    doc = json.loads(_ok(_run(location, "check", "--read-data", json=True)))
+    doc = json.loads(succeeded(run(location, "check", "--read-data", json=True)))
     assert doc["ok"] and not doc["warnings"], doc
     return doc
 
@@ -159,9 +136,9 @@ def test_transient_faults_are_retried(
     """With the faults on for backup, restore and check, all three succeed, the data comes
     back byte-exact, and the proxy did fault the requests (so the retries were needed)."""
     source = _make_source(tmp_path / "source", seed=1)
-    _ok(_run(location, *FAST_INIT))
+    succeeded(run(location, *FAST_INIT))
     proxy.add(*TRANSIENT[case])
-    backup = json.loads(_ok(_run(location, "backup", source, json=True)))
+    backup = json.loads(succeeded(run(location, "backup", source, json=True)))
     restored = _restored(location, backup["snapshot_id"], source, tmp_path / "target")
     assert restored == _files(source)
     _clean_check(location)
@@ -223,10 +200,10 @@ def _heals(location: str, proxy: FaultProxy, source: Path) -> None:
     """Once the faults stop: ``check --read-data`` passes (with at most the documented warning
     for packs an interrupted backup left), the next backup works and restores byte-exact."""
     proxy.reset()
-    doc = json.loads(_ok(_run(location, "check", "--read-data", json=True)))
+    doc = json.loads(succeeded(run(location, "check", "--read-data", json=True)))
     assert doc["ok"], doc
     assert all("is not named by any index" in w for w in doc["warnings"]), doc["warnings"]
-    backup = json.loads(_ok(_run(location, "backup", source, json=True)))
+    backup = json.loads(succeeded(run(location, "backup", source, json=True)))
     restored = _restored(location, backup["snapshot_id"], source, source.parent / "healed")
     assert restored == _files(source)
 
@@ -235,17 +212,17 @@ def test_a_server_that_always_answers_503_ends_the_backup_in_one_line(
     location: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     source = _make_source(tmp_path / "source", seed=2)
-    _ok(_run(location, *FAST_INIT))
+    succeeded(run(location, *FAST_INIT))
     proxy.add(Rule(Action.ERROR, method="PUT", path=DATA, status=503))
     started = time.monotonic()
-    line = _one_line_error(_run(location, "backup", source))
+    line = one_line_error(run(location, "backup", source))
     took = time.monotonic() - started
     assert "cannot write" in line and "ServiceUnavailable" in line, line
     # Bounded: every pack was tried ATTEMPTS times, then the run gave up within the waits.
     puts = proxy.count("PUT", DATA)
     assert puts % ATTEMPTS == 0 and puts >= ATTEMPTS, puts
     assert took < RETRY_WAIT_MAX * 2 + 10, took
-    assert json.loads(_ok(_run(location, "snapshots", json=True))) == []
+    assert json.loads(succeeded(run(location, "snapshots", json=True))) == []
     _heals(location, proxy, source)
 
 
@@ -256,20 +233,20 @@ def test_connection_refused_mid_backup_ends_in_one_line(
     after its retries (its lock cannot even be removed), and the lock it left does not stop
     the next run."""
     source = _make_source(tmp_path / "source", seed=3)
-    _ok(_run(location, *FAST_INIT))
+    succeeded(run(location, *FAST_INIT))
     proxy.add(Rule(Action.DELAY, method="PUT", path=DATA, seconds=0.3))
     process = _spawn_backup(location, source)
     _wait_for(lambda: proxy.count("PUT", DATA) >= 1, 60, "the first pack's upload")
     proxy.refuse()
     done = _finished(process)
-    line = _one_line_error(done, warnings=1)
+    line = one_line_error(done, warnings=1)
     netloc = proxy.endpoint.removeprefix("http://")
     assert "cannot write" in line, line
     assert line.endswith(f": cannot connect to {netloc} (connection refused)"), line
     if done.stderr.count("\n") == 2:  # the lock's removal failed too: it is left to go stale
         assert "our lock could not be removed" in done.stderr and "goes stale" in done.stderr
     proxy.accept()
-    assert json.loads(_ok(_run(location, "snapshots", json=True))) == []
+    assert json.loads(succeeded(run(location, "snapshots", json=True))) == []
     _heals(location, proxy, source)
 
 
@@ -279,12 +256,12 @@ def test_truncated_downloads_are_never_restored_short(
     """Every read of file content comes back short: the restore fails after retrying, with one
     line naming the read, and leaves no file short on disk; once healed all is intact."""
     source = _make_source(tmp_path / "source", seed=4)
-    _ok(_run(location, *FAST_INIT))
-    snapshot = json.loads(_ok(_run(location, "backup", source, json=True)))["snapshot_id"]
+    succeeded(run(location, *FAST_INIT))
+    snapshot = json.loads(succeeded(run(location, "backup", source, json=True)))["snapshot_id"]
     # Trees are read whole (small reads); the files' content reads (over 64 KiB) come short.
     proxy.add(Rule(Action.TRUNCATE, method="GET", path=DATA, after_bytes=100, larger_than=64 << 10))
     target = tmp_path / "target"
-    line = _one_line_error(_run(location, "restore", snapshot, "--target", target))
+    line = one_line_error(run(location, "restore", snapshot, "--target", target))
     assert "cannot read" in line and "broke off after 100 of" in line, line
     expected = _files(source)
     restored_root = target / source.relative_to("/")
@@ -325,24 +302,24 @@ def test_a_rejected_session_token_is_one_line_and_no_credential_leaks(
     """A wrong secret key, and a session token the server refuses (as S3 does an expired one):
     one line naming the variable, exit 1, code ``storage``, no retry; the secret keys and the
     token appear in no output and in no process's arguments."""
-    _ok(_run(location, *FAST_INIT))
+    succeeded(run(location, *FAST_INIT))
     token = "FwoGZXIvYXdzE" + os.urandom(24).hex()
     env = {"AWS_SESSION_TOKEN": token}
     secrets = (token, rclone_s3_server.secret_key)
     wrong = "Wrong" + os.urandom(16).hex()
     proxy.reset()
-    result = _run(location, "snapshots", env=rclone_s3_server.env(secret_key=wrong))
-    assert "AWS_SECRET_ACCESS_KEY" in _one_line_error(result)
+    result = run(location, "snapshots", env=rclone_s3_server.env(secret_key=wrong))
+    assert "AWS_SECRET_ACCESS_KEY" in one_line_error(result)
     assert proxy.count() <= 2, proxy.seen()  # a HEAD's 403 is asked about once: no retry
     assert wrong not in result.stdout + result.stderr
     for code in ("ExpiredToken", "InvalidToken"):
         proxy.reset()
         proxy.add(Rule(Action.ERROR, status=400 if code == "ExpiredToken" else 403, code=code))
-        result = _run(location, "snapshots", env=env)
-        line = _one_line_error(result)
+        result = run(location, "snapshots", env=env)
+        line = one_line_error(result)
         assert "AWS_SESSION_TOKEN" in line, line
         assert proxy.count() == 1, proxy.seen()  # not retried
-        as_json = _run(location, "snapshots", env=env, json=True)
+        as_json = run(location, "snapshots", env=env, json=True)
         assert json.loads(as_json.stdout)["error"]["code"] == "storage"
         for secret in secrets:
             assert secret not in result.stdout + result.stderr + as_json.stdout + as_json.stderr
@@ -374,9 +351,9 @@ def test_a_server_that_says_it_is_full_is_not_retried(
 ) -> None:
     """MinIO's answer to a full disk (507 XMinioStorageFull) ends the backup at once."""
     source = _make_source(tmp_path / "source", seed=6)
-    _ok(_run(location, *FAST_INIT))
+    succeeded(run(location, *FAST_INIT))
     proxy.add(Rule(Action.ERROR, method="PUT", path=DATA, status=507, code="XMinioStorageFull"))
-    line = _one_line_error(_run(location, "backup", source))
+    line = one_line_error(run(location, "backup", source))
     assert "storage is full" in line, line
     assert proxy.count("PUT", DATA) <= 2, proxy.seen("PUT")  # one per pack in flight
     _heals(location, proxy, source)
@@ -385,15 +362,9 @@ def test_a_server_that_says_it_is_full_is_not_retried(
 @pytest.fixture
 def small_rclone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S3Server, Path]]:
     """``rclone serve s3`` over a 24 MiB tmpfs of its own (and that tmpfs)."""
-    if not is_root():
-        privileged_required("mounting a small tmpfs needs root")
     mount = tmp_path_factory.mktemp("small-s3")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
-    try:
-        with rclone_s3(mount) as server:
-            yield server, mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+    with small_tmpfs(mount, lazy=True), rclone_s3(mount) as server:
+        yield server, mount
 
 
 def test_a_full_server_ends_the_backup_in_one_line(
@@ -405,21 +376,21 @@ def test_a_full_server_ends_the_backup_in_one_line(
     server, mount = small_rclone
     server.apply(monkeypatch)
     location = server.fresh_place().location
-    _ok(_run(location, *FAST_INIT))
+    succeeded(run(location, *FAST_INIT))
     source = _make_source(tmp_path / "source", seed=7, big=2 * MiB)
-    _ok(_run(location, "backup", source))
+    succeeded(run(location, "backup", source))
     filler = mount / "filler"
     with open(filler, "wb") as f:  # what is left is too little for a pack
         free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
         f.write(b"\0" * max(0, free - 512 * 1024))
     (source / "more.bin").write_bytes(random.Random(8).randbytes(4 * MiB))
-    line = _one_line_error(_run(location, "backup", source))
+    line = one_line_error(run(location, "backup", source))
     assert "cannot write" in line and "InternalError" in line, line
     filler.unlink()
-    doc = json.loads(_ok(_run(location, "check", "--read-data", json=True)))
+    doc = json.loads(succeeded(run(location, "check", "--read-data", json=True)))
     assert doc["ok"], doc
-    assert len(json.loads(_ok(_run(location, "snapshots", json=True)))) == 1
-    _ok(_run(location, "backup", source))
+    assert len(json.loads(succeeded(run(location, "snapshots", json=True)))) == 1
+    succeeded(run(location, "backup", source))
 
 
 # -- kill -9 mid-upload ------------------------------------------------------------------------
@@ -434,7 +405,7 @@ def test_kill_9_mid_upload_leaves_a_repository_that_heals(
     for packs no index names; in the end prune removes those packs and check is clean."""
     trials = int(os.environ.get(KILL_TRIALS_ENV, "3"))
     rng = random.Random(os.environ.get("FREEZEFRAME_REMOTE_KILL_SEED", str(time.time_ns())))
-    _ok(_run(location, *FAST_INIT))
+    succeeded(run(location, *FAST_INIT))
     left_behind = 0
     delays: list[float] = []
     for trial in range(trials):
@@ -451,21 +422,21 @@ def test_kill_9_mid_upload_leaves_a_repository_that_heals(
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
         proxy.reset()
-        doc = json.loads(_ok(_run(location, "check", "--read-data", json=True)))
+        doc = json.loads(succeeded(run(location, "check", "--read-data", json=True)))
         assert doc["ok"], doc
         assert all("is not named by any index" in w for w in doc["warnings"]), doc
         assert len(doc["warnings"]) > left_behind, doc  # this run's packs are there, unindexed
         left_behind = len(doc["warnings"])
-        backup = json.loads(_ok(_run(location, "backup", source, json=True)))
+        backup = json.loads(succeeded(run(location, "backup", source, json=True)))
         target = tmp_path / f"target{trial}"
         assert _restored(location, backup["snapshot_id"], source, target) == _files(source)
-    assert len(json.loads(_ok(_run(location, "snapshots", json=True)))) == trials
+    assert len(json.loads(succeeded(run(location, "snapshots", json=True)))) == trials
     # On S3 a prune marks the leftovers (the default grace period is an hour: a listing may lag
     # behind writes); check no longer warns of them; a prune after the grace deletes them.
-    marked = json.loads(_ok(_run(location, "prune", json=True)))
+    marked = json.loads(succeeded(run(location, "prune", json=True)))
     assert marked["packs_marked"] >= left_behind and marked["orphans_deleted"] == 0, marked
     _clean_check(location)
-    pruned = json.loads(_ok(_run(location, "prune", "--grace", "0", json=True)))
+    pruned = json.loads(succeeded(run(location, "prune", "--grace", "0", json=True)))
     assert pruned["marked_packs_deleted"] >= left_behind, pruned
     _clean_check(location)
     with capsys.disabled():

@@ -18,8 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from ffharness import FAST_INIT, PASSWORD, freezeframe_executable, is_root, run_freezeframe
-from freezeframe.errors import EXIT_FATAL, EXIT_OK, StorageError
+from ffharness import (
+    FAST_INIT,
+    PASSWORD,
+    freezeframe_executable,
+    is_root,
+    one_line_error,
+    run_at,
+    run_freezeframe,
+    succeeded,
+)
+from freezeframe.errors import EXIT_FATAL, StorageError
 from freezeframe.repository.locks import RepositoryLock
 from freezeframe.repository.repository import Repository
 from freezeframe.storage.base import Kind
@@ -45,29 +54,13 @@ def ff(
     json_out: bool = False,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    return run_freezeframe(
+    return run_at(
+        server.location,
         *args,
-        repo=None,
+        env={**server.env(account, secret=secret), **(env or {})},
         json=json_out,
-        env={
-            "FREEZEFRAME_REPOSITORY": server.location,
-            **server.env(account, secret=secret),
-            **(env or {}),
-        },
+        timeout=120,
     )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == EXIT_OK, (result.returncode, result.stdout, result.stderr)
-    return result.stdout
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == EXIT_FATAL, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("freezeframe: error: "), lines
-    return lines[0]
 
 
 def _objects(repo: Path) -> dict[Kind, set[str]]:
@@ -78,20 +71,20 @@ def _objects(repo: Path) -> dict[Kind, set[str]]:
 def _backed_up(server: RestServer, tmp_path: Path, account: str = "host") -> tuple[Path, str]:
     source = tmp_path / "source"
     build_odd_tree(source, root_privileges=is_root())
-    ok(ff(server, account, *FAST_INIT))
-    snapshot = json.loads(ok(ff(server, account, "backup", source, json_out=True)))
+    succeeded(ff(server, account, *FAST_INIT))
+    snapshot = json.loads(succeeded(ff(server, account, "backup", source, json_out=True)))
     return source, snapshot["snapshot_id"]
 
 
 def test_an_append_host_backs_up_restores_and_checks(server: RestServer, tmp_path: Path) -> None:
     source, first = _backed_up(server, tmp_path)
     (source / "added later").write_bytes(os.urandom(300_000))
-    ok(ff(server, "host", "backup", source))
+    succeeded(ff(server, "host", "backup", source))
     target = tmp_path / "target"
-    ok(ff(server, "host", "restore", "latest", "--target", target))
+    succeeded(ff(server, "host", "restore", "latest", "--target", target))
     assert_same_tree(source, restored_path(target, source))
-    ok(ff(server, "host", "check", "--read-data"))
-    snapshots = json.loads(ok(ff(server, "host", "snapshots", json_out=True)))
+    succeeded(ff(server, "host", "check", "--read-data"))
+    snapshots = json.loads(succeeded(ff(server, "host", "snapshots", json_out=True)))
     assert len(snapshots) == 2 and first in {s["id"] for s in snapshots}
     # The objects are the server's directory's: a plain local repository.
     assert _objects(Path(server.repository))[Kind.SNAPSHOTS] == {s["id"] for s in snapshots}
@@ -99,7 +92,7 @@ def test_an_append_host_backs_up_restores_and_checks(server: RestServer, tmp_pat
 
 def test_an_append_host_cannot_destroy_what_it_wrote(server: RestServer, tmp_path: Path) -> None:
     source, snapshot = _backed_up(server, tmp_path)
-    ok(ff(server, "host", "backup", source))
+    succeeded(ff(server, "host", "backup", source))
     repo = Path(server.repository)
     before = _objects(repo)
 
@@ -127,10 +120,10 @@ def test_an_append_host_cannot_destroy_what_it_wrote(server: RestServer, tmp_pat
     with pytest.raises(StorageError, match="read-only"):
         reader.delete(Kind.DATA, pack)
 
-    ok(ff(server, "reader", "check"))  # a read account takes and removes its own lock
+    succeeded(ff(server, "reader", "check"))  # a read account takes and removes its own lock
     assert _objects(repo) == before
     assert list(LocalStorage(repo).list(Kind.LOCKS)) == []  # the failed runs' locks are gone
-    ok(ff(server, "admin", "check", "--read-data"))
+    succeeded(ff(server, "admin", "check", "--read-data"))
     log = server.log_text()
     assert f"refused: account host (append) DELETE /data/{pack}" in log, log
     assert f"refused: account reader (read) POST /snapshots/{'0' * 64}" in log, log
@@ -144,12 +137,12 @@ def test_an_append_host_prune_beside_a_backup_writes_nothing(
     source = tmp_path / "source"
     source.mkdir()
     (source / "only in the first").write_bytes(os.urandom(2_000_000))
-    ok(ff(server, "host", *FAST_INIT))
-    ok(ff(server, "host", "backup", source))
+    succeeded(ff(server, "host", *FAST_INIT))
+    succeeded(ff(server, "host", "backup", source))
     (source / "only in the first").unlink()
     (source / "kept").write_bytes(os.urandom(200_000))
-    ok(ff(server, "host", "backup", source))
-    ok(ff(server, "admin", "forget", "--keep-last", "1"))  # leaves unreferenced packs
+    succeeded(ff(server, "host", "backup", source))
+    succeeded(ff(server, "admin", "forget", "--keep-last", "1"))  # leaves unreferenced packs
     repo_path = Path(server.repository)
     before = _objects(repo_path)
     repo = Repository.open(LocalStorage(repo_path), PASSWORD.encode(), load_index=False)
@@ -157,25 +150,27 @@ def test_an_append_host_prune_beside_a_backup_writes_nothing(
         line = one_line_error(ff(server, "host", "prune", "--grace", "0"))
     assert "append-only" in line and "full role" in line, line
     assert _objects(repo_path) == before
-    ok(ff(server, "admin", "check"))
+    succeeded(ff(server, "admin", "check"))
 
 
 def test_the_admin_account_forgets_and_prunes(server: RestServer, tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
     (source / "only in the first").write_bytes(os.urandom(2_000_000))
-    ok(ff(server, "host", *FAST_INIT))
-    first = json.loads(ok(ff(server, "host", "backup", source, json_out=True)))["snapshot_id"]
+    succeeded(ff(server, "host", *FAST_INIT))
+    first = json.loads(succeeded(ff(server, "host", "backup", source, json_out=True)))[
+        "snapshot_id"
+    ]
     (source / "only in the first").unlink()
     (source / "kept").write_bytes(os.urandom(200_000))
-    ok(ff(server, "host", "backup", source))
+    succeeded(ff(server, "host", "backup", source))
     packs = len(_objects(Path(server.repository))[Kind.DATA])
     # --grace 0: a server's storage is not a local directory to the client, so prune would
     # otherwise only mark, and delete an hour later.
-    ok(ff(server, "admin", "forget", "--keep-last", "1", "--prune", "--grace", "0"))
+    succeeded(ff(server, "admin", "forget", "--keep-last", "1", "--prune", "--grace", "0"))
     assert len(_objects(Path(server.repository))[Kind.DATA]) < packs
-    ok(ff(server, "admin", "check", "--read-data"))
-    remaining = json.loads(ok(ff(server, "host", "snapshots", json_out=True)))
+    succeeded(ff(server, "admin", "check", "--read-data"))
+    remaining = json.loads(succeeded(ff(server, "host", "snapshots", json_out=True)))
     assert len(remaining) == 1 and remaining[0]["id"] != first
 
 
@@ -184,7 +179,7 @@ def test_append_only_caps_every_account(tmp_path: Path) -> None:
     with rest_server(root, str(root / "repo"), append_only=True) as server:
         assert server.announced["append_only"] is True
         source, snapshot = _backed_up(server, tmp_path, account="admin")
-        ok(ff(server, "admin", "backup", source))
+        succeeded(ff(server, "admin", "backup", source))
         line = one_line_error(ff(server, "admin", "forget", "--keep-last", "1"))
         assert "append-only" in line, line
         admin = RestStorage(server.location, env=server.env("admin"))
@@ -194,7 +189,7 @@ def test_append_only_caps_every_account(tmp_path: Path) -> None:
 
 
 def test_a_wrong_secret_is_one_line_naming_no_secret(server: RestServer) -> None:
-    ok(ff(server, "host", *FAST_INIT))
+    succeeded(ff(server, "host", *FAST_INIT))
     wrong = "wrong-" + os.urandom(8).hex()
     for args in (("snapshots",), ("check",)):
         result = ff(server, "host", *args, secret=wrong)
@@ -229,19 +224,19 @@ def test_no_secret_in_the_log_or_the_command_line(tmp_path: Path) -> None:
         "serve", "--accounts", accounts, "--add-account", "admin", "--role", "full",
         repo=None, json=True,
     )  # fmt: skip
-    generated = json.loads(ok(made))["secret"]
+    generated = json.loads(succeeded(made))["secret"]
     assert oct(accounts.stat().st_mode & 0o777) == "0o600"
     assert given not in accounts.read_text() and generated not in accounts.read_text()
     root = tmp_path / "served"
     with rest_server(root, str(root / "repo"), accounts=accounts) as server:
         server.secrets.update({"web1": given, "admin": generated})
-        ok(ff(server, "web1", *FAST_INIT))
-        ok(ff(server, "web1", "backup", tmp_path / "served"))
-        ok(ff(server, "web1", "backup", tmp_path / "served"))
+        succeeded(ff(server, "web1", *FAST_INIT))
+        succeeded(ff(server, "web1", "backup", tmp_path / "served"))
+        succeeded(ff(server, "web1", "backup", tmp_path / "served"))
         one_line_error(ff(server, "web1", "prune"))  # refused by the client, before asking
         one_line_error(ff(server, "web1", "forget", "--keep-last", "1"))  # by the server
         one_line_error(ff(server, "admin", "snapshots", secret="not-" + generated))
-        ok(ff(server, "admin", "check"))
+        succeeded(ff(server, "admin", "check"))
         cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().decode()
         environ = Path(f"/proc/{server.process.pid}/environ").read_bytes().decode()
         for secret in (given, generated):
@@ -254,7 +249,7 @@ def test_no_secret_in_the_log_or_the_command_line(tmp_path: Path) -> None:
     removed = run_freezeframe(
         "serve", "--accounts", accounts, "--remove-account", "web1", repo=None
     )
-    ok(removed)
+    succeeded(removed)
     assert set(json.loads(accounts.read_text())["accounts"]) == {"admin"}
 
 
@@ -290,8 +285,8 @@ def test_tls_with_a_private_ca(tmp_path: Path) -> None:
     root = tmp_path / "served"
     with rest_server(root, str(root / "repo"), tls=True) as server:
         assert server.url.startswith("https://127.0.0.1:") and server.announced["tls"] is True
-        ok(ff(server, "host", *FAST_INIT))
-        ok(ff(server, "host", "snapshots"))
+        succeeded(ff(server, "host", *FAST_INIT))
+        succeeded(ff(server, "host", "snapshots"))
         netloc = server.url.removeprefix("https://").rstrip("/")
         line = one_line_error(
             ff(server, "host", "snapshots", env={"FREEZEFRAME_REST_CA_BUNDLE": ""})
@@ -317,7 +312,7 @@ def test_a_server_gone_mid_backup_is_one_line_and_the_repository_stays_valid(
     for i in range(2):  # more than a pack (16 MiB): the first is written well before the end
         (source / f"big-{i}").write_bytes(os.urandom(12 << 20))
     with rest_server(root, str(repo)) as server:
-        ok(ff(server, "host", *FAST_INIT))
+        succeeded(ff(server, "host", *FAST_INIT))
         env = {**os.environ, "FREEZEFRAME_REPOSITORY": server.location, **server.env("host")}
         backup = subprocess.Popen(
             [freezeframe_executable(), "--no-progress", "backup", str(source)],
@@ -336,5 +331,5 @@ def test_a_server_gone_mid_backup_is_one_line_and_the_repository_stays_valid(
     assert f"cannot connect to {server.url.removeprefix('http://').rstrip('/')}" in lines[0], err
     with rest_server(root, str(repo), accounts=server.accounts) as again:
         again.secrets.update(server.secrets)
-        ok(ff(again, "admin", "check", "--read-data"))
-        ok(ff(again, "host", "backup", source))
+        succeeded(ff(again, "admin", "check", "--read-data"))
+        succeeded(ff(again, "host", "backup", source))

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from ffharness import FAST_INIT, is_root, run_freezeframe
+from ffharness import FAST_INIT, is_root, one_line_error, run_at, succeeded
 from freezeframe.errors import EXIT_FATAL
 from freezeframe.storage.base import Kind
 from freezeframe.storage.s3 import POOL_CONNECTIONS, S3Storage
@@ -32,43 +31,20 @@ def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S
     return found
 
 
-def _run(
-    location: str, *args: str | Path, env: dict[str, str] | None = None, json: bool = False
-) -> subprocess.CompletedProcess[str]:
-    return run_freezeframe(
-        *args,
-        repo=None,
-        json=json,
-        env={"FREEZEFRAME_REPOSITORY": location, **(env or {})},
-        timeout=300,
-    )
-
-
-def _ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == EXIT_FATAL, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("freezeframe: error: ")
-    return lines[0]
-
-
 def test_backup_restore_and_check_in_a_bucket(server: S3Server, tmp_path: Path) -> None:
     place = server.fresh_place()
     source = tmp_path / "source"
     build_odd_tree(source, root_privileges=is_root())
-    _ok(_run(place.location, *FAST_INIT))
-    first = json.loads(_ok(_run(place.location, "backup", source, json=True)))
-    _ok(_run(place.location, "backup", source))  # a second snapshot: everything deduplicated
+    succeeded(run_at(place.location, *FAST_INIT))
+    first = json.loads(succeeded(run_at(place.location, "backup", source, json=True)))
+    succeeded(
+        run_at(place.location, "backup", source)
+    )  # a second snapshot: everything deduplicated
     target = tmp_path / "target"
-    _ok(_run(place.location, "restore", first["snapshot_id"], "--target", target))
+    succeeded(run_at(place.location, "restore", first["snapshot_id"], "--target", target))
     assert_same_tree(source, restored_path(target, source))
-    _ok(_run(place.location, "check", "--read-data"))
-    snapshots = json.loads(_ok(_run(place.location, "snapshots", json=True)))
+    succeeded(run_at(place.location, "check", "--read-data"))
+    snapshots = json.loads(succeeded(run_at(place.location, "snapshots", json=True)))
     assert len(snapshots) == 2
 
     keys = server.keys(place)
@@ -80,15 +56,15 @@ def test_backup_restore_and_check_in_a_bucket(server: S3Server, tmp_path: Path) 
 
 def test_a_wrong_secret_key_is_one_line_naming_no_secret(server: S3Server, tmp_path: Path) -> None:
     place = server.fresh_place()
-    _ok(_run(place.location, *FAST_INIT))
+    succeeded(run_at(place.location, *FAST_INIT))
     wrong = "Wrong" + uuid.uuid4().hex + "Secret"
     for args in (("snapshots",), ("init",), ("backup", str(tmp_path))):
-        result = _run(place.location, *args, env=server.env(secret_key=wrong))
-        line = _one_line_error(result)
+        result = run_at(place.location, *args, env=server.env(secret_key=wrong))
+        line = one_line_error(result)
         assert "AWS_SECRET_ACCESS_KEY" in line, line
         for secret in (wrong, server.secret_key):
             assert secret not in result.stdout + result.stderr
-    result = _run(place.location, "snapshots", env=server.env(secret_key=wrong), json=True)
+    result = run_at(place.location, "snapshots", env=server.env(secret_key=wrong), json=True)
     assert result.returncode == EXIT_FATAL
     assert json.loads(result.stdout)["error"]["code"] == "storage"
     assert wrong not in result.stdout + result.stderr
@@ -98,7 +74,7 @@ def test_a_missing_bucket_is_one_line_and_never_created(server: S3Server) -> Non
     bucket = f"ff-missing-{uuid.uuid4().hex[:10]}"
     location = f"s3:{server.endpoint}/{bucket}"
     for args in (FAST_INIT, ("snapshots",)):
-        line = _one_line_error(_run(location, *args))
+        line = one_line_error(run_at(location, *args))
         assert f"bucket {bucket!r} does not exist" in line, line
     buckets = {b["Name"] for b in server.client().list_buckets().get("Buckets", [])}
     assert bucket not in buckets
@@ -106,12 +82,12 @@ def test_a_missing_bucket_is_one_line_and_never_created(server: S3Server) -> Non
 
 def test_init_refuses_a_place_that_holds_a_repository(server: S3Server) -> None:
     place = server.fresh_place()
-    _ok(_run(place.location, *FAST_INIT))
-    line = _one_line_error(_run(place.location, *FAST_INIT))
+    succeeded(run_at(place.location, *FAST_INIT))
+    line = one_line_error(run_at(place.location, *FAST_INIT))
     assert f"a repository already exists at {place.location}" in line
     root = f"{place.prefix}/" if place.prefix else ""
     server.client().delete_object(Bucket=place.bucket, Key=f"{root}config")
-    line = _one_line_error(_run(place.location, *FAST_INIT))  # keys/ is still there
+    line = one_line_error(run_at(place.location, *FAST_INIT))  # keys/ is still there
     assert "already holds a repository's objects (keys/)" in line
 
 
@@ -122,13 +98,13 @@ def test_tls_is_verified_against_the_bundle_given(
     server.apply(monkeypatch)  # FREEZEFRAME_S3_CA_BUNDLE names the private CA
     assert server.ca_bundle is not None and server.endpoint.startswith("https://")
     place = server.fresh_place()
-    _ok(_run(place.location, *FAST_INIT))
-    _ok(_run(place.location, "snapshots"))
+    succeeded(run_at(place.location, *FAST_INIT))
+    succeeded(run_at(place.location, "snapshots"))
     monkeypatch.delenv("FREEZEFRAME_S3_CA_BUNDLE")
-    line = _one_line_error(_run(place.location, "snapshots"))
+    line = one_line_error(run_at(place.location, "snapshots"))
     netloc = server.endpoint.removeprefix("https://")
     assert f"TLS with {netloc} failed" in line and "FREEZEFRAME_S3_CA_BUNDLE" in line, line
-    _ok(_run(place.location, "snapshots", env={"AWS_CA_BUNDLE": str(server.ca_bundle)}))
+    succeeded(run_at(place.location, "snapshots", env={"AWS_CA_BUNDLE": str(server.ca_bundle)}))
 
 
 def test_one_storage_serves_many_threads(server: S3Server) -> None:

@@ -19,21 +19,23 @@ What SeaweedFS does, as these tests assert it:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ffharness import FAST_INIT, privileged_required, run_freezeframe
+from ffharness import FAST_INIT, privileged_required, run_at, succeeded
 from freezeframe.storage.base import Kind
 from freezeframe.storage.s3 import S3Storage
 from servers.base import binary
 from servers.seaweedfs_cluster import BUCKET, Cluster, seaweedfs_cluster
+
+run = functools.partial(run_at, timeout=180)  # a command hung is a failure
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,17 +68,6 @@ def make_cluster(
         manager.__exit__(None, None, None)  # type: ignore[attr-defined]
 
 
-def _run(location: str, *args: str | Path, json: bool = False) -> subprocess.CompletedProcess[str]:
-    return run_freezeframe(
-        *args, repo=None, json=json, env={"FREEZEFRAME_REPOSITORY": location}, timeout=180
-    )
-
-
-def _ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -92,13 +83,13 @@ def _source(root: Path, seed: int) -> Path:
 
 
 def _clean_check(location: str) -> None:
-    doc = json.loads(_ok(_run(location, "check", "--read-data", json=True)))
+    doc = json.loads(succeeded(run(location, "check", "--read-data", json=True)))
     assert doc["ok"] and not doc["warnings"], doc
     assert doc["packs_checked"] >= 1, doc
 
 
 def _restores(location: str, snapshot: str, source: Path, target: Path) -> None:
-    _ok(_run(location, "restore", snapshot, "--target", target))
+    succeeded(run(location, "restore", snapshot, "--target", target))
     assert _files(target / source.relative_to("/")) == _files(source)
 
 
@@ -132,8 +123,8 @@ def test_two_volume_servers_one_dies_reads_go_on_writes_wait(
     place = cluster.server.fresh_place()
     location = place.location
     source = _source(tmp_path / "source", seed=1)
-    _ok(_run(location, *FAST_INIT))
-    snapshot = json.loads(_ok(_run(location, "backup", source, json=True)))["snapshot_id"]
+    succeeded(run(location, *FAST_INIT))
+    snapshot = json.loads(succeeded(run(location, "backup", source, json=True)))["snapshot_id"]
     _two_copies(cluster)
     storage = S3Storage(location, env=cluster.server.env())
     before = _packs(storage)
@@ -141,13 +132,13 @@ def test_two_volume_servers_one_dies_reads_go_on_writes_wait(
     _kill_and_wait(cluster, "volume0")
     assert _packs(storage) == before  # every pack read from its surviving copy
     assert cluster.writable_volumes(BUCKET) == []  # no volume takes a write now
-    listed = json.loads(_ok(_run(location, "snapshots", json=True)))
+    listed = json.loads(succeeded(run(location, "snapshots", json=True)))
     assert [s["id"] for s in listed] == [snapshot]
-    _ok(_run(location, "ls", snapshot))  # the commands that take no lock work
+    succeeded(run(location, "ls", snapshot))  # the commands that take no lock work
     # ... and so do restore and check told to take none: the repository survived the loss.
-    _ok(_run(location, "restore", snapshot, "--no-lock", "--target", tmp_path / "while-down"))
+    succeeded(run(location, "restore", snapshot, "--no-lock", "--target", tmp_path / "while-down"))
     assert _files(tmp_path / "while-down" / source.relative_to("/")) == _files(source)
-    doc = json.loads(_ok(_run(location, "check", "--read-data", "--no-lock", json=True)))
+    doc = json.loads(succeeded(run(location, "check", "--read-data", "--no-lock", json=True)))
     assert doc["ok"] and not doc["warnings"], doc
 
     cluster.restart("volume0")
@@ -158,7 +149,7 @@ def test_two_volume_servers_one_dies_reads_go_on_writes_wait(
     _restores(location, snapshot, source, tmp_path / "target")
     _clean_check(location)
     newer = _source(tmp_path / "newer", seed=2)
-    _ok(_run(location, "backup", newer))
+    succeeded(run(location, "backup", newer))
     storage.close()
 
 
@@ -168,14 +159,14 @@ def test_three_volume_servers_one_dies_everything_goes_on(
     cluster: Cluster = make_cluster(3)  # type: ignore[operator]
     location = cluster.server.fresh_place().location
     source = _source(tmp_path / "source", seed=3)
-    _ok(_run(location, *FAST_INIT))
-    snapshot = json.loads(_ok(_run(location, "backup", source, json=True)))["snapshot_id"]
+    succeeded(run(location, *FAST_INIT))
+    snapshot = json.loads(succeeded(run(location, "backup", source, json=True)))["snapshot_id"]
     _two_copies(cluster)
 
     _kill_and_wait(cluster, "volume0")
     _restores(location, snapshot, source, tmp_path / "target")
     _clean_check(location)
     newer = _source(tmp_path / "newer", seed=4)
-    newer_snapshot = json.loads(_ok(_run(location, "backup", newer, json=True)))["snapshot_id"]
+    newer_snapshot = json.loads(succeeded(run(location, "backup", newer, json=True)))["snapshot_id"]
     _restores(location, newer_snapshot, newer, tmp_path / "newer-target")
     _clean_check(location)

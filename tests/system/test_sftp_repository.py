@@ -17,7 +17,6 @@ import pwd
 import shutil
 import socket
 import stat
-import subprocess
 import threading
 import time
 import uuid
@@ -30,10 +29,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ffharness import FAST_INIT, is_root, privileged_required, run_freezeframe, spawn_freezeframe
+from ffharness import (
+    FAST_INIT,
+    is_root,
+    one_line_error,
+    run_at,
+    spawn_freezeframe,
+    succeeded,
+)
 from freezeframe.errors import EXIT_FATAL, RepositoryExists, TransientStorageError
 from freezeframe.storage.base import Kind
 from freezeframe.storage.sftp import CHANNELS, TEMP_PREFIX, SftpStorage
+from fsfixtures import small_tmpfs
 from servers.sshd import SshServer, new_key, sshd, write_private
 from treeutil import assert_same_tree, build_odd_tree, restored_path
 
@@ -47,31 +54,6 @@ def server(sshd_server: SshServer, monkeypatch: pytest.MonkeyPatch) -> SshServer
     return sshd_server
 
 
-def _run(
-    location: str, *args: str | Path, env: dict[str, str] | None = None, json: bool = False
-) -> subprocess.CompletedProcess[str]:
-    return run_freezeframe(
-        *args,
-        repo=None,
-        json=json,
-        env={"FREEZEFRAME_REPOSITORY": location, **(env or {})},
-        timeout=300,
-    )
-
-
-def _ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == EXIT_FATAL, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("freezeframe: error: ")
-    return lines[0]
-
-
 def _fingerprint(public_line: str) -> str:
     """OpenSSH's SHA256 fingerprint of a public key line, as ``ssh-keygen -l`` prints it."""
     blob = base64.b64decode(public_line.split()[1])
@@ -83,15 +65,15 @@ def test_backup_restore_and_check_on_an_sftp_server(server: SshServer, tmp_path:
     location = server.location(root)
     source = tmp_path / "source"
     build_odd_tree(source, root_privileges=is_root())
-    _ok(_run(location, *FAST_INIT))
-    first = json.loads(_ok(_run(location, "backup", source, json=True)))
-    _ok(_run(location, "backup", source))  # a second snapshot: everything deduplicated
+    succeeded(run_at(location, *FAST_INIT))
+    first = json.loads(succeeded(run_at(location, "backup", source, json=True)))
+    succeeded(run_at(location, "backup", source))  # a second snapshot: everything deduplicated
     target = tmp_path / "target"
-    _ok(_run(location, "restore", first["snapshot_id"], "--target", target))
+    succeeded(run_at(location, "restore", first["snapshot_id"], "--target", target))
     assert_same_tree(source, restored_path(target, source))
-    check = json.loads(_ok(_run(location, "check", "--read-data", json=True)))
+    check = json.loads(succeeded(run_at(location, "check", "--read-data", json=True)))
     assert check.get("warnings", []) == [], check  # the modes are a repository's
-    assert len(json.loads(_ok(_run(location, "snapshots", json=True)))) == 2
+    assert len(json.loads(succeeded(run_at(location, "snapshots", json=True)))) == 2
 
     packs = [p for p in (root / "data").glob("*/*") if p.is_file()]
     assert packs and all(p.parent.name == p.name[:2] for p in packs)
@@ -106,9 +88,9 @@ def test_backup_restore_and_check_on_an_sftp_server(server: SshServer, tmp_path:
 def _refused(location: str, root: Path, env: dict[str, str] | None = None) -> str:
     """The one line of ``init`` and ``snapshots`` (the same), and ``--json``'s code; nothing
     is created on the server."""
-    line = _one_line_error(_run(location, *FAST_INIT, env=env))
-    assert _one_line_error(_run(location, "snapshots", env=env)) == line
-    result = _run(location, "snapshots", env=env, json=True)
+    line = one_line_error(run_at(location, *FAST_INIT, env=env))
+    assert one_line_error(run_at(location, "snapshots", env=env)) == line
+    result = run_at(location, "snapshots", env=env, json=True)
     assert result.returncode == EXIT_FATAL
     assert json.loads(result.stdout)["error"]["code"] == "storage"
     assert not root.exists()
@@ -126,7 +108,7 @@ def test_an_unknown_host_key_is_refused_naming_its_fingerprint(
     assert _fingerprint(server.host_key_line) in line and "ssh-keyscan -p" in line, line
     missing = tmp_path / "no-such-file"
     env = {"FREEZEFRAME_SFTP_KNOWN_HOSTS": str(missing)}
-    line = _one_line_error(_run(server.location(root), *FAST_INIT, env=env))
+    line = one_line_error(run_at(server.location(root), *FAST_INIT, env=env))
     assert f"is not known ({missing} does not exist)" in line, line
     assert not root.exists()
 
@@ -166,8 +148,8 @@ def test_a_key_with_a_passphrase_is_refused_pointing_to_the_agent(
         ),
     )
     root = tmp_path / "repo"
-    line = _one_line_error(
-        _run(server.location(root), *FAST_INIT, env={"FREEZEFRAME_SFTP_IDENTITY": str(locked)})
+    line = one_line_error(
+        run_at(server.location(root), *FAST_INIT, env={"FREEZEFRAME_SFTP_IDENTITY": str(locked)})
     )
     assert f"{locked} is protected by a passphrase: load it into ssh-agent" in line, line
     assert not root.exists()
@@ -204,7 +186,7 @@ def test_a_server_gone_during_a_backup_ends_it_with_one_line(
         source.mkdir()
         for i in range(6):  # 48 MiB that do not compress: three packs of 16 MiB
             (source / f"part{i}").write_bytes(os.urandom(8 * 1024 * 1024))
-        _ok(_run(location, *FAST_INIT))
+        succeeded(run_at(location, *FAST_INIT))
         storage = SftpStorage(location, env=own.env())  # one client, across the outage
         config = storage.get(Kind.CONFIG, "config")
         backup = spawn_freezeframe(
@@ -228,8 +210,8 @@ def test_a_server_gone_during_a_backup_ends_it_with_one_line(
         own.start()
         assert storage.get(Kind.CONFIG, "config") == config  # the same client connects again
         storage.close()
-        _ok(_run(location, "check", "--read-data"))
-        _ok(_run(location, "backup", source))  # and the next backup finishes
+        succeeded(run_at(location, "check", "--read-data"))
+        succeeded(run_at(location, "backup", source))  # and the next backup finishes
 
 
 def test_one_storage_serves_many_threads(server: SshServer, tmp_path: Path) -> None:
@@ -255,8 +237,8 @@ def test_one_storage_serves_many_threads(server: SshServer, tmp_path: Path) -> N
 def test_init_refuses_a_directory_that_is_not_empty(server: SshServer, tmp_path: Path) -> None:
     root = tmp_path / "repo"
     location = server.location(root)
-    _ok(_run(location, *FAST_INIT))
-    line = _one_line_error(_run(location, *FAST_INIT))
+    succeeded(run_at(location, *FAST_INIT))
+    line = one_line_error(run_at(location, *FAST_INIT))
     assert f"a repository already exists at {location}" in line, line
     (root / "config").unlink()
     with pytest.raises(RepositoryExists, match=r"already holds a repository's objects \(keys/\)"):
@@ -264,7 +246,7 @@ def test_init_refuses_a_directory_that_is_not_empty(server: SshServer, tmp_path:
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("someone else's")
-    line = _one_line_error(_run(server.location(other), *FAST_INIT))
+    line = one_line_error(run_at(server.location(other), *FAST_INIT))
     assert f"{other} is not empty (it holds notes.txt)" in line, line
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
@@ -345,15 +327,8 @@ def test_a_relative_path_is_in_the_login_directory(server: SshServer) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs for the server's side of a repository."""
-    if not is_root():
-        privileged_required("mounting a small tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_full_disk_on_the_server_is_one_line_and_loses_nothing(
@@ -361,18 +336,18 @@ def test_a_full_disk_on_the_server_is_one_line_and_loses_nothing(
 ) -> None:
     root = small_fs / "repo"
     location = server.location(root)
-    _ok(_run(location, *FAST_INIT))
+    succeeded(run_at(location, *FAST_INIT))
     source = tmp_path / "source"
     source.mkdir()
     (source / "fits.bin").write_bytes(os.urandom(2 * 1024 * 1024))
-    _ok(_run(location, "backup", source))
+    succeeded(run_at(location, "backup", source))
     (source / "too-big.bin").write_bytes(os.urandom(40 * 1024 * 1024))
-    line = _one_line_error(_run(location, "backup", source))
+    line = one_line_error(run_at(location, "backup", source))
     assert "no space left on the server's file system" in line, line
     assert not list(root.rglob(f"{TEMP_PREFIX}*"))
     assert not list((root / "locks").iterdir())  # the lock was released
 
     (source / "too-big.bin").unlink()
-    _ok(_run(location, "check", "--read-data"))
-    _ok(_run(location, "backup", source))
-    assert len(json.loads(_ok(_run(location, "snapshots", json=True)))) == 2
+    succeeded(run_at(location, "check", "--read-data"))
+    succeeded(run_at(location, "backup", source))
+    assert len(json.loads(succeeded(run_at(location, "snapshots", json=True)))) == 2
