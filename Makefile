@@ -1,5 +1,5 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
-.PHONY: demo test lint bench bench-consistency bench-freeze-window bench-vm setup bench-setup
+.PHONY: demo test lint bench bench-consistency bench-freeze-window bench-vm bench-remote setup bench-setup
 
 setup:
 	./tools/bootstrap.sh
@@ -30,3 +30,6 @@ bench-freeze-window: bench-setup
 
 bench-vm: bench-setup
 	.venv/bin/python bench/vm.py $(BENCH_ARGS)
+
+bench-remote: bench-setup
+	.venv/bin/python bench/remote.py $(BENCH_ARGS)

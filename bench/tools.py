@@ -5,11 +5,24 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
-FREEZEFRAME = PROJECT / ".venv" / "bin" / "freezeframe"
+# The project's venv; else the one running the benchmark (a worktree using another's venv,
+# with the code under test first on PYTHONPATH).
+FREEZEFRAME = next(
+    (
+        p
+        for p in (
+            PROJECT / ".venv" / "bin" / "freezeframe",
+            Path(sys.executable).parent / "freezeframe",
+        )
+        if p.exists()
+    ),
+    PROJECT / ".venv" / "bin" / "freezeframe",
+)
 PASSWORD = "bench-password-not-secret"
 APT_PACKAGES = {"restic": "restic", "borg": "borgbackup"}
 
@@ -41,7 +54,7 @@ class Tool:
             "TMPDIR": str(home / "tmp"),
         }
 
-    def env(self, home: Path, repo: Path) -> dict[str, str]:
+    def env(self, home: Path, repo: Path | str) -> dict[str, str]:
         """Environment for every step of this tool."""
         return self.base_env(home)
 
@@ -53,15 +66,15 @@ class Tool:
         """Version string for the report."""
         raise NotImplementedError
 
-    def init(self, repo: Path) -> Step:
+    def init(self, repo: Path | str) -> Step:
         """Create a fresh repository."""
         raise NotImplementedError
 
-    def backup(self, repo: Path, src: Path, n: int) -> Step:
+    def backup(self, repo: Path | str, src: Path, n: int) -> Step:
         """The n-th backup of src (n gives borg its unique archive name)."""
         raise NotImplementedError
 
-    def restore(self, repo: Path, target: Path, n: int) -> Step:
+    def restore(self, repo: Path | str, target: Path, n: int) -> Step:
         """Restore the latest (n-th) backup into target, as target/<absolute source path>."""
         raise NotImplementedError
 
@@ -82,7 +95,7 @@ class Restic(Tool):
     name = "restic"
     note = "restic init --repository-version 2 (compression auto)"
 
-    def env(self, home: Path, repo: Path) -> dict[str, str]:
+    def env(self, home: Path, repo: Path | str) -> dict[str, str]:
         """Password and repo through restic's own variables."""
         return self.base_env(home) | {"RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(repo)}
 
@@ -94,15 +107,15 @@ class Restic(Tool):
         """`restic version`."""
         return _first_line(["restic", "version"])
 
-    def init(self, repo: Path) -> Step:
+    def init(self, repo: Path | str) -> Step:
         """v2 repository: compression is only available from format 2."""
         return Step(["restic", "init", "--repository-version", "2"])
 
-    def backup(self, repo: Path, src: Path, n: int) -> Step:
+    def backup(self, repo: Path | str, src: Path, n: int) -> Step:
         """restic picks the parent snapshot (same host and paths) itself."""
         return Step(["restic", "backup", str(src)])
 
-    def restore(self, repo: Path, target: Path, n: int) -> Step:
+    def restore(self, repo: Path | str, target: Path, n: int) -> Step:
         """Restores the full absolute path under target."""
         return Step(["restic", "restore", "latest", "--target", str(target)])
 
@@ -113,7 +126,7 @@ class Borg(Tool):
     name = "borg"
     note = "borg init --encryption=repokey-blake2; borg create --compression zstd,3"
 
-    def env(self, home: Path, repo: Path) -> dict[str, str]:
+    def env(self, home: Path, repo: Path | str) -> dict[str, str]:
         """Passphrase plus the answers borg would otherwise ask for interactively."""
         return self.base_env(home) | {
             "BORG_PASSPHRASE": PASSWORD,
@@ -129,16 +142,16 @@ class Borg(Tool):
         """`borg --version`."""
         return _first_line(["borg", "--version"])
 
-    def init(self, repo: Path) -> Step:
+    def init(self, repo: Path | str) -> Step:
         """Authenticated encryption, key stored in the repo (like the other two)."""
         return Step(["borg", "init", "--encryption=repokey-blake2", str(repo)])
 
-    def backup(self, repo: Path, src: Path, n: int) -> Step:
+    def backup(self, repo: Path | str, src: Path, n: int) -> Step:
         """Each archive needs a unique name; --stats only adds a summary to the step's log."""
         argv = ["borg", "create", "--stats", "--compression", "zstd,3"]
         return Step([*argv, f"{repo}::bench-{n}", str(src)])
 
-    def restore(self, repo: Path, target: Path, n: int) -> Step:
+    def restore(self, repo: Path | str, target: Path, n: int) -> Step:
         """borg extracts into the current directory (leading '/' stripped from stored paths)."""
         return Step(["borg", "extract", f"{repo}::bench-{n}"], cwd=target)
 
@@ -149,11 +162,11 @@ class Freezeframe(Tool):
     name = "freezeframe"
     note = "freezeframe init with default Argon2 parameters; --no-progress"
 
-    def env(self, home: Path, repo: Path) -> dict[str, str]:
+    def env(self, home: Path, repo: Path | str) -> dict[str, str]:
         """Password via FREEZEFRAME_PASSWORD; XDG_CACHE_HOME (from base_env) holds its cache."""
         return self.base_env(home) | {"FREEZEFRAME_PASSWORD": PASSWORD}
 
-    def _cmd(self, repo: Path, *args: str) -> list[str]:
+    def _cmd(self, repo: Path | str, *args: str) -> list[str]:
         """Global options go before the command."""
         return [str(FREEZEFRAME), "--repo", str(repo), "--no-progress", *args]
 
@@ -176,15 +189,15 @@ class Freezeframe(Tool):
         dirty = _first_line(["git", "-C", str(PROJECT), "status", "--porcelain", "--", "src"])
         return f"{ver} (git {commit}{', src dirty' if dirty and 'exit' not in dirty else ''})"
 
-    def init(self, repo: Path) -> Step:
+    def init(self, repo: Path | str) -> Step:
         """Default key-derivation cost: what a user gets."""
         return Step(self._cmd(repo, "init"))
 
-    def backup(self, repo: Path, src: Path, n: int) -> Step:
+    def backup(self, repo: Path | str, src: Path, n: int) -> Step:
         """Parent detection is freezeframe's own business."""
         return Step(self._cmd(repo, "backup", str(src)))
 
-    def restore(self, repo: Path, target: Path, n: int) -> Step:
+    def restore(self, repo: Path | str, target: Path, n: int) -> Step:
         """Files land at target/<original absolute path>."""
         return Step(self._cmd(repo, "restore", "latest", "--target", str(target)))
 

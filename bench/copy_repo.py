@@ -1,7 +1,7 @@
 """``freezeframe copy`` local -> local: the first copy of one snapshot of the mixed dataset
 (MB/s of the snapshot's bytes) and the second copy, which finds it copied and adds nothing.
 
-Usage: python bench/copy.py [--size 200M] [--work DIR]
+Usage: python bench/copy_repo.py [--size 200M] [--work DIR]
 (run with the freezeframe under test on PYTHONPATH / in the venv)
 """
 
