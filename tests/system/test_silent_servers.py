@@ -111,8 +111,9 @@ def test_a_server_that_never_answers_ends_the_command_in_bounded_time(
     assert silent.connections >= 2, "the silent request was not retried"
     assert "silent-test-secret" not in result.stdout + result.stderr
     assert str(silent.port) in line, line  # names the server that does not answer
-    silence = {"s3": "sent nothing for 1 s", "rest": "sent nothing for 1 s"}
-    assert silence.get(scheme, "does not answer as an SSH server") in line, line
+    # SSH waits first for the server's banner, then for its key exchange: either may time out.
+    silence = ["sent nothing for 1 s"] + (["does not answer as an SSH server"] * (scheme == "sftp"))
+    assert any(words in line for words in silence), line
 
 
 def test_an_upload_stalled_mid_backup_is_one_line_and_the_repository_stays_valid(

@@ -96,7 +96,7 @@ def connect(server: Server, env: Mapping[str, str]) -> paramiko.Transport:
             offered = transport.get_remote_server_key()
         except paramiko.SSHException as exc:
             raise TransientStorageError(
-                f"SSH with {where} failed before authentication: no answer within {timeout:g} s"
+                f"SSH with {where} failed before authentication: it sent nothing for {timeout:g} s"
             ) from exc
         _check_host_key(server, offered, expected, path, known)
         _authenticate(server, transport, env)
