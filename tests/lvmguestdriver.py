@@ -97,7 +97,7 @@ def snapshot(args: argparse.Namespace) -> int:
                 f.flush()
                 os.fsync(f.fileno())
         try:
-            provider.check_intact(view)
+            provider.confirm(view)
             result["intact"] = True
         except FreezeframeError as exc:
             result["damaged"] = str(exc)

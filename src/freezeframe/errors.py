@@ -19,6 +19,7 @@ Hierarchy::
     ├── ConsistencyUnreachable    exit 1, the level asked for cannot be reached (--fallback fail)
     ├── FreezeFailed              exit 1, a file system could not be frozen for its snapshot
     ├── WriterPauseFailed         exit 1, the writers could not be paused for the snapshots
+    ├── SnapshotDamaged           exit 1, a snapshot changed or broke while it was read
     ├── QuiesceError              exit 1, an application could not be held or released
     ├── QmpError                  exit 1, QEMU's monitor or guest agent refused or failed
     └── NbdError                  exit 1, the NBD server refused, failed or broke the protocol
@@ -119,6 +120,12 @@ class FreezeFailed(FreezeframeError):
 
 class WriterPauseFailed(FreezeframeError):
     code = "pause_failed"
+
+
+class SnapshotDamaged(FreezeframeError):
+    """A snapshot no longer shows its instant whole (an LVM snapshot's store overflowed)."""
+
+    code = "snapshot_damaged"
 
 
 class QuiesceError(FreezeframeError):

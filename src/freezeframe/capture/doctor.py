@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from freezeframe.capture import layout
-from freezeframe.capture.providers.registry import answers, choose
+from freezeframe.capture.providers.registry import BY_NAME, PROVIDERS, answers, choose
 from freezeframe.capture.volumes import Volume, resolve_volume
 from freezeframe.levels import Level
 from freezeframe.quiesce import discovery
@@ -32,6 +32,9 @@ class PathReport:
     volumes_below: list[dict[str, Any]] = field(default_factory=list)
     # Databases running with their data under the path, each with the quiescer that holds it.
     applications: list[dict[str, object]] = field(default_factory=list)
+    # What the provider knows of the volume beyond yes or no: an LVM volume's LV, thin pool
+    # fullness or VG free space (from the provider that serves it, else the first that knows).
+    snapshot: dict[str, object] = field(default_factory=dict)
 
 
 def examine(
@@ -48,6 +51,7 @@ def examine(
         provider="none",
     )
     provider, snapshot_reason, report.providers = _ask(volume)
+    report.snapshot = _facts(volume, provider)
     for below in layout.plan([volume.path]).nested:
         below_provider, why, asked = _ask(below)
         report.volumes_below.append(
@@ -82,6 +86,16 @@ def examine(
         )
     report.reachable.append(Level.NONE)
     return report
+
+
+def _facts(volume: Volume, chosen: str | None) -> dict[str, object]:
+    if chosen is not None:
+        return BY_NAME[chosen].facts(volume)
+    for provider in PROVIDERS:
+        facts = provider.facts(volume)
+        if facts:
+            return facts
+    return {}
 
 
 def _ask(volume: Volume) -> tuple[str | None, str | None, list[dict[str, str | None]]]:

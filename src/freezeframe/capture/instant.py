@@ -48,14 +48,18 @@ def take_all(
     """Snapshot every volume; each view is appended to ``views`` as soon as it exists, so the
     caller removes it whatever happens next. ``at_rest`` asks for the `filesystem` level."""
     freezing = at_rest and any(provider.needs_freeze for _v, provider in targets)
+    # A provider whose snapshot neither FIFREEZE nor its own take puts at rest (btrfs) gets
+    # its writers paused at `filesystem`.
     pausing = len(targets) > 1 or (
-        at_rest and any(not provider.needs_freeze for _v, provider in targets)
+        at_rest and any(not (p.needs_freeze or p.freezes_itself) for _v, p in targets)
     )
+    guarded = any(provider.undo_argv(volume, run_id) for volume, provider in targets)
     instant = Instant()
     for volume, _provider in targets:
         fsfreeze.write_back(_root(volume))
     with ExitStack() as stack:
-        watchdog = stack.enter_context(Watchdog()) if pausing or freezing else None
+        needs_watchdog = pausing or freezing or guarded
+        watchdog = stack.enter_context(Watchdog()) if needs_watchdog else None
         if pausing:
             assert watchdog is not None
             devices = {os.lstat(_root(volume)).st_dev for volume, _p in targets}
@@ -68,7 +72,17 @@ def take_all(
                 )
                 views.append(view)
             else:
-                views.append(provider.take(volume, run_id))
+                views.append(
+                    _guarded_take(
+                        volume,
+                        provider,
+                        run_id,
+                        watchdog=watchdog,
+                        cap_s=freeze_cap_s,
+                        instant=instant,
+                        at_rest=at_rest,
+                    )
+                )
         if pausing:
             hooks.reached(hooks.Point.PAUSED)
     providers = {provider.name: provider for _v, provider in targets}
@@ -101,6 +115,32 @@ def _frozen_take(
         fsfreeze.thaw(mount_point)
         instant.freezes_in_time &= watchdog.disarm(token)
         instant.freeze_ms[mount_point] = (time.monotonic() - started) * 1000
+    return view
+
+
+def _guarded_take(
+    volume: Volume,
+    provider: SnapshotProvider,
+    run_id: str,
+    *,
+    watchdog: Watchdog | None,
+    cap_s: float,
+    instant: Instant,
+    at_rest: bool,
+) -> ReadOnlyView:
+    """``provider.take``, with its undo (if it has one) armed in the watchdog for the freeze
+    cap. A provider that freezes the file system itself (LVM) records its take's whole time
+    as the freeze window at `filesystem`: the freeze lies inside it."""
+    undo = provider.undo_argv(volume, run_id)
+    token = watchdog.arm_command(undo, {}, cap_s) if undo and watchdog is not None else None
+    started = time.monotonic()
+    try:
+        view = provider.take(volume, run_id)
+    finally:
+        if token is not None and watchdog is not None:
+            instant.freezes_in_time &= watchdog.disarm(token)
+    if at_rest and provider.freezes_itself:
+        instant.freeze_ms[volume.mount.mount_point] = (time.monotonic() - started) * 1000
     return view
 
 

@@ -26,7 +26,12 @@ from freezeframe.capture import layout
 from freezeframe.capture.application import ApplicationHold
 from freezeframe.capture.instant import Instant, take_all
 from freezeframe.capture.providers.base import ReadOnlyView, SnapshotProvider, new_run_id
-from freezeframe.capture.providers.registry import BY_NAME, provider_for
+from freezeframe.capture.providers.registry import (
+    BY_NAME,
+    DEFAULT_OPTIONS,
+    SnapshotOptions,
+    provider_for,
+)
 from freezeframe.capture.volumes import Volume, resolve_volume
 from freezeframe.capture.watchdog import Watchdog
 from freezeframe.errors import (
@@ -109,8 +114,10 @@ class Capture:
         caps: Caps | None = None,
         never_freeze: tuple[str, ...] = (),
         quiescers: list[Quiescer] | None = None,
+        snapshot_options: SnapshotOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.requested = parse_requested(requested)
+        self.snapshot_options = snapshot_options
         if fallback not in ("fail", "degrade"):
             raise UsageError(f"unknown fallback {fallback!r} (fail or degrade)")
         self.paths = [os.path.abspath(p) for p in paths]
@@ -254,6 +261,12 @@ class Capture:
             self._remove_views()
         finally:
             self._remove_staging()
+
+    def confirm(self) -> None:
+        """Raise unless every snapshot still shows its instant whole; the backup calls it
+        after reading them and before it commits what it read."""
+        for view in self.views:
+            BY_NAME[view.provider].confirm(view)
 
     def _remove_staging(self) -> None:
         if self._staging is not None:
@@ -401,7 +414,7 @@ class Capture:
         of each volume."""
         targets = []
         for volume in plan.volumes:
-            provider, why = provider_for(volume)
+            provider, why = provider_for(volume, self.snapshot_options)
             if provider is None:
                 return Level.NONE, f"{volume.path}: {why}", []
             targets.append((volume, provider))

@@ -77,7 +77,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="longest time a file system may stay frozen for its snapshot "
         f"(default {DEFAULT_FREEZE_CAP_S:g}); past it it is thawed and the run fails or degrades",
     )
-
+    parser.add_argument(
+        "--snapshot-size",
+        default="",
+        metavar="SIZE",
+        help="copy-on-write store of a snapshot of a thick LVM volume: a size (512M, 2G) or a "
+        "share of the volume (25%%); default 20%%, checked against the VG's free space first",
+    )
     parser.add_argument(
         "--quiesce",
         action="append",
@@ -125,6 +131,7 @@ def run(ctx: CommandContext) -> int:
             quiescer_s=a.quiesce_timeout,
         ),
         quiesce=tuple(a.quiesce),
+        snapshot_size=a.snapshot_size,
     )
     request.validate()  # before a password is asked for
     with ctx.repository(load_index=False) as repo:

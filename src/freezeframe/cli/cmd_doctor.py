@@ -164,6 +164,8 @@ def _text(report: PathReport) -> str:
         lines.append(f"  subvolume: {report.subvolume}")
     lines.append(f"  provider: {report.provider}")
     lines += _answers(report.providers, " " * 12)
+    if report.snapshot:
+        lines.append(f"  snapshot: {_snapshot_facts(report.snapshot)}")
     for below in report.volumes_below:
         how = below["provider"] if below["why_not"] is None else f"none ({below['why_not']})"
         lines.append(f"  below:    {below['path']} ({below['fs_type']}), provider {how}")
@@ -179,6 +181,24 @@ def _text(report: PathReport) -> str:
         else:
             lines.append(f"  {level:<12} not reachable: {report.unreachable[level]}")
     return "\n".join(lines)
+
+
+def _snapshot_facts(facts: dict[str, Any]) -> str:
+    """An LVM volume's facts in words; other providers' as key=value."""
+    if "error" in facts:
+        return f"lvm cannot report it: {facts['error']}"
+    if "logical_volume" not in facts:
+        return ", ".join(f"{key} {value}" for key, value in facts.items())
+    words = [f"{facts['kind']} LV {facts['logical_volume']}"]
+    if "thin_pool" in facts:
+        data, metadata = facts.get("pool_data_percent"), facts.get("pool_metadata_percent")
+        words.append(f"thin pool {facts['thin_pool']} {data}% data, {metadata}% metadata full")
+    if "vg_free" in facts:
+        words.append(f"VG free {int(facts['vg_free']) / (1 << 20):.1f} MiB")
+        size = str(facts["snapshot_size"])
+        store = f"{size} of the LV" if size.endswith("%") else f"{int(size[:-1]) >> 20} MiB"
+        words.append(f"snapshot store {store} (--snapshot-size)")
+    return ", ".join(words)
 
 
 def _answers(providers: list[dict[str, str | None]], indent: str) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from freezeframe.capture.providers.lvm_report import parse_snapshot_size
 from freezeframe.errors import UsageError
 from freezeframe.levels import AUTO, Level
 from freezeframe.plans import envfile
@@ -131,6 +132,7 @@ class Plan(_Strict):
     quiesce: list[str] = Field(default_factory=list)
     quiesce_cap_s: float | None = Field(default=None, gt=0)
     freeze_cap_s: float | None = Field(default=None, gt=0)
+    snapshot_size: str | None = None  # an LVM thick snapshot's store: 512M, 25%
     schedule: list[str] = Field(default_factory=list)
     timezone: str | None = None
     catch_up: bool = True  # a schedule missed while the agent was down runs once at its start
@@ -140,6 +142,16 @@ class Plan(_Strict):
     check: Check = Field(default_factory=Check)
     hooks: Hooks = Field(default_factory=Hooks)
     notify: Notify = Field(default_factory=Notify)
+
+    @field_validator("snapshot_size")
+    @classmethod
+    def _snapshot_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_snapshot_size(value)
+            except UsageError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
 
     @field_validator("consistency", mode="before")
     @classmethod

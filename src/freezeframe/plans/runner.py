@@ -120,6 +120,8 @@ def backup_step(name: str, plan: Plan) -> Step:
         command += ["--quiesce-cap", f"{plan.quiesce_cap_s:g}"]
     if plan.freeze_cap_s is not None:
         command += ["--freeze-cap", f"{plan.freeze_cap_s:g}"]
+    if plan.snapshot_size is not None:
+        command += ["--snapshot-size", plan.snapshot_size]
     for tag in [PLAN_TAG.format(name=name), *plan.tags]:
         command += ["--tag", tag]
     return Step("backup", freezeframe_argv(plan, *command))

@@ -22,6 +22,8 @@ from freezeframe.backup.files_cache import FilesCache, default_cache_dir
 from freezeframe.backup.image_tree import archive_images
 from freezeframe.backup.images import DiskProgress
 from freezeframe.backup.progress import BackupProgress
+from freezeframe.capture.providers.lvm_report import parse_snapshot_size
+from freezeframe.capture.providers.registry import DEFAULT_OPTIONS, SnapshotOptions
 from freezeframe.capture.service_pause import parse as parse_quiescer
 from freezeframe.capture.session import Caps, Capture, CaptureOutcome
 from freezeframe.errors import UsageError
@@ -93,6 +95,12 @@ class BackupRequest:
     fallback: str = "fail"  # or degrade: take the highest reachable
     caps: Caps = field(default_factory=Caps)
     quiesce: tuple[str, ...] = ()  # KIND:TARGET, auto, or a hooks directory
+    snapshot_size: str = ""  # an LVM thick snapshot's store: 512M, 25%... ('' = 20 %)
+
+    def snapshot_options(self) -> SnapshotOptions:
+        if not self.snapshot_size:
+            return DEFAULT_OPTIONS
+        return SnapshotOptions(lvm_snapshot_size=parse_snapshot_size(self.snapshot_size))
 
     def validate(self) -> None:
         """Refuse a request that cannot run, before anything is opened or taken."""
@@ -110,6 +118,7 @@ class BackupRequest:
             raise UsageError("two --vm have the same name; give each name=NAME")
         ExcludeMatcher(list(self.excludes))  # a bad pattern fails here
         parse_requested(self.consistency)
+        self.snapshot_options()  # a bad size fails here
         if AUTO in self.quiesce and self.consistency not in (AUTO, Level.APPLICATION):
             raise UsageError("--quiesce auto needs --consistency application or auto")
 
@@ -186,6 +195,7 @@ def _back_up_paths(repo: Repository, request: BackupRequest, reporter: Reporter)
         caps=request.caps,
         never_freeze=_never_freeze(repo),
         quiescers=[parse_quiescer(spec) for spec in quiesce],
+        snapshot_options=request.snapshot_options(),
     )
     progress = BackupProgress()
     archivers: list[Archiver] = []
@@ -200,7 +210,9 @@ def _back_up_paths(repo: Repository, request: BackupRequest, reporter: Reporter)
         )
         archivers.append(archiver)
         with reporter.phase("backup", progress):
-            return archiver.store()
+            stored = archiver.store()
+        capture.confirm()  # a snapshot that changed under the read is never committed
+        return stored
 
     snapshot = _commit_view(repo, _path_source(capture), read, _labels(request), reporter)
     archiver = archivers[0]

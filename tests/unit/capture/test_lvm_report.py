@@ -15,15 +15,17 @@ import pytest
 
 from freezeframe.capture.providers.lvm_report import (
     LogicalVolume,
+    SnapshotSize,
     damage,
     parse_lvs,
+    parse_snapshot_size,
     parse_vgs,
     plan_snapshot,
     refusal,
     run_of_snapshot,
     split_dm_name,
 )
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import FreezeframeError, UsageError
 
 FIXTURES = Path(__file__).parent / "lvm_fixtures"
 RUN = "20261207T160300-4242-a1b2c3"
@@ -87,19 +89,20 @@ def test_thick_plan_defaults_to_a_fifth_of_the_origin_in_whole_extents() -> None
     # 20 % of 128 MiB is 25.6 MiB: rounded up to 7 extents of 4 MiB.
     assert plan.size == 28 * MIB
     assert plan.lvcreate_argv()[:4] == ["lvcreate", "--snapshot", "--size", f"{28 * MIB}b"]
-    assert plan_snapshot(lvs["thick"], None, vg, RUN, snapshot_size=1).size == 4 * MIB
+    assert plan_snapshot(lvs["thick"], None, vg, RUN, snapshot_size=SnapshotSize(1)).size == 4 * MIB
 
 
 def test_thick_snapshot_larger_than_the_free_space_is_refused_before_anything() -> None:
     lvs = _lvs("lvs-lab.json")
     (vg,) = parse_vgs((FIXTURES / "vgs-lab.json").read_text())
     with pytest.raises(FreezeframeError) as caught:
-        plan_snapshot(lvs["thick"], None, vg, RUN, snapshot_size=vg.free + 1)
+        plan_snapshot(lvs["thick"], None, vg, RUN, snapshot_size=SnapshotSize(vg.free + 1))
     assert str(caught.value) == (
         "cannot snapshot lab/thick: its snapshot needs 376.0 MiB and volume group lab has "
         "372.0 MiB free (give --snapshot-size or free space)"
     )
-    assert plan_snapshot(lvs["thick"], None, vg, RUN, snapshot_size=vg.free).size == vg.free
+    whole = plan_snapshot(lvs["thick"], None, vg, RUN, snapshot_size=SnapshotSize(vg.free))
+    assert whole.size == vg.free
 
 
 def test_inactive_lv_is_refused() -> None:
@@ -140,3 +143,26 @@ def test_unreadable_report_is_one_error() -> None:
     broken = json.dumps({"report": [{"lv": [{"lv_name": "x"}]}]})
     with pytest.raises(FreezeframeError, match="no 'vg_name' in an LV row"):
         parse_lvs(broken)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("25%", SnapshotSize(fraction=0.25)), ("512M", SnapshotSize(512 * MIB)),
+     ("2GiB", SnapshotSize(2 << 30)), ("1.5g", SnapshotSize(3 << 29)), ("4096", SnapshotSize(4096)),
+     ("100%", SnapshotSize(fraction=1.0))],
+)  # fmt: skip
+def test_snapshot_size_is_a_size_or_a_share_of_the_origin(text: str, size: SnapshotSize) -> None:
+    assert parse_snapshot_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "0", "0%", "150%", "-3M", "12X", "big", "%"])
+def test_a_bad_snapshot_size_is_one_usage_line(text: str) -> None:
+    with pytest.raises(UsageError, match="snapshot size") as caught:
+        parse_snapshot_size(text)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_share_of_the_origin_sizes_the_store() -> None:
+    lvs, vg = _lvs("lvs-lab.json"), parse_vgs((FIXTURES / "vgs-lab.json").read_text())[0]
+    half = plan_snapshot(lvs["thick"], None, vg, RUN, SnapshotSize(fraction=0.5))
+    assert half.size == 64 * MIB

@@ -7,6 +7,8 @@ from typing import Any, cast
 import pytest
 
 from freezeframe.capture.providers import registry
+from freezeframe.capture.providers.lvm import LvmProvider
+from freezeframe.capture.providers.lvm_report import parse_snapshot_size
 from freezeframe.capture.volumes import Volume
 
 
@@ -55,5 +57,11 @@ def test_no_provider_names_each_providers_reason(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_real_providers_in_order() -> None:
-    assert [p.name for p in registry.PROVIDERS] == ["btrfs", "loop-clone"]
+    assert [p.name for p in registry.PROVIDERS] == ["btrfs", "lvm", "loop-clone"]
     assert {p.name: p for p in registry.PROVIDERS} == registry.BY_NAME
+
+
+def test_a_snapshot_size_configures_the_lvm_provider() -> None:
+    options = registry.SnapshotOptions(lvm_snapshot_size=parse_snapshot_size("512M"))
+    lvm = {p.name: p for p in registry.providers(options)}["lvm"]
+    assert isinstance(lvm, LvmProvider) and lvm.snapshot_size.size == 512 << 20

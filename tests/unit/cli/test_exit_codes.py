@@ -49,6 +49,7 @@ DOCUMENTED_CODES = {
     "ConsistencyUnreachable": ("consistency_unreachable", 1),
     "FreezeFailed": ("freeze_failed", 1),
     "WriterPauseFailed": ("pause_failed", 1),
+    "SnapshotDamaged": ("snapshot_damaged", 1),
     "QuiesceError": ("quiesce_failed", 1),
     "QmpError": ("qmp_error", 1),
     "NbdError": ("nbd_error", 1),

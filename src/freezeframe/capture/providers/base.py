@@ -40,6 +40,9 @@ class SnapshotProvider(Protocol):
     # Whether `filesystem` needs FIFREEZE around ``take`` (never for btrfs: a snapshot of a
     # frozen btrfs waits for the thaw).
     needs_freeze: bool
+    # Whether ``take`` itself flushes and freezes the file system around the snapshot (LVM:
+    # device-mapper's suspend with lockfs), so a snapshot it takes is at rest without more.
+    freezes_itself: bool
 
     def unsupported_reason(self, volume: Volume) -> str | None:
         """None when this provider can snapshot ``volume``, else why not. Every volume is put
@@ -51,8 +54,19 @@ class SnapshotProvider(Protocol):
         """Take the snapshot, atomically and fast: writers may be paused and the file system
         frozen meanwhile. Its name carries ``run_id`` so a crashed run's is recognisable."""
 
+    def undo_argv(self, volume: Volume, run_id: str) -> list[str] | None:
+        """A command the watchdog runs if ``take`` overruns the freeze cap or the run dies
+        in it, to undo what a half-done ``take`` holds (a suspended device); None: nothing."""
+
     def expose(self, view: ReadOnlyView) -> None:
         """Make ``view.root`` readable (mount it...), after writers are resumed and thawed."""
+
+    def confirm(self, view: ReadOnlyView) -> None:
+        """Raise unless the view still shows its instant whole: called after it was read,
+        before what was read is kept (a snapshot whose copy-on-write store overflowed is not)."""
+
+    def facts(self, volume: Volume) -> dict[str, object]:
+        """What `doctor` shows about the volume beyond yes or no (free space...)."""
 
     def remove(self, view: ReadOnlyView) -> None:
         """Delete the snapshot; removing one already gone is not an error."""

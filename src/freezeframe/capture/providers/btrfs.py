@@ -34,6 +34,7 @@ BTRFS_SUBVOL_RDONLY = 1 << 1
 class BtrfsProvider:
     name = "btrfs"
     needs_freeze = False
+    freezes_itself = False
 
     def unsupported_reason(self, volume: Volume) -> str | None:
         if volume.fs_type != "btrfs" or volume.subvolume is None:
@@ -60,8 +61,17 @@ class BtrfsProvider:
         elapsed_ms = (time.monotonic() - started) * 1000
         return ReadOnlyView(self.name, volume, volume.subvolume, target, created_ns, elapsed_ms)
 
+    def undo_argv(self, volume: Volume, run_id: str) -> list[str] | None:
+        return None  # a snapshot ioctl holds nothing when its caller dies
+
     def expose(self, view: ReadOnlyView) -> None:
         """A btrfs snapshot is readable where it is taken."""
+
+    def confirm(self, view: ReadOnlyView) -> None:
+        """A read-only btrfs snapshot cannot change or overflow."""
+
+    def facts(self, volume: Volume) -> dict[str, object]:
+        return {}
 
     def remove(self, view: ReadOnlyView) -> None:
         self.remove_leftover(view.root)

@@ -38,6 +38,7 @@ SYS_BLOCK = Path("/sys/block")
 class LoopCloneProvider:
     name = "loop-clone"
     needs_freeze = True  # `filesystem` comes from FIFREEZE around the clone
+    freezes_itself = False
 
     def unsupported_reason(self, volume: Volume) -> str | None:
         if volume.fs_type not in FREEZABLE:
@@ -101,6 +102,17 @@ class LoopCloneProvider:
         except FreezeframeError:
             run_tool("losetup", "--detach", device)
             raise
+
+    def undo_argv(self, volume: Volume, run_id: str) -> list[str] | None:
+        return None  # a clone ioctl holds nothing when its caller dies
+
+    def confirm(self, view: ReadOnlyView) -> None:
+        """A clone is a file of its own: nothing writes to it while it is read."""
+
+    def facts(self, volume: Volume) -> dict[str, object]:
+        loop = loop_device_name(volume.mount.source)
+        backing = backing_file(loop) if loop is not None else None
+        return {"image": backing} if backing else {}
 
     def remove(self, view: ReadOnlyView) -> None:
         self.remove_leftover(view.root)

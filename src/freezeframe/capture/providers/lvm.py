@@ -18,7 +18,7 @@ offered separately: it is served by this stronger snapshot. The mount is writabl
 (snapshots are read-write LVs), so a journal that does need replay is replayed into the
 snapshot, never the origin; XFS mounts it with ``nouuid``, since it carries the origin's uuid.
 
-A thick snapshot whose store fills becomes invalid: ``check_intact`` (after reading, before
+A thick snapshot whose store fills becomes invalid: ``confirm`` (after reading, before
 the data read from it is trusted) fails loudly then. Snapshot names carry the run id, so a
 dead run's snapshots and mounts are found and removed (``find_leftovers``).
 
@@ -36,11 +36,13 @@ from pathlib import Path
 
 from freezeframe.capture.providers.base import ReadOnlyView, run_is_alive, run_tool
 from freezeframe.capture.providers.lvm_report import (
+    DEFAULT_SNAPSHOT_SIZE,
     LV_FIELDS,
     LVM_UUID_PREFIX,
     VG_FIELDS,
     LogicalVolume,
     SnapshotPlan,
+    SnapshotSize,
     VolumeGroup,
     damage,
     parse_lvs,
@@ -50,9 +52,18 @@ from freezeframe.capture.providers.lvm_report import (
     split_dm_name,
 )
 from freezeframe.capture.volumes import Volume
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import FreezeframeError, SnapshotDamaged
 
 MOUNT_ROOT = "/run/freezeframe/snapshots/lvm"
+# $1: the snapshot's name, $2: the VG's device-mapper prefix ("my--vg-").
+RESUME_SCRIPT = """
+i=0
+while [ $i -lt 100 ] && pgrep -f -- "--name $1 " >/dev/null 2>&1; do sleep 0.05; i=$((i+1)); done
+dmsetup info -c --noheadings --separator : -o name,attr 2>/dev/null |
+while IFS=: read -r device attr; do
+  case "$device" in "$2"*) case "$attr" in ?s*) dmsetup resume "$device";; esac;; esac
+done
+"""
 FILE_SYSTEMS = ("ext4", "xfs")
 SYS_DEV_BLOCK = Path("/sys/dev/block")
 REPORT = ("--reportformat", "json", "--units", "b", "--nosuffix")
@@ -60,10 +71,11 @@ REPORT = ("--reportformat", "json", "--units", "b", "--nosuffix")
 
 class LvmProvider:
     name = "lvm"
-    needs_freeze = False  # lvcreate's suspend freezes the file system itself (lockfs)
+    needs_freeze = False  # never FIFREEZE first: lvcreate's suspend would then fail (EBUSY)
+    freezes_itself = True  # lvcreate's suspend flushes and freezes the file system (lockfs)
 
-    def __init__(self, snapshot_size: int | None = None) -> None:
-        self.snapshot_size = snapshot_size  # bytes of a thick snapshot's store; None: 20 %
+    def __init__(self, snapshot_size: SnapshotSize = DEFAULT_SNAPSHOT_SIZE) -> None:
+        self.snapshot_size = snapshot_size  # a thick snapshot's store
 
     def unsupported_reason(self, volume: Volume) -> str | None:
         if volume.fs_type not in FILE_SYSTEMS:
@@ -114,17 +126,48 @@ class LvmProvider:
         run_tool("mount", "-t", view.volume.fs_type, "-o", options, f"/dev/{view.handle}",
                  directory, what=f"mount of snapshot {view.handle}")  # fmt: skip
 
-    def check_intact(self, view: ReadOnlyView) -> None:
-        """Raise unless the snapshot is still whole: call after reading it, before what was
+    def undo_argv(self, volume: Volume, run_id: str) -> list[str] | None:
+        """What the watchdog runs if ``take`` overruns its cap or this process dies in it:
+        wait (5 s at most) for this run's lvcreate to end, then resume any device of the VG
+        still suspended (lvcreate killed between its suspend and resume leaves the origin
+        suspended, and every writer to it hangs)."""
+        names = lvm_names(volume.mount.device)
+        if names is None:
+            return None
+        vg, lv = names
+        name = f"ff-{run_id}-{lv}"
+        return ["sh", "-c", RESUME_SCRIPT, "sh", name, vg.replace("-", "--") + "-"]
+
+    def facts(self, volume: Volume) -> dict[str, object]:
+        """For `doctor`: the LV, thin or thick, and the space its snapshot would use."""
+        names = lvm_names(volume.mount.device)
+        if names is None:
+            return {}
+        try:
+            lv = report_lv(*names)
+            facts: dict[str, object] = {"logical_volume": lv.full_name, "kind": lv.kind}
+            if lv.kind == "thin" and lv.pool:
+                pool = report_lv(lv.vg, lv.pool)
+                facts.update(thin_pool=pool.full_name, pool_data_percent=pool.data_percent,
+                             pool_metadata_percent=pool.metadata_percent)  # fmt: skip
+            elif lv.kind == "thick":
+                vg = report_vg(lv.vg)
+                facts.update(vg_free=vg.free, snapshot_size=str(self.snapshot_size))
+        except FreezeframeError as exc:
+            return {"error": str(exc)}
+        return facts
+
+    def confirm(self, view: ReadOnlyView) -> None:
+        """Raise unless the snapshot is still whole: called after reading it, before what was
         read is kept (a thick snapshot whose store filled meanwhile is invalid)."""
         vg, name = view.handle.split("/", 1)
         try:
             snapshot = report_lv(vg, name)
         except FreezeframeError as exc:
-            raise FreezeframeError(f"snapshot {view.handle} is gone: {exc}") from exc
+            raise SnapshotDamaged(f"snapshot {view.handle} is gone: {exc}") from exc
         reason = damage(snapshot)
         if reason is not None:
-            raise FreezeframeError(f"{reason}; nothing read from it is kept")
+            raise SnapshotDamaged(f"{reason}; nothing read from it is kept")
 
     def remove(self, view: ReadOnlyView) -> None:
         self.remove_leftover(_mount_dir(view.handle))

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from freezeframe.errors import FreezeframeError
+from freezeframe.errors import FreezeframeError, UsageError
 
 LV_FIELDS = (
     "lv_name,vg_name,lv_attr,pool_lv,data_percent,metadata_percent,lv_size,origin,snap_percent"
@@ -29,6 +29,51 @@ DEFAULT_SNAPSHOT_FRACTION = 0.20
 LVM_UUID_PREFIX = "LVM-"
 # ff-<run id>-<origin LV>; a run id is base.new_run_id()'s.
 SNAPSHOT_NAME = re.compile(r"^ff-(\d{8}T\d{6}-\d+-[0-9a-f]{6})-(.+)$")
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+SIZE_TEXT = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class SnapshotSize:
+    """How big a thick snapshot's copy-on-write store is: ``size`` bytes, or when that is
+    None, ``fraction`` of its origin's size."""
+
+    size: int | None = None
+    fraction: float = DEFAULT_SNAPSHOT_FRACTION
+
+    def for_origin(self, origin_size: int) -> float:
+        return self.size if self.size is not None else origin_size * self.fraction
+
+    def __str__(self) -> str:
+        return f"{self.size}b" if self.size is not None else f"{self.fraction * 100:g}%"
+
+
+DEFAULT_SNAPSHOT_SIZE = SnapshotSize()
+
+
+def parse_snapshot_size(text: str) -> SnapshotSize:
+    """``--snapshot-size``: a percentage of the origin (``25%``) or a size (``512M``, ``2GiB``,
+    ``1073741824``; binary units). One UsageError line for anything else."""
+    value = text.strip()
+    if value.endswith("%"):
+        try:
+            percent = float(value[:-1])
+        except ValueError:
+            percent = -1.0
+        if not 0 < percent <= 100:
+            raise UsageError(
+                f"snapshot size {text!r}: a percentage must be above 0 and at most 100"
+            )
+        return SnapshotSize(fraction=percent / 100)
+    match = SIZE_TEXT.match(value)
+    if match is None:
+        raise UsageError(
+            f"snapshot size {text!r} is neither a size (512M, 2G) nor a percentage (25%)"
+        )
+    size = int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise UsageError(f"snapshot size {text!r} must be more than 0")
+    return SnapshotSize(size=size)
 
 
 @dataclass(frozen=True)
@@ -174,11 +219,11 @@ def plan_snapshot(
     pool: LogicalVolume | None,
     vg: VolumeGroup | None,
     run_id: str,
-    snapshot_size: int | None = None,
+    snapshot_size: SnapshotSize = DEFAULT_SNAPSHOT_SIZE,
 ) -> SnapshotPlan:
     """The snapshot to take of ``lv``, or one FreezeframeError saying why not. A thick
-    snapshot's store is ``snapshot_size`` bytes (default DEFAULT_SNAPSHOT_FRACTION of the
-    origin), rounded up to whole extents, and must fit in the VG's free space."""
+    snapshot's store is ``snapshot_size`` (default DEFAULT_SNAPSHOT_FRACTION of the origin),
+    rounded up to whole extents, and must fit in the VG's free space."""
     reason = refusal(lv, pool)
     if reason is not None:
         raise FreezeframeError(f"cannot snapshot {lv.full_name}: {reason}")
@@ -187,7 +232,7 @@ def plan_snapshot(
         return SnapshotPlan(lv, name, None)
     if vg is None:
         raise FreezeframeError(f"cannot snapshot {lv.full_name}: volume group {lv.vg} not reported")
-    wanted = snapshot_size if snapshot_size is not None else lv.size * DEFAULT_SNAPSHOT_FRACTION
+    wanted = snapshot_size.for_origin(lv.size)
     if wanted <= 0:
         raise FreezeframeError(f"cannot snapshot {lv.full_name}: the snapshot size must be > 0")
     extents = max(1, math.ceil(wanted / vg.extent_size))

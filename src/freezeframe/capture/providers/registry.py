@@ -1,40 +1,58 @@
 """Which snapshot provider serves a volume, or why none does: every provider is asked, in
 order, whether it can snapshot the volume (``unsupported_reason``), and the first that can
-serves it. A provider claims volumes by what it checks, not by a table here: an LVM provider
-put first would claim a device-mapper device whatever its file system."""
+serves it. A provider claims volumes by what it checks, not by a table here: the LVM provider
+claims ext4 and XFS on an LVM logical volume, the loop-clone provider ext4 and XFS on a loop
+device, so their order does not matter between them."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from freezeframe.capture.providers.base import SnapshotProvider
 from freezeframe.capture.providers.btrfs import BtrfsProvider
 from freezeframe.capture.providers.loopclone import LoopCloneProvider
+from freezeframe.capture.providers.lvm import LvmProvider
+from freezeframe.capture.providers.lvm_report import DEFAULT_SNAPSHOT_SIZE, SnapshotSize
 from freezeframe.capture.volumes import Volume
 
-BTRFS = BtrfsProvider()
-LOOP_CLONE = LoopCloneProvider()
-# Asked in this order; the first that supports a volume snapshots it.
-PROVIDERS: tuple[SnapshotProvider, ...] = (BTRFS, LOOP_CLONE)
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    """What a user may tell the providers (``backup --snapshot-size``)."""
+
+    lvm_snapshot_size: SnapshotSize = DEFAULT_SNAPSHOT_SIZE
+
+
+def providers(options: SnapshotOptions) -> tuple[SnapshotProvider, ...]:
+    """Every provider, in the order they are asked, configured by ``options``."""
+    return (BtrfsProvider(), LvmProvider(options.lvm_snapshot_size), LoopCloneProvider())
+
+
+DEFAULT_OPTIONS = SnapshotOptions()
+PROVIDERS: tuple[SnapshotProvider, ...] = providers(DEFAULT_OPTIONS)
+# By name, to remove a view or find its scratch paths (which no option changes).
 BY_NAME: dict[str, SnapshotProvider] = {provider.name: provider for provider in PROVIDERS}
 ELSEWHERE = (
-    "freezeframe snapshots btrfs, and ext4 or xfs on a loop device whose image lies on btrfs or "
-    "xfs; LVM and ZFS need device-mapper or the ZFS module, which this kernel lacks"
+    "freezeframe snapshots btrfs subvolumes, ext4 and XFS on LVM logical volumes, and ext4 and "
+    "XFS on a loop device whose image lies on btrfs or XFS (ZFS is not supported yet)"
 )
 
 
 Answer = tuple[SnapshotProvider, str | None]  # a provider, and None or why it cannot
 
 
-def provider_for(volume: Volume) -> tuple[SnapshotProvider | None, str | None]:
+def provider_for(
+    volume: Volume, options: SnapshotOptions = DEFAULT_OPTIONS
+) -> tuple[SnapshotProvider | None, str | None]:
     """The provider for ``volume`` and None, or None and the reason no provider can serve it
     (the providers after the first that can are not asked)."""
-    return choose(volume, _ask(volume))
+    return choose(volume, _ask(volume, options))
 
 
-def answers(volume: Volume) -> list[Answer]:
+def answers(volume: Volume, options: SnapshotOptions = DEFAULT_OPTIONS) -> list[Answer]:
     """Every provider's answer for ``volume``, in order (for `doctor`)."""
-    return list(_ask(volume))
+    return list(_ask(volume, options))
 
 
 def choose(volume: Volume, asked: Iterable[Answer]) -> tuple[SnapshotProvider | None, str | None]:
@@ -50,6 +68,6 @@ def choose(volume: Volume, asked: Iterable[Answer]) -> tuple[SnapshotProvider | 
     )
 
 
-def _ask(volume: Volume) -> Iterator[Answer]:
-    for provider in PROVIDERS:
+def _ask(volume: Volume, options: SnapshotOptions) -> Iterator[Answer]:
+    for provider in providers(options) if options != DEFAULT_OPTIONS else PROVIDERS:
         yield provider, provider.unsupported_reason(volume)
