@@ -1,5 +1,5 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
-.PHONY: demo test lint bench bench-consistency bench-freeze-window bench-vm bench-remote setup bench-setup
+.PHONY: demo test lint bench bench-consistency bench-freeze-window bench-vm bench-remote bench-lvm setup bench-setup
 
 setup:
 	./tools/bootstrap.sh
@@ -33,3 +33,6 @@ bench-vm: bench-setup
 
 bench-remote: bench-setup
 	.venv/bin/python bench/remote.py $(BENCH_ARGS)
+
+bench-lvm: bench-setup
+	.venv/bin/python bench/lvm.py $(BENCH_ARGS)

@@ -12,6 +12,10 @@ freezeframe's LVM provider on a mounted LV the way a backup does and prints one 
         Then checks the snapshot is intact and removes it.
     cleanup MOUNT
         removes the snapshots and mounts of dead runs on MOUNT's LV, as the next run does.
+    backup [--scribble PATH:MIB] [--hold] -- FREEZEFRAME ARGS...
+        runs the freezeframe command in this process; once its snapshots are readable (before
+        they are read) it writes MIB MiB to PATH (to overflow a thick snapshot), or with
+        ``--hold`` writes its pid to HOLD_FILE and sleeps (to be killed). Exits as the command.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 
 from freezeframe.capture.providers.base import new_run_id
 from freezeframe.capture.providers.lvm import LvmProvider
+from freezeframe.capture.providers.lvm_report import DEFAULT_SNAPSHOT_SIZE, SnapshotSize
 from freezeframe.capture.volumes import resolve_volume
 from freezeframe.errors import FreezeframeError
 
@@ -57,7 +62,8 @@ def _kernel_log() -> list[str]:
 
 
 def snapshot(args: argparse.Namespace) -> int:
-    provider = LvmProvider(snapshot_size=args.size)
+    size = SnapshotSize(args.size) if args.size is not None else DEFAULT_SNAPSHOT_SIZE
+    provider = LvmProvider(snapshot_size=size)
     volume = resolve_volume(args.mount)
     reason = provider.unsupported_reason(volume)
     if reason is not None:
@@ -117,6 +123,28 @@ def cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def backup(args: argparse.Namespace) -> int:
+    from freezeframe import hooks
+    from freezeframe.cli.main import main as freezeframe_main
+
+    def at_readable(_point: hooks.Point) -> None:
+        if args.scribble:
+            path, mib = args.scribble.rsplit(":", 1)
+            with open(path, "wb") as f:
+                for _ in range(int(mib)):
+                    f.write(os.urandom(1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+        if args.hold:
+            with open(HOLD_FILE + ".tmp", "w") as f:
+                json.dump({"pid": os.getpid()}, f)
+            os.rename(HOLD_FILE + ".tmp", HOLD_FILE)
+            time.sleep(3600)
+
+    hooks.install(hooks.Point.SNAPSHOTS_READABLE, at_readable)
+    return freezeframe_main(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,7 +155,13 @@ def main() -> int:
     take.add_argument("--hold", action="store_true")
     clean = commands.add_parser("cleanup")
     clean.add_argument("mount")
+    run = commands.add_parser("backup")
+    run.add_argument("--scribble", default="")
+    run.add_argument("--hold", action="store_true")
+    run.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args()
+    if args.command == "backup":
+        return backup(args)
     try:
         return snapshot(args) if args.command == "snapshot" else cleanup(args)
     except FreezeframeError as exc:

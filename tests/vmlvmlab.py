@@ -12,10 +12,17 @@ exit status and output.
 from __future__ import annotations
 
 import contextlib
+import json
+import shlex
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from vmfixtures import GuestExec, Vm, make_disks
+import freezeframe
+from ffharness import is_root, privileged_required
+from vmfixtures import DEPENDENT_WRITES, GuestExec, Vm, make_disks
 from vmguestlab import APP_MODULES, APP_SETUP, PYCACHE_PREFIX, STUB_HOOK, running_app_vm
 
 LVM_MODULES = (*APP_MODULES, "dm_mod", "dm_snapshot", "dm_thin_pool", "xfs")
@@ -88,3 +95,138 @@ def must(vm: Vm, script: str, timeout: float = 120.0) -> str:
             f"stderr: {result.stderr.decode(errors='replace')}"
         )
     return result.stdout.decode(errors="replace")
+
+
+VG = "lab"
+SRC = str(Path(freezeframe.__file__).parent.parent)
+DRIVER = str(Path(__file__).parent / "lvmguestdriver.py")
+HOLD_FILE = "/run/lvm-hold.json"
+# name: (thin?, file system, size MiB: the LV's, or the thin volume's virtual size)
+VOLUMES = {
+    "thick-ext4": (False, "ext4", 64),
+    "thick-xfs": (False, "xfs", 304),
+    "thin-ext4": (True, "ext4", 256),
+    "thin-xfs": (True, "xfs", 512),
+}
+
+
+def lab_setup_script() -> str:
+    """The VG on vdc with a 256 MiB thin pool, VOLUMES made, mounted at /mnt/lv/NAME and given
+    a little content (dir/big, marker, dir/sub/name)."""
+    lines = ["set -e", f"pvcreate -q {PV_DEVICE}", f"vgcreate -q {VG} {PV_DEVICE}",
+             f"lvcreate -q --type thin-pool -n pool -L 256m {VG}"]  # fmt: skip
+    for name, (thin, fs, size) in VOLUMES.items():
+        if thin:
+            lines.append(f"lvcreate -q -n {name} -V {size}m --thinpool pool {VG}")
+        else:
+            lines.append(f"lvcreate -q -n {name} -L {size}m {VG}")
+        lines.append(f"mkfs.{fs} -q /dev/{VG}/{name}")
+        lines.append(f"mkdir -p /mnt/lv/{name} && mount /dev/{VG}/{name} /mnt/lv/{name}")
+        lines.append(
+            f"cd /mnt/lv/{name} && mkdir -p dir/sub && head -c 3000000 /dev/urandom >dir/big "
+            f"&& echo before >marker && echo {name} >dir/sub/name && cd /"
+        )
+    lines.append("sync")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def lvm_lab(workdir: Path) -> Iterator[Vm]:
+    """The lab guest booted with its VG and VOLUMES set up (or a skip, failing when
+    privileged tests are required, where this cannot run)."""
+    if not is_root():
+        privileged_required("the LVM lab needs root (qemu, the guest's device-mapper)")
+    with running_lvm_vm(workdir, pv_mib=1024) as vm:
+        print(f"\nlvmlab: booted in {vm.boot_seconds:.1f} s ({vm.accel})")
+        started = time.monotonic()
+        if guest_sh(vm, "test -c /dev/mapper/control").exitcode != 0:
+            privileged_required("the lab guest has no device-mapper")
+        must(vm, lab_setup_script(), timeout=300)
+        print(f"lvmlab: VG with {len(VOLUMES)} LVs made in {time.monotonic() - started:.1f} s")
+        yield vm
+
+
+def driver(vm: Vm, *args: str, timeout: float = 300.0) -> tuple[int, dict[str, object]]:
+    """tests/lvmguestdriver.py run in the guest: its exit status and its last JSON line."""
+    argv = " ".join(shlex.quote(a) for a in (sys.executable, DRIVER, *args))
+    result = guest_sh(vm, f"PYTHONPATH={shlex.quote(SRC)} exec {argv}", timeout)
+    out = result.stdout.decode(errors="replace").strip().splitlines()
+    assert out, f"the driver printed nothing: {result.stderr.decode(errors='replace')}"
+    return result.exitcode, json.loads(out[-1])
+
+
+def leftovers(vm: Vm) -> list[str]:
+    """ff-* LVs, mounts under /run/freezeframe, suspended dm devices: all should be none."""
+    found = []
+    lvs = must(vm, f"lvs --noheadings -o lv_name {VG}").split()
+    found += [f"LV {name}" for name in lvs if name.startswith("ff-")]
+    mounts = must(vm, "cat /proc/mounts").splitlines()
+    found += [f"mount {line}" for line in mounts if "/run/freezeframe" in line]
+    for line in must(vm, "dmsetup info -c --noheadings -o name,attr").splitlines():
+        name, _, attr = line.strip().partition(":")
+        if attr[1:2] == "s":
+            found.append(f"suspended {name} ({attr})")
+    return found
+
+
+REPO = "/run/ffrepo"
+# What freezeframe runs with in the guest: the repository and its password through the
+# environment (never the command line), the cache and temporary files on the guest's tmpfs.
+GUEST_ENV = {
+    "FREEZEFRAME_REPOSITORY": REPO,
+    "FREEZEFRAME_PASSWORD": "lvm-lab-password",
+    "XDG_CACHE_HOME": "/run/ffcache",
+    "TMPDIR": "/run/fftmp",
+    "PYTHONPATH": SRC,
+}
+WORKLOAD = "/run/dependent-writes.sh"
+WORKLOAD_PID = "/run/dependent-writes.pid"
+
+
+def init_repository(vm: Vm) -> None:
+    must(vm, "mkdir -p /run/ffcache /run/fftmp")
+    status, _doc, err = guest_freezeframe(vm, "init")
+    if status != 0:
+        raise RuntimeError(f"init in the guest failed: {err}")
+
+
+def guest_freezeframe(
+    vm: Vm, *args: str, driver: tuple[str, ...] = (), timeout: float = 600.0
+) -> tuple[int, Any, str]:
+    """The freezeframe command in the guest, with --json, through the driver (which can act
+    once the snapshots are readable): exit status, its JSON document, stderr."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in GUEST_ENV.items())
+    argv = [sys.executable, DRIVER, "backup", *driver, "--", "--json", "--no-progress", *args]
+    result = guest_sh(vm, f"export {env}; exec {shlex.join(argv)}", timeout)
+    out = result.stdout.decode(errors="replace").strip()
+    return result.exitcode, json.loads(out) if out else None, result.stderr.decode(errors="replace")
+
+
+def restore_in_guest(vm: Vm, snapshot_id: str, target: str) -> None:
+    must(vm, f"rm -rf {target}")
+    status, _doc, err = guest_freezeframe(vm, "restore", snapshot_id, "--target", target)
+    if status != 0:
+        raise RuntimeError(f"restore in the guest failed: {err}")
+
+
+def start_dependent_writes(vm: Vm, log_lv: str, commit_lv: str) -> None:
+    """DEPENDENT_WRITES flat out, the log on /mnt/lv/LOG_LV, the commit on /mnt/lv/COMMIT_LV;
+    its working directory on the log's LV makes it a writer of that volume (as a database's
+    data directory does): freezeframe finds writers by their open files and directories."""
+    script = DEPENDENT_WRITES.replace("log=/mnt/a/a.log", f"log=/mnt/lv/{log_lv}/a.log").replace(
+        "dir=/mnt/b", f"dir=/mnt/lv/{commit_lv}"
+    )
+    assert f"/mnt/lv/{log_lv}/a.log" in script and f"dir=/mnt/lv/{commit_lv}" in script
+    must(vm, f"cat >{WORKLOAD} <<'EOF'\n{script}\nEOF")
+    must(vm, f"cd /mnt/lv/{log_lv}; setsid sh {WORKLOAD} </dev/null >/dev/null 2>&1 & "
+             f"echo $! >{WORKLOAD_PID}")  # fmt: skip
+
+
+def stop_dependent_writes(vm: Vm) -> None:
+    must(vm, f"kill $(cat {WORKLOAD_PID}) 2>/dev/null; sleep 0.5; true")
+
+
+def committed(vm: Vm, commit_lv: str) -> int:
+    """The log length the workload has committed so far."""
+    text = must(vm, f"cat /mnt/lv/{commit_lv}/b.commit 2>/dev/null || echo 0").strip()
+    return int(text or "0")

@@ -19,6 +19,8 @@ class Point(StrEnum):
     PAUSED = "capture.paused"
     # One file system frozen (FIFREEZE) and its snapshot taken, before the thaw.
     FROZEN = "capture.frozen"
+    # Every snapshot of a capture taken and readable, writers resumed, before it is read.
+    SNAPSHOTS_READABLE = "capture.snapshots_readable"
     # The applications held by their quiescers, before the snapshots are taken.
     APPLICATIONS_HELD = "capture.applications_held"
     # A VM's guest file systems frozen by its agent, inside the disks' transaction.

@@ -13,92 +13,28 @@ with SIGKILL while it reads (the next run removes its snapshot).
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import cast
 
 import pytest
 
-import freezeframe
-from ffharness import is_root, privileged_required
 from vmfixtures import Vm
-from vmlvmlab import guest_sh, must, running_lvm_vm
+from vmlvmlab import DRIVER, HOLD_FILE, SRC, VG, VOLUMES, driver, guest_sh, leftovers, lvm_lab, must
 
 pytestmark = pytest.mark.privileged
-
-VG = "lab"
-SRC = str(Path(freezeframe.__file__).parent.parent)
-DRIVER = str(Path(__file__).parent.parent / "lvmguestdriver.py")
-HOLD_FILE = "/run/lvm-hold.json"
-# name: (thin?, file system, size MiB: the LV's, or the thin volume's virtual size)
-VOLUMES = {
-    "thick-ext4": (False, "ext4", 64),
-    "thick-xfs": (False, "xfs", 304),
-    "thin-ext4": (True, "ext4", 256),
-    "thin-xfs": (True, "xfs", 512),
-}
-
-
-def _setup_script() -> str:
-    lines = ["set -e", "pvcreate -q /dev/vdc", f"vgcreate -q {VG} /dev/vdc",
-             f"lvcreate -q --type thin-pool -n pool -L 256m {VG}"]  # fmt: skip
-    for name, (thin, fs, size) in VOLUMES.items():
-        if thin:
-            lines.append(f"lvcreate -q -n {name} -V {size}m --thinpool pool {VG}")
-        else:
-            lines.append(f"lvcreate -q -n {name} -L {size}m {VG}")
-        lines.append(f"mkfs.{fs} -q /dev/{VG}/{name}")
-        lines.append(f"mkdir -p /mnt/lv/{name} && mount /dev/{VG}/{name} /mnt/lv/{name}")
-        lines.append(
-            f"cd /mnt/lv/{name} && mkdir -p dir/sub && head -c 3000000 /dev/urandom >dir/big "
-            f"&& echo before >marker && echo {name} >dir/sub/name && cd /"
-        )
-    lines.append("sync")
-    return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
 def lvm_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vm]:
-    if not is_root():
-        privileged_required("the LVM lab needs root (qemu, the guest's device-mapper)")
-    with running_lvm_vm(tmp_path_factory.mktemp("lvmlab"), pv_mib=1024) as vm:
-        print(f"\nlvmlab: booted in {vm.boot_seconds:.1f} s ({vm.accel})")
-        started = time.monotonic()
-        if guest_sh(vm, "test -c /dev/mapper/control").exitcode != 0:
-            privileged_required("the lab guest has no device-mapper")
-        must(vm, _setup_script(), timeout=300)
-        print(f"lvmlab: VG with {len(VOLUMES)} LVs made in {time.monotonic() - started:.1f} s")
+    with lvm_lab(tmp_path_factory.mktemp("lvmlab")) as vm:
         yield vm
-
-
-def _driver(vm: Vm, *args: str, timeout: float = 300.0) -> tuple[int, dict[str, object]]:
-    argv = " ".join(shlex.quote(a) for a in (sys.executable, DRIVER, *args))
-    result = guest_sh(vm, f"PYTHONPATH={shlex.quote(SRC)} exec {argv}", timeout)
-    out = result.stdout.decode(errors="replace").strip().splitlines()
-    assert out, f"the driver printed nothing: {result.stderr.decode(errors='replace')}"
-    return result.exitcode, json.loads(out[-1])
-
-
-def _leftovers(vm: Vm) -> list[str]:
-    """ff-* LVs, mounts under /run/freezeframe, suspended dm devices: all should be none."""
-    found = []
-    lvs = must(vm, f"lvs --noheadings -o lv_name {VG}").split()
-    found += [f"LV {name}" for name in lvs if name.startswith("ff-")]
-    mounts = must(vm, "cat /proc/mounts").splitlines()
-    found += [f"mount {line}" for line in mounts if "/run/freezeframe" in line]
-    for line in must(vm, "dmsetup info -c --noheadings -o name,attr").splitlines():
-        name, _, attr = line.strip().partition(":")
-        if attr[1:2] == "s":
-            found.append(f"suspended {name} ({attr})")
-    return found
 
 
 @pytest.mark.parametrize("name", list(VOLUMES))
 def test_snapshot_shows_the_lv_at_the_instant_and_leaves_nothing(lvm_vm: Vm, name: str) -> None:
-    status, result = _driver(lvm_vm, "snapshot", f"/mnt/lv/{name}")
+    status, result = driver(lvm_vm, "snapshot", f"/mnt/lv/{name}")
     assert status == 0, result
     print(f"lvmlab: {name}: lvcreate took {float(str(result['create_ms'])):.0f} ms")
     before, seen, after = result["before"], result["seen"], result["origin_after"]
@@ -119,7 +55,7 @@ def test_snapshot_shows_the_lv_at_the_instant_and_leaves_nothing(lvm_vm: Vm, nam
         ended = [line for line in mount_log if "Ending" in line]
         assert ended, mount_log
         print(f"lvmlab: {name}: {ended[-1].split(': ', 1)[-1]}")
-    assert _leftovers(lvm_vm) == []
+    assert leftovers(lvm_vm) == []
 
 
 def test_freezing_before_lvcreate_makes_it_fail_so_the_provider_never_does(lvm_vm: Vm) -> None:
@@ -133,12 +69,12 @@ def test_freezing_before_lvcreate_makes_it_fail_so_the_provider_never_does(lvm_v
     result = guest_sh(lvm_vm, script)
     out = result.stdout.decode() + result.stderr.decode()
     assert "status=5" in out and "Device or resource busy" in out, out
-    assert _leftovers(lvm_vm) == []
+    assert leftovers(lvm_vm) == []
 
 
 def test_overflowing_thick_snapshot_is_caught(lvm_vm: Vm) -> None:
     """A 4 MiB store and 16 MiB written to the origin while the snapshot is mounted."""
-    status, result = _driver(
+    status, result = driver(
         lvm_vm, "snapshot", "/mnt/lv/thick-ext4", "--size", str(4 << 20), "--scribble", "16"
     )
     assert status == 0, result
@@ -146,18 +82,18 @@ def test_overflowing_thick_snapshot_is_caught(lvm_vm: Vm) -> None:
     damaged = str(result["damaged"])
     assert damaged.startswith(f"snapshot {VG}/ff-") and "overflowed" in damaged, damaged
     assert damaged.endswith("nothing read from it is kept")
-    assert _leftovers(lvm_vm) == []
+    assert leftovers(lvm_vm) == []
     must(lvm_vm, "rm -f /mnt/lv/thick-ext4/scribble && sync")
 
 
 def test_thick_snapshot_too_big_for_the_vg_is_refused_before_anything(lvm_vm: Vm) -> None:
-    status, result = _driver(lvm_vm, "snapshot", "/mnt/lv/thick-xfs", "--size", str(4 << 30))
+    status, result = driver(lvm_vm, "snapshot", "/mnt/lv/thick-xfs", "--size", str(4 << 30))
     assert status == 3, result
     refused = str(result["refused"])
     assert "\n" not in refused
     assert refused.startswith(f"cannot snapshot {VG}/thick-xfs: its snapshot needs 4096.0 MiB")
     assert f"volume group {VG} has" in refused
-    assert _leftovers(lvm_vm) == []
+    assert leftovers(lvm_vm) == []
 
 
 @pytest.mark.parametrize("name", ["thick-ext4", "thin-xfs"])
@@ -175,14 +111,14 @@ def test_sigkill_while_reading_leaves_what_the_next_run_removes(lvm_vm: Vm, name
     must(
         lvm_vm, f"kill -9 {int(held['pid'])}; while kill -0 {int(held['pid'])}; do sleep 0.1; done"
     )
-    left = _leftovers(lvm_vm)
+    left = leftovers(lvm_vm)
     assert any(entry.startswith("LV ff-") for entry in left), left  # the killed run's
     assert any(entry.startswith("mount ") for entry in left), left
-    status, result = _driver(lvm_vm, "cleanup", f"/mnt/lv/{name}")
+    status, result = driver(lvm_vm, "cleanup", f"/mnt/lv/{name}")
     assert status == 0, result
     handle = str(held["handle"])
     assert result["removed"] == [f"/run/freezeframe/snapshots/lvm/{handle}", handle]
-    assert _leftovers(lvm_vm) == []
+    assert leftovers(lvm_vm) == []
 
 
 def test_thin_pool_above_90_percent_is_refused_before_anything(lvm_vm: Vm) -> None:
@@ -197,11 +133,11 @@ def test_thin_pool_above_90_percent_is_refused_before_anything(lvm_vm: Vm) -> No
         "|| exit 2; done"
     )
     percent = float(must(lvm_vm, fill, timeout=600).strip())
-    status, result = _driver(lvm_vm, "snapshot", "/mnt/lv/thin-ext4")
+    status, result = driver(lvm_vm, "snapshot", "/mnt/lv/thin-ext4")
     assert status == 3, result
     refused = str(result["refused"])
     assert refused == (
         f"cannot snapshot {VG}/thin-ext4: thin pool {VG}/pool is {percent:.1f}% full (data); "
         "above 90% a snapshot could fill it and stop its volumes"
     )
-    assert _leftovers(lvm_vm) == []
+    assert leftovers(lvm_vm) == []

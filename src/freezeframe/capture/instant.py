@@ -88,6 +88,7 @@ def take_all(
     providers = {provider.name: provider for _v, provider in targets}
     for view in views:
         providers[view.provider].expose(view)
+    hooks.reached(hooks.Point.SNAPSHOTS_READABLE)
     return instant
 
 
@@ -129,8 +130,8 @@ def _guarded_take(
     at_rest: bool,
 ) -> ReadOnlyView:
     """``provider.take``, with its undo (if it has one) armed in the watchdog for the freeze
-    cap. A provider that freezes the file system itself (LVM) records its take's whole time
-    as the freeze window at `filesystem`: the freeze lies inside it."""
+    cap. A provider that freezes the file system itself (LVM) records the window it measured
+    (else its take's whole time, within which the freeze lies) as the freeze at `filesystem`."""
     undo = provider.undo_argv(volume, run_id)
     token = watchdog.arm_command(undo, {}, cap_s) if undo and watchdog is not None else None
     started = time.monotonic()
@@ -140,7 +141,9 @@ def _guarded_take(
         if token is not None and watchdog is not None:
             instant.freezes_in_time &= watchdog.disarm(token)
     if at_rest and provider.freezes_itself:
-        instant.freeze_ms[volume.mount.mount_point] = (time.monotonic() - started) * 1000
+        taken_ms = (time.monotonic() - started) * 1000
+        window = view.window_ms if view.window_ms is not None else taken_ms
+        instant.freeze_ms[volume.mount.mount_point] = window
     return view
 
 

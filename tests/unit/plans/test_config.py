@@ -9,6 +9,7 @@ import pytest
 
 from freezeframe.errors import UsageError
 from freezeframe.plans.config import load
+from freezeframe.plans.runner import backup_step
 
 EXAMPLE = """\
 [state]
@@ -69,6 +70,10 @@ def test_the_example_of_the_issue_loads(tmp_path: Path) -> None:
         (('sources = ["/srv/pg"]', "sources = []"), ":3: plans.db: nothing to back up"),
         (("[plans.db", "[plans.'d b'"), ": plans: plan name 'd b'"),
         (('fallback = "fail"', 'fallback = "fail'), "plans.toml: Illegal character"),
+        (
+            ('fallback = "fail"', 'fallback = "fail"\nsnapshot_size = "lots"'),
+            ":10: plans.db.snapshot_size: snapshot size 'lots' is neither a size",
+        ),
     ],
 )
 def test_a_mistake_names_the_file_the_line_and_the_field(
@@ -91,3 +96,10 @@ def test_a_missing_file_and_an_unknown_plan_are_one_line_errors(tmp_path: Path) 
     plans = load(_write(tmp_path, EXAMPLE))
     with pytest.raises(UsageError, match=r"no plan named 'web' \(plans: db\)"):
         plans.plan("web")
+
+
+def test_a_plans_snapshot_size_reaches_its_backup(tmp_path: Path) -> None:
+    text = EXAMPLE.replace('fallback = "fail"', 'fallback = "fail"\nsnapshot_size = "25%"')
+    plan = load(_write(tmp_path, text)).plan("db")
+    argv = backup_step("db", plan).argv
+    assert argv[argv.index("--snapshot-size") + 1] == "25%"

@@ -28,6 +28,9 @@ class ReadOnlyView:
     created_ns: int
     create_ms: float
     handle: str = ""  # provider-specific, e.g. the cloned image behind the mount at ``root``
+    # How long the file system was frozen inside ``take``, when the provider froze it itself
+    # and measured it (LVM: the origin's device-mapper suspend); None otherwise.
+    window_ms: float | None = None
 
     def read_path(self, original: str) -> str:
         """Where ``original`` (a path under ``origin``) is found in the view."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -59,13 +60,22 @@ MOUNT_ROOT = "/run/freezeframe/snapshots/lvm"
 RESUME_SCRIPT = """
 i=0
 while [ $i -lt 100 ] && pgrep -f -- "--name $1 " >/dev/null 2>&1; do sleep 0.05; i=$((i+1)); done
-dmsetup info -c --noheadings --separator : -o name,attr 2>/dev/null |
-while IFS=: read -r device attr; do
-  case "$device" in "$2"*) case "$attr" in ?s*) dmsetup resume "$device";; esac;; esac
+suspended=$(dmsetup info -c --noheadings --separator : -o name,attr 2>/dev/null |
+  while IFS=: read -r device attr; do
+    case "$device" in "$2"*) case "$attr" in ?s*) echo "$device";; esac;; esac
+  done)
+# Layers first (a snapshot's -real and -cow, a pool's data and metadata): a device resumed
+# over a layer still suspended would hang its I/O there.
+for device in $suspended; do
+  case "$device" in *-real|*-cow|*_tdata|*_tmeta|*-tpool) dmsetup resume "$device";; esac
+done
+for device in $suspended; do
+  case "$device" in *-real|*-cow|*_tdata|*_tmeta|*-tpool) ;; *) dmsetup resume "$device";; esac
 done
 """
 FILE_SYSTEMS = ("ext4", "xfs")
 SYS_DEV_BLOCK = Path("/sys/dev/block")
+SAMPLE_S = 0.0005  # how often the origin's suspended flag is read during lvcreate
 REPORT = ("--reportformat", "json", "--units", "b", "--nosuffix")
 
 
@@ -109,13 +119,22 @@ class LvmProvider:
         plan = self.plan(volume, run_id)
         started = time.monotonic()
         created_ns = time.time_ns()
-        run_tool(*plan.lvcreate_argv(), what=f"lvcreate --snapshot of {plan.origin.full_name}")
+        try:
+            with SuspendWindow(volume.mount.device) as window:
+                run_tool(
+                    *plan.lvcreate_argv(), what=f"lvcreate --snapshot of {plan.origin.full_name}"
+                )
+        except BaseException:
+            # A failed or interrupted lvcreate may still have made the LV: never leave it.
+            with contextlib.suppress(FreezeframeError):
+                self.remove_leftover(f"{plan.origin.vg}/{plan.name}")
+            raise
         elapsed_ms = (time.monotonic() - started) * 1000
         handle = f"{plan.origin.vg}/{plan.name}"
         root = os.path.join(_mount_dir(handle), volume.mount.root.lstrip("/"))
         return ReadOnlyView(
             self.name, volume, volume.mount.mount_point, root.rstrip("/"), created_ns,
-            elapsed_ms, handle,
+            elapsed_ms, handle, window.ms,
         )  # fmt: skip
 
     def expose(self, view: ReadOnlyView) -> None:
@@ -205,6 +224,50 @@ class LvmProvider:
         vg, name = path.split("/", 1)
         if any(lv.name == name for lv in _lvs_of(vg)):
             run_tool("lvremove", "-y", path, what=f"lvremove of snapshot {path}")
+
+
+class SuspendWindow:
+    """How long device-mapper held a device suspended (lockfs: its file system frozen) while
+    lvcreate ran: a thread samples the device's ``dm/suspended`` flag every SAMPLE_S. ``ms``
+    is the time between the first and last sample that saw it suspended, plus one interval;
+    a suspend shorter than an interval may be seen by none (then one interval); None when
+    the flag cannot be read."""
+
+    def __init__(self, device: str) -> None:
+        self._flag = SYS_DEV_BLOCK / device / "dm" / "suspended"
+        self._stop = threading.Event()
+        self._first: float | None = None
+        self._last = 0.0
+        self._readable = True
+        self._thread = threading.Thread(target=self._sample, name="dm-suspend", daemon=True)
+
+    def __enter__(self) -> SuspendWindow:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def ms(self) -> float | None:
+        if not self._readable:
+            return None
+        seen = self._last - self._first if self._first is not None else 0.0
+        return (seen + SAMPLE_S) * 1000
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                suspended = self._flag.read_bytes().strip() == b"1"
+            except OSError:
+                self._readable = False
+                return
+            if suspended:
+                self._last = time.monotonic()
+                if self._first is None:
+                    self._first = self._last
+            time.sleep(SAMPLE_S)
 
 
 def lvm_names(device: str) -> tuple[str, str] | None:

@@ -1,0 +1,174 @@
+"""LVM snapshots under live writes, in the VM lab's guest (tests/vmlvmlab.py: Debian's kernel
+with device-mapper under TCG, the host's userland over 9p): what the windows cost and whether
+every restore keeps the dependent-write invariant.
+
+Usage (root): python bench/lvm.py [--trials 20] [--work DIR] [--json OUT]
+
+The workload (DEPENDENT_WRITES: a log on the thick ext4 LV, its commit record on the thin XFS
+LV, written flat out) runs throughout. Rows:
+
+1. both LVs at `crash`, then at `filesystem`: TRIALS backups each, every one restored and checked
+   (commit never ahead of the log); the window is the writers' pause (two volumes);
+2. the thin XFS LV alone at `filesystem`: TRIALS backups, restored and checked the same way
+   for the commit file; the window is the origin's device-mapper suspend (its file system frozen
+   by lvcreate's lockfs), sampled every 0.5 ms, and lvcreate's whole time beside it;
+3. a thick snapshot with a 4 MiB store while 16 MiB are written to its origin during the read:
+   how many of max(3, TRIALS // 4) backups fail with snapshot_damaged and save nothing.
+
+The windows are measured under TCG emulation (every instruction emulated), so they are far
+longer than on a real host; compare them with bench/consistency.py's btrfs windows as orders of
+magnitude, not ratios. Results go to bench/results/lvm-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT / "tests"))  # the VM lab the tests use
+
+from freezeframe.errors import QmpError  # noqa: E402
+from vmfixtures import Vm, check_dependent_writes  # noqa: E402
+from vmlvmlab import (  # noqa: E402
+    committed,
+    guest_freezeframe,
+    init_repository,
+    lvm_lab,
+    must,
+    restore_in_guest,
+    start_dependent_writes,
+    stop_dependent_writes,
+)
+
+LOG_LV, COMMIT_LV = "thick-ext4", "thin-xfs"
+TCG_CAPS = ("--pause-cap", "120", "--freeze-cap", "120")  # lvcreate takes seconds under TCG
+
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"p50": at(0.5), "p95": at(0.95), "max": round(ordered[-1], 1)}
+
+
+def _restored_invariant(vm: Vm, snapshot_id: str, work: Path, lvs: tuple[str, str]) -> str:
+    """Restore, copy the two files out, check: '' when the invariant holds, else why not."""
+    target = "/run/bench-restore"
+    restore_in_guest(vm, snapshot_id, target)
+    here = Path(tempfile.mkdtemp(dir=work))
+    for lv, name in zip(lvs, ("a.log", "b.commit"), strict=True):
+        (here / lv).mkdir()
+        with contextlib.suppress(QmpError):  # a file missing from the restore
+            (here / lv / name).write_bytes(vm.read_guest_file(f"{target}/mnt/lv/{lv}/{name}"))
+    holds, why = check_dependent_writes(here / lvs[0], here / lvs[1])
+    must(vm, f"rm -rf {target}")
+    return "" if holds else why
+
+
+def _both(vm: Vm, level: str, trials: int, work: Path) -> dict[str, Any]:
+    windows, violations = [], []
+    for trial in range(trials):
+        status, doc, err = guest_freezeframe(
+            vm,
+            "backup",
+            f"/mnt/lv/{LOG_LV}",
+            f"/mnt/lv/{COMMIT_LV}",
+            "--consistency",
+            level,
+            *TCG_CAPS,
+        )
+        if status != 0:
+            raise RuntimeError(f"backup at {level} failed: {err}")
+        windows.append(doc["consistency"]["pause"]["window_ms"])
+        why = _restored_invariant(vm, doc["snapshot_id"], work, (LOG_LV, COMMIT_LV))
+        if why:
+            violations.append(f"trial {trial}: {why}")
+        print(f"lvm: both LVs at {level}, trial {trial}: paused {windows[-1]:.0f} ms {why}")
+    return {"row": f"log + commit on two LVs, {level}", "trials": trials,
+            "violations": violations, "window": "writers paused",
+            "window_ms": percentiles(windows)}  # fmt: skip
+
+
+def _alone(vm: Vm, trials: int) -> dict[str, Any]:
+    suspends, lvcreates = [], []
+    for trial in range(trials):
+        status, doc, err = guest_freezeframe(
+            vm, "backup", f"/mnt/lv/{COMMIT_LV}", "--consistency", "filesystem", *TCG_CAPS
+        )
+        if status != 0:
+            raise RuntimeError(f"backup of {COMMIT_LV} failed: {err}")
+        (volume,) = doc["consistency"]["volumes"]
+        suspends.append(volume["freeze_ms"])
+        lvcreates.append(volume["snapshot_ms"])
+        print(f"lvm: {COMMIT_LV} alone, trial {trial}: suspended {suspends[-1]:.1f} ms, "
+              f"lvcreate {lvcreates[-1]:.0f} ms")  # fmt: skip
+    return {"row": f"{COMMIT_LV} alone, filesystem", "trials": trials, "violations": [],
+            "window": "origin suspended (lockfs)", "window_ms": percentiles(suspends),
+            "lvcreate_ms": percentiles(lvcreates)}  # fmt: skip
+
+
+def _overflow(vm: Vm, trials: int) -> dict[str, Any]:
+    caught = 0
+    mount = f"/mnt/lv/{LOG_LV}"
+    for _trial in range(trials):
+        before = len(guest_freezeframe(vm, "snapshots")[1])
+        status, doc, _err = guest_freezeframe(
+            vm, "backup", mount, "--snapshot-size", "4M",
+            driver=("--scribble", f"{mount}/scribble:16"),
+        )  # fmt: skip
+        saved = len(guest_freezeframe(vm, "snapshots")[1]) - before
+        ok = status == 1 and doc["error"]["code"] == "snapshot_damaged" and saved == 0
+        caught += ok
+        must(vm, f"rm -f {mount}/scribble && sync")
+    return {"row": "thick snapshot overflowing while read", "trials": trials,
+            "caught": caught}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--json", type=Path, help="default bench/results/lvm-<time>.json")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ff-bench-lvm-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    rows = []
+    with lvm_lab(work / "vm") as vm:
+        init_repository(vm)
+        start_dependent_writes(vm, LOG_LV, COMMIT_LV)
+        while committed(vm, COMMIT_LV) < 64 * 5:
+            time.sleep(0.5)
+        for level in ("crash", "filesystem"):
+            rows.append(_both(vm, level, args.trials, work))
+        rows.append(_alone(vm, args.trials))
+        stop_dependent_writes(vm)
+        rows.append(_overflow(vm, max(3, args.trials // 4)))
+    print("\n| row | trials | invariant violations | window | p50 / p95 / max ms |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        window = row.get("window_ms")
+        text = f"{window['p50']} / {window['p95']} / {window['max']}" if window else "-"
+        broken = len(row["violations"]) if "violations" in row else f"caught {row['caught']}"
+        print(f"| {row['row']} | {row['trials']} | {broken} | {row.get('window', '-')} | {text} |")
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    out = args.json or PROJECT / "bench" / "results" / f"lvm-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "seconds": time.monotonic() - started}, indent=2))
+    print(f"\nresults: {out}")
+    return 0 if all(not row.get("violations") for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
