@@ -20,9 +20,10 @@ def test_btrfs_reaches_snapshot_levels_and_ext4_says_why_not(cli: Cli, tmp_path:
         on_btrfs, on_ext4 = cli("doctor", btrfs / "data", ext4)
         assert on_btrfs["fs_type"] == "btrfs"
         assert on_btrfs["provider"] == "btrfs"
-        assert [p["name"] for p in on_btrfs["providers"]] == ["btrfs", "loop-clone"]
+        assert [p["name"] for p in on_btrfs["providers"]] == ["btrfs", "lvm", "loop-clone"]
         assert on_btrfs["providers"][0]["why_not"] is None
         assert "not ext4 or xfs" in on_btrfs["providers"][1]["why_not"]
+        assert "not ext4 or xfs" in on_btrfs["providers"][2]["why_not"]
         assert on_btrfs["subvolume"] == str(btrfs)
         assert set(on_btrfs["reachable"]) == {"filesystem", "crash", "none"}
         assert "application" in on_btrfs["unreachable"]
@@ -30,12 +31,18 @@ def test_btrfs_reaches_snapshot_levels_and_ext4_says_why_not(cli: Cli, tmp_path:
         assert on_ext4["reachable"] == ["none"]
         assert "no snapshot provider for ext4" in on_ext4["unreachable"]["crash"]
         # Every provider is asked, and the reason names each one's answer.
-        btrfs_says, loop_says = (p["why_not"] for p in on_ext4["providers"])
+        btrfs_says, lvm_says, loop_says = (p["why_not"] for p in on_ext4["providers"])
         assert "is not on btrfs" in btrfs_says and "cannot clone files" in loop_says
-        assert f"btrfs: {btrfs_says}; loop-clone: {loop_says}" in on_ext4["unreachable"]["crash"]
+        assert "is not an LVM logical volume" in lvm_says
+        assert (
+            f"btrfs: {btrfs_says}; lvm: {lvm_says}; loop-clone: {loop_says}"
+            in on_ext4["unreachable"]["crash"]
+        )
+        assert "ext4 and XFS on LVM logical volumes" in on_ext4["unreachable"]["crash"]
         text = cli("doctor", ext4, json=False)
         assert "crash        not reachable: no snapshot provider for ext4" in text
         assert f"            btrfs       cannot: {btrfs_says}" in text
+        assert f"            lvm         cannot: {lvm_says}" in text
         assert f"            loop-clone  cannot: {loop_says}" in text
         text = cli("doctor", btrfs / "data", json=False)
         assert "  provider: btrfs\n            btrfs       can snapshot it\n" in text
@@ -62,6 +69,7 @@ def test_volumes_below_a_path_are_listed_and_limit_its_levels(cli: Cli, tmp_path
             "why_not": None,
             "providers": [
                 {"name": "btrfs", "why_not": None},
+                {"name": "lvm", "why_not": "btrfs is not ext4 or xfs"},
                 {"name": "loop-clone", "why_not": "btrfs is not ext4 or xfs"},
             ],
         }
