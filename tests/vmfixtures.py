@@ -36,6 +36,7 @@ from typing import Any
 from ffharness import is_root, privileged_required
 from freezeframe.errors import QmpError
 from freezeframe.vm.qmp import GuestAgent, Qmp
+from freezeframe.vm.timeouts import TIMEOUT_ENV
 
 # Bump when the way the kernel or the initramfs is built changes: it is part of the cache keys.
 RECIPE_VERSION = "fflab-3"
@@ -46,6 +47,24 @@ FAILED_MARKER = "FREEZEFRAME-LAB-FAILED"
 # the ready marker means that boot is lost, and the lab boots again rather than wait it out.
 STALL_MARKER = "rcu_preempt detected stalls"
 TCG_BOOT_ATTEMPTS = 3
+# The lab's waits on a guest (boot, agent answers, guest-exec, a server in the guest getting
+# ready) are sized for an emulated guest on an idle host; a loaded host (a CI machine running
+# the whole suite on two cores) makes a TCG guest several times slower still. Under TCG every
+# such wait is stretched by TCG_SLACK (``$FREEZEFRAME_LAB_SLACK`` sets the factor, KVM too).
+# Only waits: a cap or a timeout a test exercises is not a wait and stays as it is.
+TCG_SLACK = 3.0
+SLACK_ENV = "FREEZEFRAME_LAB_SLACK"
+# What freezeframe under test may wait for one answer of QMP, the guest agent or NBD from a TCG
+# guest (FREEZEFRAME_VM_TIMEOUT): its defaults (10 s for the agent) are sized for real VMs.
+TCG_PRODUCT_TIMEOUT_S = 120.0
+
+
+def slack(accel: str) -> float:
+    """The factor the lab's waits on a guest under ``accel`` are stretched by."""
+    explicit = os.environ.get(SLACK_ENV)
+    if explicit:
+        return float(explicit)
+    return TCG_SLACK if accel == "tcg" else 1.0
 
 
 class StalledBoot(TimeoutError):
@@ -689,29 +708,39 @@ class Vm:
     def pid(self) -> int:
         return self.process.pid
 
+    def wait_s(self, seconds: float) -> float:
+        """A wait on this guest sized for an idle host, stretched for its accelerator."""
+        return seconds * slack(self.accel)
+
+    def product_env(self) -> dict[str, str]:
+        """The environment freezeframe under test needs to wait long enough on this VM."""
+        return {TIMEOUT_ENV: f"{TCG_PRODUCT_TIMEOUT_S:g}"} if self.accel == "tcg" else {}
+
     def qmp(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
         """Runs a QMP command on the tests' own monitor and returns its ``return``."""
         if self._qmp is None:
-            self._qmp = Qmp(str(self.test_qmp_socket))
+            self._qmp = Qmp(str(self.test_qmp_socket), self.wait_s(30.0))
         return self._qmp.execute(command, arguments)
 
     def qga(
         self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30.0
     ) -> Any:
-        """Runs a guest-agent command and returns its ``return``."""
-        return self.agent(timeout).execute(command, arguments, timeout)
+        """Runs a guest-agent command and returns its ``return`` (``timeout``: ``wait_s``)."""
+        return self.agent(timeout).execute(command, arguments, self.wait_s(timeout))
 
     def agent(self, timeout: float = 30.0) -> GuestAgent:
         """The tests' connection to the guest agent (opened on first use)."""
         if self._qga is None:
-            self._qga = GuestAgent(str(self.qga_socket), timeout)
+            self._qga = GuestAgent(str(self.qga_socket), self.wait_s(timeout))
         return self._qga
 
     def guest_exec(self, argv: Sequence[str], timeout: float = 30.0) -> GuestExec:
-        """Runs a program in the guest through the agent and waits for it."""
+        """Runs a program in the guest through the agent and waits for it (``timeout``:
+        ``wait_s``)."""
         started = self.qga(
             "guest-exec", {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
         )
+        timeout = self.wait_s(timeout)
         deadline = time.monotonic() + timeout
         while True:
             status = self.qga("guest-exec-status", {"pid": started["pid"]})
@@ -852,8 +881,8 @@ def _boot(
             time.sleep(0.05)
         while True:  # the agent answers once it opened its port
             try:
-                with GuestAgent(str(sockets / "qga.sock"), 2.0) as agent:
-                    agent.execute("guest-ping", timeout_s=5.0)
+                with GuestAgent(str(sockets / "qga.sock"), 2.0 * slack(accel)) as agent:
+                    agent.execute("guest-ping", timeout_s=5.0 * slack(accel))
                 break
             except (OSError, TimeoutError, ConnectionError, QmpError):
                 if time.monotonic() > started + deadline or process.poll() is not None:
@@ -923,7 +952,8 @@ def running_vm(
     """Boots the lab guest on ``disks`` (vda, vdb) and stops it (QMP quit, then kill) on exit.
 
     ``initramfs``: one built by ``guest_initramfs`` with more options (``workload`` is then
-    ignored); ``extra_args``: appended to qemu's command line (more devices).
+    ignored); ``extra_args``: appended to qemu's command line (more devices); ``boot_timeout``:
+    sized for an idle host, stretched by ``slack`` under TCG.
 
     Tries KVM first when /dev/kvm opens (with a short boot deadline, since a nested KVM can
     hang rather than fail), then TCG; the first VM's verdict holds for the whole process.
@@ -962,7 +992,7 @@ def running_vm(
                     sockets=sockets,
                     serial_log=serial_log,
                     stderr_log=stderr_log,
-                    deadline=boot_timeout if last else 30.0,
+                    deadline=boot_timeout * slack(accel) if last else 30.0,
                 )
             except (RuntimeError, TimeoutError, OSError):
                 if accel == "kvm":

@@ -349,7 +349,8 @@ def guest_pg_log(vm: Vm) -> str:
 
 def wait_pg_ready(vm: Vm, timeout: float = 120.0) -> float:
     """Waits until the workload says PostgreSQL accepts connections; the seconds waited.
-    Raises RuntimeError with its log when it failed to start."""
+    Raises RuntimeError with its log when it failed to start (``timeout``: ``Vm.wait_s``)."""
+    timeout = vm.wait_s(timeout)
     started = time.monotonic()
     while True:
         text = vm.serial_text()
@@ -363,10 +364,11 @@ def wait_pg_ready(vm: Vm, timeout: float = 120.0) -> float:
 
 
 def stop_guest_pg(vm: Vm, mode: str = "fast", timeout: float = 120.0) -> None:
-    """Stops PostgreSQL in the guest (pgbench's clients then exit) and waits for it."""
+    """Stops PostgreSQL in the guest (pgbench's clients then exit) and waits for it
+    (``timeout``: ``Vm.wait_s``)."""
     result = vm.guest_exec(
         ["/usr/sbin/runuser", "-u", "postgres", "--", f"{PG_BIN}/pg_ctl", "-D", PG_DATA,
-         "-m", mode, "-w", "-t", str(int(timeout)), "stop"],
+         "-m", mode, "-w", "-t", str(int(vm.wait_s(timeout))), "stop"],
         timeout=timeout + 10,
     )  # fmt: skip
     if result.exitcode != 0:

@@ -14,7 +14,7 @@ from freezeframe.errors import QmpError
 from freezeframe.guest import protocol
 from freezeframe.vm.machine import VmSpec
 from freezeframe.vm.qmp import GuestAgent
-from freezeframe.vm.reach import AGENT_TIMEOUT_S, guest_file, guest_json
+from freezeframe.vm.reach import guest_file, guest_json
 
 
 class GuestFreeze:
@@ -59,7 +59,7 @@ class GuestFreeze:
     def freeze(self) -> None:
         assert self.spec.qga is not None
         try:
-            with GuestAgent(self.spec.qga, AGENT_TIMEOUT_S) as agent:
+            with GuestAgent(self.spec.qga) as agent:
                 if agent.execute("guest-fsfreeze-status") == "frozen":
                     raise QmpError("the guest's file systems are already frozen by someone else")
         except QmpError:
@@ -68,7 +68,7 @@ class GuestFreeze:
         self._token = self.watchdog.arm_command(self.release, {}, self.cap_s)
         self.frozen_at = time.monotonic()
         try:
-            with GuestAgent(self.spec.qga, AGENT_TIMEOUT_S) as agent:
+            with GuestAgent(self.spec.qga) as agent:
                 if self.run_id is not None:
                     request = {"run": self.run_id, "cap_s": self.cap_s}
                     agent.write_file(guest_file(protocol.REQUEST), json.dumps(request).encode())
@@ -84,7 +84,7 @@ class GuestFreeze:
     def thaw(self) -> None:
         assert self.spec.qga is not None
         try:
-            with GuestAgent(self.spec.qga, AGENT_TIMEOUT_S) as agent:
+            with GuestAgent(self.spec.qga) as agent:
                 if agent.execute("guest-fsfreeze-status") == "frozen":
                     agent.execute("guest-fsfreeze-thaw", timeout_s=self.cap_s)
                 if self.run_id is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from freezeframe.vm.nbd import DIRTY_BITMAP_PREFIX, NbdClient
+from freezeframe.vm.nbd import DEFAULT_TIMEOUT, DIRTY_BITMAP_PREFIX, NbdClient
+from freezeframe.vm.timeouts import vm_timeout
 
 
 class NbdImage:
@@ -39,5 +40,7 @@ class NbdImage:
 
 def open_export(socket_path: str, export: str, bitmap: str | None = None) -> NbdImage:
     """``bitmap``: the dirty bitmap exported with the disk, for an incremental read."""
-    client = NbdClient.connect_unix(socket_path, export, dirty_bitmap=bitmap)
+    client = NbdClient.connect_unix(
+        socket_path, export, timeout=vm_timeout(DEFAULT_TIMEOUT), dirty_bitmap=bitmap
+    )
     return NbdImage(client, bitmap)

@@ -27,12 +27,12 @@ from typing import Any
 from freezeframe.errors import FreezeframeError, QmpError
 from freezeframe.vm.machine import Disk
 from freezeframe.vm.qmp import Qmp
+from freezeframe.vm.timeouts import CANCEL_S, vm_timeout
 
 PREFIX = "ffz"  # node names, job ids and export names of freezeframe's own
 BITMAP_PREFIX = "freezeframe-"  # dirty bitmaps: kept across runs, never removed by cleanup
 BITMAP_GRANULARITY = 256 * 1024  # the chunk size of the disk store: a dirty bit is a chunk
 SCRATCH_ROOT = "/var/tmp/freezeframe-vm"
-CANCEL_WAIT_S = 10.0
 
 
 def scratch_dir(vm_name: str) -> str:
@@ -244,7 +244,7 @@ def _cancel_job(qmp: Qmp, job: str) -> None:
     except QmpError:
         return  # already gone
     try:
-        qmp.wait_event("BLOCK_JOB_CANCELLED", CANCEL_WAIT_S, {"device": job})
+        qmp.wait_event("BLOCK_JOB_CANCELLED", vm_timeout(CANCEL_S), {"device": job})
     except QmpError:
         # A sync=none job may also report itself completed on cancel.
         if any(j["device"] == job for j in qmp.execute("query-block-jobs")):

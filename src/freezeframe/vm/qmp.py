@@ -24,6 +24,7 @@ from typing import Any
 from freezeframe.errors import (
     QmpError,
 )
+from freezeframe.vm import timeouts
 
 DELIMITER = b"\xff"
 
@@ -105,9 +106,11 @@ class _JsonSocket:
 
 class Qmp:
     """One QMP session. ``execute`` returns the command's ``return`` or raises ``QmpError``
-    with QEMU's message; events seen meanwhile are kept for ``wait_event``."""
+    with QEMU's message; events seen meanwhile are kept for ``wait_event``. ``timeout_s``: how
+    long one answer may take (default: ``timeouts.QMP_S``, or ``FREEZEFRAME_VM_TIMEOUT``)."""
 
-    def __init__(self, path: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str, timeout_s: float | None = None) -> None:
+        timeout_s = timeout_s or timeouts.vm_timeout(timeouts.QMP_S)
         self.timeout_s = timeout_s
         self._conn = _JsonSocket(path, timeout_s, "QMP")
         self.events: list[dict[str, Any]] = []
@@ -186,9 +189,11 @@ class Qmp:
 
 
 class GuestAgent:
-    """One session with the QEMU guest agent inside a VM."""
+    """One session with the QEMU guest agent inside a VM. ``timeout_s``: how long one answer
+    may take (default: ``timeouts.AGENT_S``, or ``FREEZEFRAME_VM_TIMEOUT``)."""
 
-    def __init__(self, path: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, path: str, timeout_s: float | None = None) -> None:
+        timeout_s = timeout_s or timeouts.vm_timeout(timeouts.AGENT_S)
         self.timeout_s = timeout_s
         self._conn = _JsonSocket(path, timeout_s, "guest agent")
         try:

@@ -14,7 +14,6 @@ from freezeframe.vm.qmp import GuestAgent, Qmp
 
 # What a VM can reach, the highest first: it is always read from a point-in-time view.
 LEVELS = tuple(level for level in Level.descending() if level >= Level.CRASH)
-AGENT_TIMEOUT_S = 10.0
 
 
 def reachable(spec: VmSpec) -> tuple[Level, str]:
@@ -22,7 +21,7 @@ def reachable(spec: VmSpec) -> tuple[Level, str]:
     if spec.qga is None:
         return Level.CRASH, "no guest agent socket given (qga=PATH)"
     try:
-        with GuestAgent(spec.qga, AGENT_TIMEOUT_S) as agent:
+        with GuestAgent(spec.qga) as agent:
             agent.execute("guest-fsfreeze-status")
             hook = guest_hook(agent)
     except QmpError as exc:
@@ -66,7 +65,7 @@ def examine(spec: VmSpec) -> dict[str, Any]:
         hook: dict[str, Any] | None = None
         if spec.qga is not None:
             try:
-                with GuestAgent(spec.qga, AGENT_TIMEOUT_S) as guest:
+                with GuestAgent(spec.qga) as guest:
                     info = guest.execute("guest-info")
                     agent.update(
                         answers=True,

@@ -13,13 +13,12 @@ import sys
 from freezeframe.errors import FreezeframeError, QmpError
 from freezeframe.vm.pointintime import cleanup
 from freezeframe.vm.qmp import GuestAgent, Qmp
-
-CONNECT_TIMEOUT_S = 5.0
+from freezeframe.vm.timeouts import RELEASE_S, vm_timeout
 
 
 def thaw_guest(qga_socket: str) -> int | None:
     """Thaw, if frozen; returns how many file systems were thawed (None: not frozen)."""
-    with GuestAgent(qga_socket, CONNECT_TIMEOUT_S) as agent:
+    with GuestAgent(qga_socket, vm_timeout(RELEASE_S)) as agent:
         if agent.execute("guest-fsfreeze-status") != "frozen":
             return None
         return int(agent.execute("guest-fsfreeze-thaw"))
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
     if not args.thaw_only:
         try:
-            with Qmp(args.qmp, CONNECT_TIMEOUT_S) as qmp:
+            with Qmp(args.qmp, vm_timeout(RELEASE_S)) as qmp:
                 cleanup(qmp, args.vm)
         except QmpError as exc:
             print(f"freezeframe: cleaning up {args.vm}: {exc}", file=sys.stderr)
