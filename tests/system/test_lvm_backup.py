@@ -211,6 +211,21 @@ def _kill_during_lvcreate(vm: Vm, mount: str) -> bool:
     return must(vm, script, timeout=300).strip().endswith("caught")
 
 
+STUCK = r"""
+dmsetup info -c --noheadings -o name,attr,open
+for p in /proc/[0-9]*; do
+  [ "$(awk '{print $3}' $p/stat 2>/dev/null)" = D ] || continue
+  echo "D: $(tr '\0' ' ' <$p/cmdline)"; head -8 $p/stack 2>/dev/null
+done
+dmesg | tail -8
+"""
+
+
+def _stuck(vm: Vm) -> str:
+    """What a hung write waits on: device-mapper's devices, the blocked tasks' stacks."""
+    return guest_sh(vm, STUCK, timeout=60).stdout.decode(errors="replace")
+
+
 def _suspended(vm: Vm) -> list[str]:
     return [entry for entry in leftovers(vm) if entry.startswith("suspended")]
 
@@ -225,7 +240,9 @@ def test_sigkill_during_lvcreate_leaves_nothing_suspended_and_the_next_backup_cl
         time.sleep(1.0)
         assert _suspended(lab) == []
         # Writers are not stuck: a write to the LV and its flush complete.
-        must(lab, f"echo written >{mount}/after-kill && sync -f {mount}/after-kill", timeout=30)
+        wrote = guest_sh(lab, f"timeout 60 sh -c 'echo written >{mount}/after-kill && "
+                              f"sync -f {mount}/after-kill'", timeout=90)  # fmt: skip
+        assert wrote.exitcode == 0, f"a write to {mount} hung: {_stuck(lab)}"
     assert caught > 0, "no kill landed while lvcreate ran"
     status, _doc, err = guest_freezeframe(lab, "backup", mount)
     assert status == 0, err
