@@ -5,19 +5,17 @@ What a user relies on: a backup of an LV records the level it reached (`filesyst
 lvcreate's frozen snapshot, `crash` when asked) and restores what the LV held; two LVs written by
 one application (a log on a thick LV, its commit record on a thin one) are captured at one
 instant, so the log never lags its commit, in every trial at both levels; a thick snapshot that
-overflows while it is read fails the backup with one line and no snapshot is saved; a backup
-killed with SIGKILL while lvcreate runs leaves no device suspended a second later, and the next
-backup removes whatever the killed one left; `doctor` says what the LV is and what it can reach.
+overflows while it is read fails the backup with one line and no snapshot is saved; `doctor`
+says what the LV is and what it can reach. (A SIGKILL while a snapshot is read is in
+test_lvm_lab.py.)
 
 FREEZEFRAME_LVM_TRIALS sets the trials per level (default 2; bench/lvm.py runs more).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +24,9 @@ import pytest
 
 from vmfixtures import Vm, check_dependent_writes
 from vmlvmlab import (
-    DRIVER,
-    GUEST_ENV,
-    HOLD_FILE,
     VG,
     committed,
     guest_freezeframe,
-    guest_sh,
     init_repository,
     leftovers,
     lvm_lab,
@@ -194,78 +188,3 @@ def test_doctor_says_what_the_lv_is_and_what_it_reaches(lab: Vm) -> None:
     assert 0 <= thin["snapshot"]["pool_data_percent"] < 90
     assert thick["snapshot"]["kind"] == "thick" and thick["snapshot"]["vg_free"] > 0
     assert thick["snapshot"]["snapshot_size"] == "20%"
-
-
-def _kill_during_lvcreate(vm: Vm, mount: str) -> bool:
-    """Start a backup in its own session, SIGKILL the whole session as soon as its lvcreate
-    runs; whether the kill caught lvcreate running."""
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in GUEST_ENV.items())
-    argv = shlex.join([sys.executable, "-m", "freezeframe", "--json", "backup", mount])
-    script = (
-        f"export {env}; setsid {argv} </dev/null >/dev/null 2>&1 & pid=$!; "
-        "i=0; while ! pgrep -s $pid lvcreate >/dev/null; do "
-        "i=$((i+1)); [ $i -lt 3000 ] || { echo never; kill -9 -$pid; exit 0; }; "
-        "kill -0 $pid 2>/dev/null || { echo ended; exit 0; }; sleep 0.01; done; "
-        "kill -9 -$pid; echo caught; while kill -0 $pid 2>/dev/null; do sleep 0.05; done"
-    )
-    return must(vm, script, timeout=300).strip().endswith("caught")
-
-
-STUCK = r"""
-dmsetup info -c --noheadings -o name,attr,open
-for p in /proc/[0-9]*; do
-  [ "$(awk '{print $3}' $p/stat 2>/dev/null)" = D ] || continue
-  echo "D: $(tr '\0' ' ' <$p/cmdline)"; head -8 $p/stack 2>/dev/null
-done
-dmesg | tail -8
-"""
-
-
-def _stuck(vm: Vm) -> str:
-    """What a hung write waits on: device-mapper's devices, the blocked tasks' stacks."""
-    return guest_sh(vm, STUCK, timeout=60).stdout.decode(errors="replace")
-
-
-def _suspended(vm: Vm) -> list[str]:
-    return [entry for entry in leftovers(vm) if entry.startswith("suspended")]
-
-
-def test_sigkill_during_lvcreate_leaves_nothing_suspended_and_the_next_backup_cleans_up(
-    lab: Vm,
-) -> None:
-    mount = f"/mnt/lv/{COMMIT_LV}"
-    caught = 0
-    for _trial in range(TRIALS):
-        caught += _kill_during_lvcreate(lab, mount)
-        time.sleep(1.0)
-        assert _suspended(lab) == []
-        # Writers are not stuck: a write to the LV and its flush complete.
-        wrote = guest_sh(lab, f"timeout 60 sh -c 'echo written >{mount}/after-kill && "
-                              f"sync -f {mount}/after-kill'", timeout=90)  # fmt: skip
-        assert wrote.exitcode == 0, f"a write to {mount} hung: {_stuck(lab)}"
-    assert caught > 0, "no kill landed while lvcreate ran"
-    status, _doc, err = guest_freezeframe(lab, "backup", mount)
-    assert status == 0, err
-    assert leftovers(lab) == []
-    print(f"lvmbackup: {caught} of {TRIALS} kills landed while lvcreate ran")
-
-
-def test_sigkill_while_reading_leaves_what_the_next_backup_removes(lab: Vm) -> None:
-    mount = f"/mnt/lv/{LOG_LV}"
-    must(lab, f"rm -f {HOLD_FILE}")
-    env = [f"{k}={v}" for k, v in GUEST_ENV.items()]
-    argv = ["/usr/bin/env", *env, "LVM_SYSTEM_DIR=/run/lvm-lab", "LVM_SUPPRESS_FD_WARNINGS=1",
-            sys.executable, DRIVER, "backup", "--hold", "--", "backup", mount]  # fmt: skip
-    lab.qga("guest-exec", {"path": argv[0], "arg": argv[1:]})
-    deadline = time.monotonic() + 240
-    while guest_sh(lab, f"test -f {HOLD_FILE}").exitcode != 0:
-        assert time.monotonic() < deadline, "the backup never reached its snapshots"
-        time.sleep(0.5)
-    pid = int(json.loads(lab.read_guest_file(HOLD_FILE))["pid"])
-    must(lab, f"kill -9 {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.1; done")
-    left = leftovers(lab)
-    assert any(entry.startswith("LV ff-") for entry in left), left  # the killed run's
-    assert not any(entry.startswith("suspended") for entry in left), left
-    status, _doc, err = guest_freezeframe(lab, "backup", mount)
-    assert status == 0, err
-    assert leftovers(lab) == []

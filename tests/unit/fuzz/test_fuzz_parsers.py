@@ -372,7 +372,7 @@ class FakeAgent:
 
     files: ClassVar[dict[str, bytes | None]] = {}
 
-    def __init__(self, path: str, timeout_s: float) -> None:
+    def __init__(self, path: str, timeout_s: float | None = None) -> None:
         pass
 
     def __enter__(self) -> FakeAgent:
