@@ -9,10 +9,9 @@ its own connect timeout to connect; the request is then retried like any other t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
-from freezeframe.errors import UsageError
+from freezeframe.envseconds import seconds_from_env
 
 TIMEOUT_ENV = "FREEZEFRAME_STORAGE_TIMEOUT"
 DEFAULT_IO_TIMEOUT = 120.0
@@ -21,13 +20,4 @@ DEFAULT_IO_TIMEOUT = 120.0
 def io_timeout(env: Mapping[str, str]) -> float:
     """Seconds without an answer before a request fails: ``FREEZEFRAME_STORAGE_TIMEOUT`` or the
     default."""
-    given = env.get(TIMEOUT_ENV)
-    if not given:
-        return DEFAULT_IO_TIMEOUT
-    try:
-        seconds = float(given)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise UsageError(f"{TIMEOUT_ENV}={given!r} is not a positive number of seconds")
-    return seconds
+    return seconds_from_env(env, TIMEOUT_ENV, DEFAULT_IO_TIMEOUT)

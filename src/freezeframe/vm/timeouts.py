@@ -9,11 +9,10 @@ timeout costs nothing on a VM that answers.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 
-from freezeframe.errors import UsageError
+from freezeframe.envseconds import seconds_from_env
 
 TIMEOUT_ENV = "FREEZEFRAME_VM_TIMEOUT"
 QMP_S = 30.0  # a QMP command, and the greeting
@@ -25,13 +24,4 @@ CANCEL_S = 10.0  # a block job's cancellation event
 
 def vm_timeout(default: float, env: Mapping[str, str] | None = None) -> float:
     """``FREEZEFRAME_VM_TIMEOUT`` when set, else ``default``."""
-    given = (os.environ if env is None else env).get(TIMEOUT_ENV)
-    if not given:
-        return default
-    try:
-        seconds = float(given)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise UsageError(f"{TIMEOUT_ENV}={given!r} is not a positive number of seconds")
-    return seconds
+    return seconds_from_env(os.environ if env is None else env, TIMEOUT_ENV, default)
