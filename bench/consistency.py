@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from measure import percentiles
 from tools import ALL_TOOLS, FREEZEFRAME, Tool, ensure_installed
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -55,22 +56,11 @@ class Row:
             "trials": self.trials,
             "violations": self.violations,
             "window": self.window_kind,
-            "window_ms": _percentiles(self.windows_ms),
+            "window_ms": percentiles(self.windows_ms),
             "backup_s_median": round(statistics.median(self.backup_s), 3)
             if self.backup_s
             else None,
         }
-
-
-def _percentiles(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
-
-    return {"p50": at(0.5), "p95": at(0.95), "max": round(ordered[-1], 2)}
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
@@ -207,7 +197,7 @@ def _table(rows: list[Row]) -> str:
         "|---|---|---|---|---|",
     ]
     for row in rows:
-        p = _percentiles(row.windows_ms)
+        p = percentiles(row.windows_ms)
         window = f"{row.window_kind}: {p['p50']} / {p['p95']} / {p['max']}" if p else "-"
         median = statistics.median(row.backup_s) if row.backup_s else 0
         lines.append(

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from measure import percentiles
+
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "tests"))  # the VM lab the tests use
 
@@ -49,17 +51,6 @@ from vmlvmlab import (  # noqa: E402
 
 LOG_LV, COMMIT_LV = "thick-ext4", "thin-xfs"
 TCG_CAPS = ("--pause-cap", "120", "--freeze-cap", "120")  # lvcreate takes seconds under TCG
-
-
-def percentiles(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-    return {"p50": at(0.5), "p95": at(0.95), "max": round(ordered[-1], 1)}
 
 
 def _restored_invariant(vm: Vm, snapshot_id: str, work: Path, lvs: tuple[str, str]) -> str:

@@ -1,4 +1,5 @@
-"""Running one timed step: wall time, the child's CPU time and peak RSS, cache dropping, du."""
+"""Running one timed step: wall time, the child's CPU time and peak RSS, cache dropping, du;
+and the percentiles a table reports of many such measurements."""
 
 from __future__ import annotations
 
@@ -121,3 +122,15 @@ def log_tail(path: str, lines: int = 15) -> str:
 if __name__ == "__main__":
     # Launcher mode: measure.py RESULT LOG CWD -- ARGV...
     _launch(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5:])
+
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    """p50, p95 and max of ``values`` (ms, rounded to 0.01), or None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50": at(0.5), "p95": at(0.95), "max": round(ordered[-1], 2)}
