@@ -53,18 +53,18 @@ def take_all(
     pausing = len(targets) > 1 or (
         at_rest and any(not (p.needs_freeze or p.freezes_itself) for _v, p in targets)
     )
-    guarded = any(provider.undo_argv(volume, run_id) for volume, provider in targets)
+    undos = [provider.undo_argv(volume, run_id) for volume, provider in targets]
     instant = Instant()
     for volume, _provider in targets:
         fsfreeze.write_back(_root(volume))
     with ExitStack() as stack:
-        needs_watchdog = pausing or freezing or guarded
+        needs_watchdog = pausing or freezing or any(undos)
         watchdog = stack.enter_context(Watchdog()) if needs_watchdog else None
         if pausing:
             assert watchdog is not None
             devices = {os.lstat(_root(volume)).st_dev for volume, _p in targets}
             instant.pause = stack.enter_context(WriterPause(devices, watchdog, pause_cap_s))
-        for volume, provider in targets:
+        for (volume, provider), undo in zip(targets, undos, strict=True):
             if at_rest and provider.needs_freeze:
                 assert watchdog is not None
                 view = _frozen_take(
@@ -77,6 +77,7 @@ def take_all(
                         volume,
                         provider,
                         run_id,
+                        undo=undo,
                         watchdog=watchdog,
                         cap_s=freeze_cap_s,
                         instant=instant,
@@ -124,15 +125,16 @@ def _guarded_take(
     provider: SnapshotProvider,
     run_id: str,
     *,
+    undo: list[str] | None,
     watchdog: Watchdog | None,
     cap_s: float,
     instant: Instant,
     at_rest: bool,
 ) -> ReadOnlyView:
-    """``provider.take``, with its undo (if it has one) armed in the watchdog for the freeze
-    cap. A provider that freezes the file system itself (LVM) records the window it measured
-    (else its take's whole time, within which the freeze lies) as the freeze at `filesystem`."""
-    undo = provider.undo_argv(volume, run_id)
+    """``provider.take``, with ``undo`` (its ``undo_argv``, if any) armed in the watchdog for
+    the freeze cap. A provider that freezes the file system itself (LVM) records the window it
+    measured (else its take's whole time, within which the freeze lies) as the freeze at
+    `filesystem`."""
     token = watchdog.arm_command(undo, {}, cap_s) if undo and watchdog is not None else None
     started = time.monotonic()
     try:
