@@ -11,7 +11,9 @@ for a discard or a mark). Writes are logged once they are known to be on the dev
 write at the next flush, so after replaying every entry up to a FLUSH or FUA entry the replay
 holds what a crash at that instant could have left on the disk.
 
-Run in the lab guest (the host's Python over 9p) as a script, one JSON line out:
+Run in the lab guest (the host's Python over 9p) as ``python -c 'import logwrites; ...main()'``
+(so its byte code is cached, and its imports kept few: each costs seconds under TCG), one JSON
+line out:
 
     scan LOG                           the log's block size, entry count, marks and boundaries
     replay LOG TARGET STATE --to N     entries from STATE's next one through N onto TARGET,
@@ -21,17 +23,16 @@ Run in the lab guest (the host's Python over 9p) as a script, one JSON line out:
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import os
-import random
 import struct
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+
+if TYPE_CHECKING:
+    import random
 
 MAGIC = 0x6A736677736872
 VERSION = 1
@@ -51,12 +52,12 @@ class LogError(ValueError):
     """The log is not one this reader understands (or is cut short)."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One logged write (or flush, discard, mark); ``offset`` is its head's place in the log."""
 
-    index: int
+    number: int  # its place in the log, from 0
     offset: int
+    end: int  # the byte after its data: the next entry's head
     sector: int  # in the log's blocks
     sectors: int
     flags: int
@@ -73,8 +74,7 @@ class Entry:
         return self.sectors > 0 and not self.flags & (DISCARD | MARK)
 
 
-@dataclass(frozen=True)
-class Super:
+class Super(NamedTuple):
     entries: int
     blocksize: int
 
@@ -95,14 +95,16 @@ def read_super(log: BinaryIO) -> Super:
 
 
 def iter_entries(
-    log: BinaryIO, sup: Super, start: int = 0, offset: int | None = None
+    log: BinaryIO, sup: Super, start: int = 0, offset: int | None = None, data: bool = True
 ) -> Iterator[tuple[Entry, bytes]]:
     """The entries from ``start`` (whose head is at ``offset``, block 1 for the first) to the
-    super's count, each with its data (empty but for writes)."""
+    super's count, each with its data (empty but for writes; empty too without ``data``: the
+    data is skipped, not read, though the log must still hold it)."""
     offset = sup.blocksize if offset is None else offset
+    total = log.seek(0, os.SEEK_END)
     for index in range(start, sup.entries):
         log.seek(offset)
-        block = log.read(sup.blocksize)
+        block = _read(log, sup.blocksize)
         if len(block) < sup.blocksize:
             raise LogError(f"entry {index} at byte {offset}: the log ends inside its head")
         sector, sectors, flags, data_len = ENTRY.unpack_from(block)
@@ -115,20 +117,29 @@ def iter_entries(
             mark = block[ENTRY.size : ENTRY.size + data_len].decode(errors="replace")
         elif data_len:
             raise LogError(f"entry {index}: inline data ({data_len} bytes) is not supported")
-        entry = Entry(index, offset, sector, sectors, flags, mark)
-        offset += sup.blocksize
-        data = b""
-        if entry.has_data:
-            size = sectors * sup.blocksize
-            data = log.read(size)
-            if len(data) < size:
-                raise LogError(f"entry {index}: the log ends inside its {size} bytes of data")
-            offset += size
-        yield entry, data
+        size = sectors * sup.blocksize if sectors and not flags & (DISCARD | MARK) else 0
+        entry = Entry(index, offset, offset + sup.blocksize + size, sector, sectors, flags, mark)
+        if entry.end > total:
+            raise LogError(f"entry {index}: the log ends inside its {size} bytes of data")
+        content = _read(log, size) if size and data else b""
+        offset = entry.end
+        yield entry, content
 
 
-@dataclass(frozen=True)
-class Scan:
+def _read(log: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end of the log (an unbuffered read may return
+    less than asked)."""
+    chunks = []
+    while size:
+        chunk = log.read(size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+class Scan(NamedTuple):
     """What a pass over the whole log found (no data kept)."""
 
     blocksize: int
@@ -143,22 +154,18 @@ class Scan:
         first = self.marks[mark]
         return [index for index in self.boundaries if index > first]
 
-    def to_json(self) -> dict[str, object]:
-        return {"blocksize": self.blocksize, "entries": self.entries, "marks": self.marks,
-                "boundaries": self.boundaries, "end": self.end}  # fmt: skip
-
 
 def scan(log: BinaryIO) -> Scan:
     sup = read_super(log)
     marks: dict[str, int] = {}
     boundaries = []
     end = sup.blocksize
-    for entry, data in iter_entries(log, sup):
+    for entry, _ in iter_entries(log, sup, data=False):
         if entry.mark is not None:
-            marks[entry.mark] = entry.index
+            marks[entry.mark] = entry.number
         if entry.boundary:
-            boundaries.append(entry.index)
-        end = entry.offset + sup.blocksize + len(data)
+            boundaries.append(entry.number)
+        end = entry.end
     return Scan(sup.blocksize, sup.entries, marks, boundaries, end)
 
 
@@ -179,15 +186,18 @@ def spread(boundaries: Sequence[int], count: int, rng: random.Random) -> list[in
     return picks
 
 
-@dataclass
 class ReplayState:
     """Where a replay stands: the next entry (and its head's byte in the log), and the byte
     ranges of the target written so far (a discard zeroes what was written, the rest of a
     blank target reads as zeros already)."""
 
-    next_entry: int = 0
-    next_offset: int | None = None
-    written: list[list[int]] = field(default_factory=list)  # sorted, disjoint [start, end)
+    def __init__(
+        self, next_entry: int = 0, next_offset: int | None = None,
+        written: list[list[int]] | None = None,
+    ) -> None:  # fmt: skip
+        self.next_entry = next_entry
+        self.next_offset = next_offset
+        self.written = written or []  # sorted, disjoint [start, end)
 
     def add(self, start: int, end: int) -> None:
         """Records [start, end) as written, merged with the ranges it touches."""
@@ -216,18 +226,19 @@ class ReplayState:
         return taken
 
     @classmethod
-    def load(cls, path: Path) -> ReplayState:
-        if not path.exists():
+    def load(cls, path: str) -> ReplayState:
+        if not os.path.exists(path):
             return cls()
-        doc = json.loads(path.read_text())
+        with open(path) as f:
+            doc = json.load(f)
         return cls(doc["next_entry"], doc["next_offset"], doc["written"])
 
-    def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
+    def save(self, path: str) -> None:
         doc = {"next_entry": self.next_entry, "next_offset": self.next_offset,
                "written": self.written}  # fmt: skip
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(path)
+        with open(path + ".tmp", "w") as f:
+            json.dump(doc, f)
+        os.replace(path + ".tmp", path)
 
 
 ZEROS = bytes(1 << 20)
@@ -253,38 +264,45 @@ def replay(log: BinaryIO, target: int, state: ReplayState, through: int) -> int:
             for low, high in state.take(start, end):
                 for at in range(low, high, len(ZEROS)):
                     written += os.pwrite(target, ZEROS[: min(len(ZEROS), high - at)], at)
-        state.next_entry = entry.index + 1
-        state.next_offset = entry.offset + sup.blocksize + len(data)
-        if entry.index == through:
+        state.next_entry = entry.number + 1
+        state.next_offset = entry.end
+        if entry.number == through:
             break
     os.fsync(target)
     return written
 
 
+USAGE = "usage: logwrites.py scan LOG | replay LOG TARGET STATE --to ENTRY"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    commands = parser.add_subparsers(dest="command", required=True)
-    scanning = commands.add_parser("scan")
-    scanning.add_argument("log")
-    replaying = commands.add_parser("replay")
-    replaying.add_argument("log")
-    replaying.add_argument("target")
-    replaying.add_argument("state", type=Path)
-    replaying.add_argument("--to", type=int, required=True)
-    args = parser.parse_args(argv)
-    with open(args.log, "rb", buffering=1 << 20) as log:
-        if args.command == "scan":
-            print(json.dumps(scan(log).to_json()))
-            return 0
-        state = ReplayState.load(args.state)
-        fd = os.open(args.target, os.O_WRONLY)
+    """The guest's command line (no argparse: its import alone takes seconds under TCG)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["scan"] and len(args) == 2:
+        with _open_log(args[1]) as log:
+            print(json.dumps(scan(log)._asdict()))
+        return 0
+    if args[:1] != ["replay"] or len(args) != 6 or args[4] != "--to" or not args[5].isdigit():
+        print(USAGE, file=sys.stderr)
+        return 2
+    log_path, target, state_path, through = args[1], args[2], args[3], int(args[5])
+    state = ReplayState.load(state_path)
+    with _open_log(log_path) as log:
+        fd = os.open(target, os.O_WRONLY)
         try:
-            written = replay(log, fd, state, args.to)
+            written = replay(log, fd, state, through)
         finally:
             os.close(fd)
-        state.save(args.state)
-        print(json.dumps({"next_entry": state.next_entry, "written": written}))
-        return 0
+    state.save(state_path)
+    print(json.dumps({"next_entry": state.next_entry, "written": written}))
+    return 0
+
+
+def _open_log(path: str) -> BinaryIO:
+    """Unbuffered and without read-ahead: either would read the data a scan skips."""
+    log = open(path, "rb", buffering=0)  # noqa: SIM115 (the caller closes it)
+    os.posix_fadvise(log.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+    return log
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def test_entries_are_read_back_as_logged() -> None:
     assert (sup.entries, sup.blocksize) == (len(ENTRIES), 512)
     got = list(iter_entries(log, sup))
     assert [(e.sector, e.sectors, e.flags) for e, _ in got] == [e[:3] for e in ENTRIES]
-    assert [e.index for e, _ in got] == list(range(len(ENTRIES)))
+    assert [e.number for e, _ in got] == list(range(len(ENTRIES)))
     assert got[2][0].mark == "setup" and got[10][0].mark == "dm-log-writes-end"
     assert got[8][1] == block(5, 3) and got[6][1] == b"" and got[5][1] == b""
     assert got[0][0].offset == 512 and got[1][0].offset == 512 * 4  # head + 2 blocks of data
@@ -134,7 +134,7 @@ def test_replays_in_steps_saved_between_calls_match_one_pass(tmp_path: Path) -> 
     for through in (1, 5, 7, 8, 10):
         assert main(["replay", str(log), str(target), str(state), "--to", str(through)]) == 0
         assert target.read_bytes() == _expected(through)
-    assert ReplayState.load(state).next_entry == len(ENTRIES)
+    assert ReplayState.load(str(state)).next_entry == len(ENTRIES)
     with pytest.raises(LogError, match="cannot replay from entry 11"):
         main(["replay", str(log), str(target), str(state), "--to", "10"])
 
