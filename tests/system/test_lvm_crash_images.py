@@ -103,20 +103,18 @@ dmsetup message {LOGGED} 0 mark setup
 
 
 def stop_script() -> str:
-    """The workload stopped (and gone, so its directory is free), the LVs unmounted, the VG
-    deactivated and the logging device removed, which logs its end mark."""
+    """The workload stopped, its children too (its session's group: a sync or mv may be
+    running) and gone, so the last commit is final and the LVs are free; the LVs unmounted,
+    the VG deactivated and the logging device removed, which logs its end mark."""
     return f"""set -e
-pid=$(cat {WORKLOAD_PID})
-kill $pid
+group=$(cat {WORKLOAD_PID})
+kill -- -$group
 i=0
-while kill -0 $pid 2>/dev/null; do
+while kill -0 -- -$group 2>/dev/null; do
     i=$((i + 1)); [ $i -lt 300 ]; sleep 0.1
 done
 echo "final $(cat /mnt/lv/{COMMIT_LV}/b.commit)"
-for lv in {LOG_LV} {COMMIT_LV}; do  # a child of the workload (sync, mv) may still run
-    i=0
-    until umount /mnt/lv/$lv; do i=$((i + 1)); [ $i -lt 50 ]; sleep 0.2; done
-done
+for lv in {LOG_LV} {COMMIT_LV}; do umount /mnt/lv/$lv; done
 vgchange -q -an --devices /dev/mapper/{LOGGED} {VG}
 """ + dm_remove(LOGGED)
 
