@@ -169,7 +169,7 @@ def test_postgresql_on_lvm_restores_from_its_label_balanced_under_pgbench(pg_lab
             f"lvmpg: trial {trial}: application in {took:.1f} s; held "
             f"{quiesce['window_ms']:.0f} ms (pg_backup_start {record.get('freeze_ms', 0):.0f} "
             f"ms, stop {record.get('thaw_ms', 0):.0f} ms), origin suspended "
-            f"{volume['freeze_ms']:.0f} ms, snapshot {volume['snapshot_ms']:.0f} ms, writers "
+            f"{volume['freeze_ms']:.1f} ms, snapshot {volume['snapshot_ms']:.0f} ms, writers "
             f"paused {writers.get('window_ms', 0):.0f} ms; pgbench {after - before} txns "
             f"during it ({sum(in_window) / max(len(in_window), 1):.1f} tps), longest stall "
             f"{stall:.0f} s; restored in {restore_s:.1f} s, started in {start_s:.1f} s, "
