@@ -10,6 +10,7 @@ FREEZEFRAME_APPLICATION_TRIALS sets the number of backups (default 10)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from ffharness import Cli, hold_env, spawn_freezeframe
 from freezeframe.hooks import Point
 from fsfixtures import loop_filesystem, shared_workdir
 from pgfixtures import (
+    BIN,
     PgServer,
     amcheck,
     balances,
@@ -28,6 +30,7 @@ from pgfixtures import (
     postgres_server,
     recovery_of,
     require_postgresql,
+    run_as_postgres,
 )
 
 TRIALS = int(os.environ.get("FREEZEFRAME_APPLICATION_TRIALS", "10"))
@@ -114,6 +117,41 @@ def test_the_record_and_the_backup_hold_the_label_and_the_wal_to_its_end(
                 assert nodes[f"{data_dir}/pg_wal/{segment}"]["size"] == 16 * 1024 * 1024
             shown = cli("snapshots", json=False)
             assert "application" in shown
+
+
+def test_a_sql_ascii_cluster_reaches_application_and_restores_from_its_label(
+    repo: Path, cli: Cli
+) -> None:
+    """initdb in the C locale (no LANG, as on many servers and in the LVM lab's guest) makes
+    a SQL_ASCII cluster, whose text psycopg returns as bytes: its data directory and label
+    must still come back as paths and text."""
+    require_postgresql()
+    with shared_workdir() as work, loop_filesystem(work, "btrfs", size_mib=512) as mnt:
+        mnt.chmod(0o755)
+        data_dir = mnt / "pg"
+        data_dir.mkdir()
+        shutil.chown(data_dir, "postgres", "postgres")
+        data_dir.chmod(0o700)
+        run_as_postgres(BIN / "initdb", "-D", data_dir, "-U", "postgres", "--auth=trust", "-N",
+                        "-E", "SQL_ASCII", "--locale=C")  # fmt: skip
+        with postgres_server(data_dir, fresh=False) as server:
+            assert server.psql("SHOW server_encoding") == "SQL_ASCII"
+            pgbench_init(server)
+            result = cli("backup", data_dir, "--quiesce", f"postgresql:{server.conninfo}")
+            assert result["consistency"]["achieved"] == "application"
+            positions = result["consistency"]["quiesce"]["quiescers"][0]["positions"]
+            assert positions["data_directory"] == str(data_dir)
+            target = work / "restore"
+            cli("restore", result["snapshot_id"][:12], "--target", target)
+            restored = target / str(data_dir).lstrip("/")
+            label = (restored / "backup_label").read_text()
+            assert f"START WAL LOCATION: {positions['start_lsn']}" in label
+            with postgres_server(restored, fresh=False) as copy:
+                recovery = recovery_of(copy.log_text())
+                assert recovery.backup_recovery and not recovery.crash_recovery
+                assert recovery.consistent_at == positions["stop_lsn"]
+                a, t, b, h = balances(copy)
+                assert a == t == b == h
 
 
 def test_wal_on_a_volume_of_its_own_is_added_there_and_the_restore_starts_clean(

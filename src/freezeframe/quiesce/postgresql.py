@@ -35,6 +35,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 
 from freezeframe.errors import QuiesceError
 from freezeframe.quiesce.base import IN_IMAGE_KEY, BackupFiles, source_paths, within_any
@@ -71,6 +73,8 @@ class PostgresqlQuiescer:
                 connect_timeout=max(1, int(timeout_s)),
                 application_name="freezeframe",
             )
+            if self._db.info.encoding == "ascii":
+                _decode_sql_ascii(self._db)
             self._version = self._db.info.server_version
             self._db.execute("SELECT set_config('statement_timeout', %s, false)", [_ms(timeout_s)])
             wal_level = self._scalar("SELECT current_setting('wal_level')")
@@ -293,6 +297,23 @@ class PostgresqlQuiescer:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+class _PathTextLoader(Loader):
+    """Text from a SQL_ASCII server, which psycopg hands over as bytes (SQL_ASCII says nothing
+    of their encoding): decoded as Python decodes file names, so a path round-trips to the very
+    bytes the server uses on disk."""
+
+    def load(self, data: Buffer) -> str:
+        return os.fsdecode(bytes(data))
+
+
+def _decode_sql_ascii(db: psycopg.Connection[Any]) -> None:
+    """Every text-like result of this connection as str: a cluster made by initdb in the C
+    locale (the default without LANG) is SQL_ASCII, and its data directory, label and WAL
+    names must be strings like any other server's."""
+    for type_name in ("text", "varchar", "bpchar", "name"):
+        db.adapters.register_loader(type_name, _PathTextLoader)
 
 
 def _start_signature(version: int) -> str:
