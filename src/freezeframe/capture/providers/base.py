@@ -106,7 +106,7 @@ def run_tool(*argv: str, what: str = "") -> str:
         done = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120)
     except subprocess.CalledProcessError as exc:
         message = (exc.stderr or exc.stdout or "").strip().splitlines()
-        raise FreezeframeError(f"{what} failed: {message[-1] if message else exc}") from exc
+        raise FreezeframeError(f"{what} failed: {message[-1].strip() if message else exc}") from exc
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FreezeframeError(f"{what} failed: {exc}") from exc
     return done.stdout

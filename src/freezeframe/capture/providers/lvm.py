@@ -22,8 +22,8 @@ A thick snapshot whose store fills becomes invalid: ``confirm`` (after reading, 
 the data read from it is trusted) fails loudly then. Snapshot names carry the run id, so a
 dead run's snapshots and mounts are found and removed (``find_leftovers``).
 
-Not chosen by the capture layer yet (not in ``registry.PROVIDERS``): proven so far only by the
-VM lab's tests (tests/system/test_lvm_lab.py).
+Proven in the VM lab's guest (tests/system/test_lvm_lab.py, test_lvm_backup.py): this project's
+test host has no device-mapper.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -56,26 +58,46 @@ from freezeframe.capture.volumes import Volume
 from freezeframe.errors import FreezeframeError, SnapshotDamaged
 
 MOUNT_ROOT = "/run/freezeframe/snapshots/lvm"
-# $1: the snapshot's name, $2: the VG's device-mapper prefix ("my--vg-").
+# $1: the snapshot's name, $2: the VG's device-mapper prefix ("my--vg-"), $3: the kernel's
+# block devices (/sys/block), $4: lvm's lock file of the VG. lvcreate runs in a session of its
+# own and outlives the run: this waits for it to end (40 s at most), then, under the VG's lock
+# (so no lvm command is mid-change), repairs what an lvcreate that died itself (the OOM killer)
+# or hangs left: every device of the VG the kernel shows suspended (dm/suspended is 1).
 RESUME_SCRIPT = """
 i=0
-while [ $i -lt 100 ] && pgrep -f -- "--name $1 " >/dev/null 2>&1; do sleep 0.05; i=$((i+1)); done
-suspended=$(dmsetup info -c --noheadings --separator : -o name,attr 2>/dev/null |
-  while IFS=: read -r device attr; do
-    case "$device" in "$2"*) case "$attr" in ?s*) echo "$device";; esac;; esac
-  done)
+while [ $i -lt 800 ] && pgrep -f -- "--name $1 " >/dev/null 2>&1; do sleep 0.05; i=$((i+1)); done
+if [ -d "$(dirname "$4")" ] && command -v flock >/dev/null 2>&1; then
+  exec 9>>"$4" && flock -w 10 9
+fi
+suspended=$(for dm in "$3"/dm-*/dm; do
+  [ "$(cat "$dm/suspended" 2>/dev/null)" = 1 ] || continue
+  # "$2"-*: a VG whose name starts with this one's and a dash ("vg" and "vg-2")
+  device=$(cat "$dm/name") && case "$device" in "$2"-*) ;; "$2"*) echo "$device";; esac
+done)
+# A device goes back to the table it ran with: a table lvcreate loaded but did not switch to is
+# dropped (clear) first; resumed with it, an origin would map onto a -real layer lvcreate had
+# not activated yet, and every I/O of its file system would fail. A device with no live table
+# (a layer lvcreate was still making) is in no one's I/O path: it is left to lvremove.
 # Layers first (a snapshot's -real and -cow, a pool's data and metadata): a device resumed
 # over a layer still suspended would hang its I/O there.
+repair() {
+  case "$(dmsetup info -c --noheadings -o attr "$1" | tr -d ' ')" in
+    L*) dmsetup clear "$1"; dmsetup resume "$1";;
+  esac
+}
 for device in $suspended; do
-  case "$device" in *-real|*-cow|*_tdata|*_tmeta|*-tpool) dmsetup resume "$device";; esac
+  case "$device" in *-real|*-cow|*_tdata|*_tmeta|*-tpool) repair "$device";; esac
 done
 for device in $suspended; do
-  case "$device" in *-real|*-cow|*_tdata|*_tmeta|*-tpool) ;; *) dmsetup resume "$device";; esac
+  case "$device" in *-real|*-cow|*_tdata|*_tmeta|*-tpool) ;; *) repair "$device";; esac
 done
 """
 FILE_SYSTEMS = ("ext4", "xfs")
 SYS_DEV_BLOCK = Path("/sys/dev/block")
+SYS_BLOCK = "/sys/block"
+LVM_LOCK_DIR = "/run/lock/lvm"  # lvm.conf's global/locking_dir, as Debian ships it
 SAMPLE_S = 0.0005  # how often the origin's suspended flag is read during lvcreate
+LVM_TIMEOUT_S = 120.0
 REPORT = ("--reportformat", "json", "--units", "b", "--nosuffix")
 
 
@@ -121,7 +143,7 @@ class LvmProvider:
         created_ns = time.time_ns()
         try:
             with SuspendWindow(volume.mount.device) as window:
-                run_tool(
+                run_to_its_end(
                     *plan.lvcreate_argv(), what=f"lvcreate --snapshot of {plan.origin.full_name}"
                 )
         except BaseException:
@@ -147,15 +169,15 @@ class LvmProvider:
 
     def undo_argv(self, volume: Volume, run_id: str) -> list[str] | None:
         """What the watchdog runs if ``take`` overruns its cap or this process dies in it:
-        wait (5 s at most) for this run's lvcreate to end, then resume any device of the VG
-        still suspended (lvcreate killed between its suspend and resume leaves the origin
-        suspended, and every writer to it hangs)."""
+        wait for this run's lvcreate to end, then resume any device of the VG still suspended
+        (an lvcreate that died between its suspend and resume leaves the origin suspended,
+        and every writer to it hangs)."""
         names = lvm_names(volume.mount.device)
         if names is None:
             return None
         vg, lv = names
         name = f"ff-{run_id}-{lv}"
-        return ["sh", "-c", RESUME_SCRIPT, "sh", name, vg.replace("-", "--") + "-"]
+        return resume_argv(name, vg)
 
     def facts(self, volume: Volume) -> dict[str, object]:
         """For `doctor`: the LV, thin or thick, and the space its snapshot would use."""
@@ -224,6 +246,54 @@ class LvmProvider:
         vg, name = path.split("/", 1)
         if any(lv.name == name for lv in _lvs_of(vg)):
             run_tool("lvremove", "-y", path, what=f"lvremove of snapshot {path}")
+
+
+def resume_argv(
+    snapshot: str, vg: str, sys_block: str = SYS_BLOCK, lock_dir: str = LVM_LOCK_DIR
+) -> list[str]:
+    """RESUME_SCRIPT for the snapshot ``snapshot`` of VG ``vg``."""
+    prefix = vg.replace("-", "--") + "-"
+    lock = os.path.join(lock_dir, f"V_{vg}")
+    return ["sh", "-c", RESUME_SCRIPT, "sh", snapshot, prefix, sys_block, lock]
+
+
+def run_to_its_end(*argv: str, what: str) -> str:
+    """Run an lvm command that suspends devices in a session of its own, and never stop it
+    halfway: an lvcreate killed between its suspend and its resume leaves the origin suspended
+    (its file system frozen) or mapped onto layers not yet active. A Ctrl-C to the run's
+    process group does not reach it; the run's death does not end it (its output goes to
+    files, not pipes whose reader's death would kill it with SIGPIPE); an interrupt here
+    (Ctrl-C, SIGTERM) waits for it, then is raised. Its stdout, or one FreezeframeError."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            )
+        except OSError as exc:
+            raise FreezeframeError(f"{what} failed: {exc}") from exc
+        interrupt: BaseException | None = None
+        deadline = time.monotonic() + LVM_TIMEOUT_S
+        while True:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                break
+            except subprocess.TimeoutExpired as exc:
+                # Left running, not killed: the watchdog's undo repairs what it holds suspended.
+                raise FreezeframeError(
+                    f"{what} failed: still running after {LVM_TIMEOUT_S:g} s"
+                ) from exc
+            except BaseException as exc:  # noqa: BLE001 - raised again once lvm has finished
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = (f.read().decode(errors="replace") for f in (out, err))
+    if proc.returncode != 0:
+        complaint = (stderr or stdout).strip().splitlines()
+        last = complaint[-1].strip() if complaint else f"exit status {proc.returncode}"
+        raise FreezeframeError(f"{what} failed: {last}")
+    return stdout
 
 
 class SuspendWindow:
