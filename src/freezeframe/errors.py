@@ -123,7 +123,8 @@ class WriterPauseFailed(FreezeframeError):
 
 
 class SnapshotDamaged(FreezeframeError):
-    """A snapshot no longer shows its instant whole (an LVM snapshot's store overflowed)."""
+    """A snapshot no longer shows its instant whole (an LVM snapshot's store overflowed, or
+    its device failed reads): nothing read from it may be kept."""
 
     code = "snapshot_damaged"
 

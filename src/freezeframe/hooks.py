@@ -21,6 +21,8 @@ class Point(StrEnum):
     FROZEN = "capture.frozen"
     # Every snapshot of a capture taken and readable, writers resumed, before it is read.
     SNAPSHOTS_READABLE = "capture.snapshots_readable"
+    # Every snapshot of a capture read, before they are confirmed whole.
+    SNAPSHOTS_READ = "capture.snapshots_read"
     # The applications held by their quiescers, before the snapshots are taken.
     APPLICATIONS_HELD = "capture.applications_held"
     # A VM's guest file systems frozen by its agent, inside the disks' transaction.

@@ -47,6 +47,9 @@ BATCH_BLOBS = 256
 # would otherwise go unnoticed.
 CACHE_SETTLE_NS = 2_000_000_000
 
+# The errors a failing disk (or a file system that read it badly) gives, not a file's own.
+DEVICE_ERRORS = (errno.EIO, errno.EUCLEAN)
+
 
 @dataclass(frozen=True)
 class SourcePath:
@@ -136,6 +139,8 @@ class Archiver:
         self.chunker = Chunker(repo.config.chunker, repo.master.chunker_seed)
         self.excludes = ExcludeMatcher(options.excludes)
         self.errors: list[tuple[str, str]] = []
+        # Paths the disk under them failed to read (EIO, EUCLEAN): a snapshot is damaged then.
+        self.io_errors: list[str] = []
         self.changed_during_read: list[str] = []
         self.stats = {"files_new": 0, "files_changed": 0, "files_unmodified": 0, "dirs": 0}
         self.stats.update(bytes_read=0, bytes_total=0, symlinks=0, special=0)
@@ -529,6 +534,8 @@ class Archiver:
 
     def _error(self, path: bytes, exc: OSError) -> None:
         self.errors.append((os.fsdecode(path), exc.strerror or str(exc)))
+        if exc.errno in DEVICE_ERRORS:
+            self.io_errors.append(os.fsdecode(path))
         self.progress.errors += 1
 
     def _summary(self, seconds: float) -> dict[str, object]:

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,6 +39,7 @@ from freezeframe.errors import (
     FreezeFailed,
     FreezeframeError,
     QuiesceError,
+    SnapshotDamaged,
     UsageError,
     WriterPauseFailed,
 )
@@ -262,9 +263,17 @@ class Capture:
         finally:
             self._remove_staging()
 
-    def confirm(self) -> None:
+    def confirm(self, io_errors: Sequence[str] = ()) -> None:
         """Raise unless every snapshot still shows its instant whole; the backup calls it
-        after reading them and before it commits what it read."""
+        after reading them and before it commits what it read, with the paths whose reads
+        failed with a device error: a snapshot that could not be read whole is damaged (on
+        a live source those are only the files' own errors)."""
+        hooks.reached(hooks.Point.SNAPSHOTS_READ)
+        if self.views and io_errors:
+            raise SnapshotDamaged(
+                f"reading the snapshots failed with I/O errors on {len(io_errors)} path(s), "
+                f"first {io_errors[0]}; nothing read from them is kept"
+            )
         for view in self.views:
             BY_NAME[view.provider].confirm(view)
 

@@ -211,7 +211,8 @@ def _back_up_paths(repo: Repository, request: BackupRequest, reporter: Reporter)
         archivers.append(archiver)
         with reporter.phase("backup", progress):
             stored = archiver.store()
-        capture.confirm()  # a snapshot that changed under the read is never committed
+        # A snapshot that changed or failed under the read is never committed.
+        capture.confirm(archiver.io_errors)
         return stored
 
     snapshot = _commit_view(repo, _path_source(capture), read, _labels(request), reporter)
