@@ -30,7 +30,6 @@ from freezeframe.errors import (
 # Writers found while others are already paused are paused too, round after round; a set of
 # volumes that keeps gaining writers after this many rounds is not pausable.
 MAX_ROUNDS = 5
-STOP_SETTLE_S = 2.0
 STOPPED_STATES = ("T", "t")
 
 
@@ -121,19 +120,25 @@ class WriterPause:
         self.writers.append(PausedWriter(process.pid, process.comm, "sigstop", None))
 
     def _wait_stopped(self, process: Process) -> None:
-        """A stop takes effect when every thread returns to user space."""
-        deadline = time.monotonic() + STOP_SETTLE_S
+        """A stop takes effect when every thread returns to user space: a writer waiting on
+        its disk (state D) stops when that I/O ends, which on a slow disk can take seconds;
+        the pause cap bounds the wait, as it bounds the whole pause."""
+        deadline = self._started + self.cap_s
         task_dir = f"/proc/{process.pid}/task"
         while True:
             try:
-                states = [_task_state(task_dir, tid) for tid in os.listdir(task_dir)]
+                tids = os.listdir(task_dir)
             except FileNotFoundError:
                 return  # exited
-            if all(s in STOPPED_STATES or s is None for s in states):
+            running = [t for t in tids if _task_state(task_dir, t) not in (*STOPPED_STATES, None)]
+            if not running:
                 return
             if time.monotonic() > deadline:
+                where = _kernel_wait(task_dir, running[0])
                 raise WriterPauseFailed(
-                    f"{process.comm} (pid {process.pid}) did not stop within {STOP_SETTLE_S:g} s"
+                    f"{process.comm} (pid {process.pid}) did not stop within the "
+                    f"{self.cap_s:g} s pause cap"
+                    + (f" (in the kernel at {where})" if where else "")
                 )
             time.sleep(0.0005)
 
@@ -156,6 +161,15 @@ class WriterPause:
         self._cgroups.clear()
         if errors:
             raise FreezeframeError("; ".join(errors))
+
+
+def _kernel_wait(task_dir: str, tid: str) -> str:
+    """Where in the kernel a task waits (its wchan: e.g. a frozen file system's), or ''."""
+    try:
+        where = Path(task_dir, tid, "wchan").read_text().strip()
+    except OSError:
+        return ""
+    return "" if where in ("", "0") else where
 
 
 def _task_state(task_dir: str, tid: str) -> str | None:
