@@ -245,7 +245,9 @@ class LvmProvider:
             return
         vg, name = path.split("/", 1)
         if any(lv.name == name for lv in _lvs_of(vg)):
-            run_tool("lvremove", "-y", path, what=f"lvremove of snapshot {path}")
+            # lvremove suspends the origin too (to drop its snapshot-origin layer): never
+            # stopped halfway either.
+            run_to_its_end("lvremove", "-y", path, what=f"lvremove of snapshot {path}")
 
 
 def resume_argv(
@@ -258,9 +260,10 @@ def resume_argv(
 
 
 def run_to_its_end(*argv: str, what: str) -> str:
-    """Run an lvm command that suspends devices in a session of its own, and never stop it
-    halfway: an lvcreate killed between its suspend and its resume leaves the origin suspended
-    (its file system frozen) or mapped onto layers not yet active. A Ctrl-C to the run's
+    """Run an lvm command that suspends devices (lvcreate and lvremove of a snapshot) in a
+    session of its own, and never stop it halfway: one killed between its suspend and its
+    resume leaves the origin suspended (its file system frozen) or mapped onto layers not
+    (or no longer) active. A Ctrl-C to the run's
     process group does not reach it; the run's death does not end it (its output goes to
     files, not pipes whose reader's death would kill it with SIGPIPE); an interrupt here
     (Ctrl-C, SIGTERM) waits for it, then is raised. Its stdout, or one FreezeframeError."""
