@@ -15,6 +15,8 @@ LV, written flat out) runs throughout. Rows:
 3. a thick snapshot with a 4 MiB store while 16 MiB are written to its origin during the read:
    how many of max(3, TRIALS // 4) backups fail with snapshot_damaged and save nothing.
 
+Each row's backups run in one process in the guest (the lab driver's ``trials``: under TCG
+an interpreter start costs more than a backup); restores and checks run there too.
 The windows are measured under TCG emulation (every instruction emulated), so they are far
 longer than on a real host; compare them with bench/consistency.py's btrfs windows as orders of
 magnitude, not ratios. Results go to bench/results/lvm-<time>.json.
@@ -23,7 +25,6 @@ magnitude, not ratios. Results go to bench/results/lvm-<time>.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import tempfile
@@ -36,15 +37,14 @@ from measure import percentiles
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "tests"))  # the VM lab the tests use
 
-from freezeframe.errors import QmpError  # noqa: E402
-from vmfixtures import Vm, check_dependent_writes  # noqa: E402
+from vmfixtures import Vm  # noqa: E402
 from vmlvmlab import (  # noqa: E402
     committed,
     guest_freezeframe,
+    guest_trials,
     init_repository,
     lvm_lab,
     must,
-    restore_in_guest,
     start_dependent_writes,
     stop_dependent_writes,
 )
@@ -53,58 +53,35 @@ LOG_LV, COMMIT_LV = "thick-ext4", "thin-xfs"
 TCG_CAPS = ("--pause-cap", "120", "--freeze-cap", "120")  # lvcreate takes seconds under TCG
 
 
-def _restored_invariant(vm: Vm, snapshot_id: str, work: Path, lvs: tuple[str, str]) -> str:
-    """Restore, copy the two files out, check: '' when the invariant holds, else why not."""
-    target = "/run/bench-restore"
-    restore_in_guest(vm, snapshot_id, target)
-    here = Path(tempfile.mkdtemp(dir=work))
-    for lv, name in zip(lvs, ("a.log", "b.commit"), strict=True):
-        (here / lv).mkdir()
-        with contextlib.suppress(QmpError):  # a file missing from the restore
-            (here / lv / name).write_bytes(vm.read_guest_file(f"{target}/mnt/lv/{lv}/{name}"))
-    holds, why = check_dependent_writes(here / lvs[0], here / lvs[1])
-    must(vm, f"rm -rf {target}")
-    return "" if holds else why
-
-
-def _both(vm: Vm, level: str, trials: int, work: Path) -> dict[str, Any]:
+def _both(vm: Vm, level: str, trials: int) -> dict[str, Any]:
+    lvs = (f"/mnt/lv/{LOG_LV}", f"/mnt/lv/{COMMIT_LV}")
+    results = guest_trials(vm, trials, *lvs, "--consistency", level, *TCG_CAPS, check=lvs)
     windows, violations = [], []
-    for trial in range(trials):
-        status, doc, err = guest_freezeframe(
-            vm,
-            "backup",
-            f"/mnt/lv/{LOG_LV}",
-            f"/mnt/lv/{COMMIT_LV}",
-            "--consistency",
-            level,
-            *TCG_CAPS,
-        )
-        if status != 0:
-            raise RuntimeError(f"backup at {level} failed: {err}")
-        windows.append(doc["consistency"]["pause"]["window_ms"])
-        why = _restored_invariant(vm, doc["snapshot_id"], work, (LOG_LV, COMMIT_LV))
-        if why:
-            violations.append(f"trial {trial}: {why}")
-        print(f"lvm: both LVs at {level}, trial {trial}: paused {windows[-1]:.0f} ms {why}")
-    return {"row": f"log + commit on two LVs, {level}", "trials": trials,
+    for result in results:
+        if result["status"] != 0:
+            raise RuntimeError(f"backup at {level} failed: {result['doc']}")
+        windows.append(result["doc"]["consistency"]["pause"]["window_ms"])
+        if not result["holds"]:
+            violations.append(f"trial {result['trial']}: {result['why']}")
+        print(f"lvm: both LVs at {level}, trial {result['trial']}: paused {windows[-1]:.0f} ms, "
+              f"{result['why']}")  # fmt: skip
+    return {"row": f"log + commit on two LVs, {level}", "trials": len(results),
             "violations": violations, "window": "writers paused",
             "window_ms": percentiles(windows)}  # fmt: skip
 
 
 def _alone(vm: Vm, trials: int) -> dict[str, Any]:
+    lv = f"/mnt/lv/{COMMIT_LV}"
     suspends, lvcreates = [], []
-    for trial in range(trials):
-        status, doc, err = guest_freezeframe(
-            vm, "backup", f"/mnt/lv/{COMMIT_LV}", "--consistency", "filesystem", *TCG_CAPS
-        )
-        if status != 0:
-            raise RuntimeError(f"backup of {COMMIT_LV} failed: {err}")
-        (volume,) = doc["consistency"]["volumes"]
+    for result in guest_trials(vm, trials, lv, "--consistency", "filesystem", *TCG_CAPS):
+        if result["status"] != 0:
+            raise RuntimeError(f"backup of {COMMIT_LV} failed: {result['doc']}")
+        (volume,) = result["doc"]["consistency"]["volumes"]
         suspends.append(volume["freeze_ms"])
         lvcreates.append(volume["snapshot_ms"])
-        print(f"lvm: {COMMIT_LV} alone, trial {trial}: suspended {suspends[-1]:.1f} ms, "
-              f"lvcreate {lvcreates[-1]:.0f} ms")  # fmt: skip
-    return {"row": f"{COMMIT_LV} alone, filesystem", "trials": trials, "violations": [],
+        print(f"lvm: {COMMIT_LV} alone, trial {result['trial']}: suspended "
+              f"{suspends[-1]:.1f} ms, lvcreate {lvcreates[-1]:.0f} ms")  # fmt: skip
+    return {"row": f"{COMMIT_LV} alone, filesystem", "trials": len(suspends), "violations": [],
             "window": "origin suspended (lockfs)", "window_ms": percentiles(suspends),
             "lvcreate_ms": percentiles(lvcreates)}  # fmt: skip
 
@@ -142,7 +119,7 @@ def main() -> int:
         while committed(vm, COMMIT_LV) < 64 * 5:
             time.sleep(0.5)
         for level in ("crash", "filesystem"):
-            rows.append(_both(vm, level, args.trials, work))
+            rows.append(_both(vm, level, args.trials))
         rows.append(_alone(vm, args.trials))
         stop_dependent_writes(vm)
         rows.append(_overflow(vm, max(3, args.trials // 4)))

@@ -12,10 +12,22 @@ freezeframe's LVM provider on a mounted LV the way a backup does and prints one 
         Then checks the snapshot is intact and removes it.
     cleanup MOUNT
         removes the snapshots and mounts of dead runs on MOUNT's LV, as the next run does.
-    backup [--scribble PATH:MIB] [--hold] -- FREEZEFRAME ARGS...
+    backup [--scribble PATH:MIB] [--hold] [--at-readable SH] [--at-read SH] -- ARGS...
         runs the freezeframe command in this process; once its snapshots are readable (before
         they are read) it writes MIB MiB to PATH (to overflow a thick snapshot), or with
-        ``--hold`` writes its pid to HOLD_FILE and sleeps (to be killed). Exits as the command.
+        ``--hold`` writes its pid to HOLD_FILE and sleeps (to be killed); ``--at-readable``
+        and ``--at-read`` run shell commands there and once they are read (before they are
+        confirmed): to make the disk fail under a read and heal it. Exits as the command.
+    trials --trials N [--check LOG_DIR:COMMIT_DIR] -- BACKUP ARGS...
+        runs ``backup BACKUP ARGS`` N times in this one process (no interpreter start per
+        backup: under TCG that start costs more than the backup); with ``--check``, restores
+        each snapshot and checks the dependent-write invariant between the restored copies of
+        LOG_DIR and COMMIT_DIR; prints one JSON line per trial.
+    kill-in-suspend MOUNT [--timeout S] -- ARGS...
+        starts the freezeframe command in a session of its own and SIGKILLs that session the
+        moment MOUNT's device-mapper device reads suspended (lvcreate's suspend, the file
+        system frozen under it); prints whether it did, and how long after the kill the
+        device still read suspended (``resumed_after_ms``, sampled every millisecond).
 """
 
 from __future__ import annotations
@@ -24,9 +36,11 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from freezeframe.capture.providers.base import new_run_id
 from freezeframe.capture.providers.lvm import LvmProvider
@@ -128,6 +142,8 @@ def backup(args: argparse.Namespace) -> int:
     from freezeframe.cli.main import main as freezeframe_main
 
     def at_readable(_point: hooks.Point) -> None:
+        if args.at_readable:
+            subprocess.run(["sh", "-c", args.at_readable], check=True)
         if args.scribble:
             path, mib = args.scribble.rsplit(":", 1)
             with open(path, "wb") as f:
@@ -141,8 +157,91 @@ def backup(args: argparse.Namespace) -> int:
             os.rename(HOLD_FILE + ".tmp", HOLD_FILE)
             time.sleep(3600)
 
+    def at_read(_point: hooks.Point) -> None:
+        subprocess.run(["sh", "-c", args.at_read], check=True)
+
     hooks.install(hooks.Point.SNAPSHOTS_READABLE, at_readable)
-    return freezeframe_main(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+    if args.at_read:
+        hooks.install(hooks.Point.SNAPSHOTS_READ, at_read)
+    return freezeframe_main(_command(args.argv))
+
+
+def _command(argv: list[str]) -> list[str]:
+    return argv[1:] if argv[:1] == ["--"] else argv
+
+
+def _json_command(argv: list[str]) -> tuple[int, dict[str, object]]:
+    """The freezeframe command run here with --json: its status and document."""
+    import contextlib
+    import io
+
+    from freezeframe.cli.main import main as freezeframe_main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = freezeframe_main(["--json", "--no-progress", *argv])
+    text = out.getvalue().strip()
+    return status, json.loads(text) if text else {}
+
+
+def _commit_of(directory: str) -> int:
+    try:
+        with open(os.path.join(directory, "b.commit")) as f:
+            return int(f.read().strip() or "0")
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def trials(args: argparse.Namespace) -> int:
+    from vmfixtures import check_dependent_writes
+
+    target = "/run/trial-restore"
+    log_dir, _, commit_dir = args.check.partition(":")
+    for trial in range(args.trials):
+        before = _commit_of(commit_dir) if args.check else 0
+        started = time.monotonic()
+        status, doc = _json_command(["backup", *_command(args.argv)])
+        line: dict[str, object] = {"trial": trial, "status": status, "doc": doc,
+                                   "backup_s": round(time.monotonic() - started, 3)}  # fmt: skip
+        if status == 0 and args.check:
+            subprocess.run(["rm", "-rf", target], check=True)
+            restored, _ = _json_command(["restore", str(doc["snapshot_id"]), "--target", target])
+            holds, why = check_dependent_writes(Path(target + log_dir), Path(target + commit_dir))
+            line.update(holds=holds and restored == 0, why=why, committed_before=before,
+                        restored_commit=_commit_of(target + commit_dir))  # fmt: skip
+        print(json.dumps(line), flush=True)
+        if status != 0:
+            return status
+    subprocess.run(["rm", "-rf", target], check=True)
+    return 0
+
+
+def kill_in_suspend(args: argparse.Namespace) -> int:
+    st_dev = os.stat(args.mount).st_dev
+    flag = f"/sys/dev/block/{os.major(st_dev)}:{os.minor(st_dev)}/dm/suspended"
+    argv = [sys.executable, "-m", "freezeframe", *_command(args.argv)]
+    quiet = subprocess.DEVNULL
+    proc = subprocess.Popen(argv, start_new_session=True, stdin=quiet, stdout=quiet, stderr=quiet)
+    deadline = time.monotonic() + args.timeout
+    fd = os.open(flag, os.O_RDONLY)  # read afresh each time (sysfs), never from a buffer
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if os.pread(fd, 1, 0) == b"1":
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = time.monotonic()
+                while os.pread(fd, 1, 0) == b"1" and time.monotonic() - killed < 30:
+                    time.sleep(0.001)
+                resumed_ms = (time.monotonic() - killed) * 1000
+                proc.wait()
+                print(json.dumps({"killed": "suspended", "resumed_after_ms": resumed_ms}))
+                return 0
+    finally:
+        os.close(fd)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    print(json.dumps({"killed": None, "exit": proc.returncode}))
+    return 0
 
 
 def main() -> int:
@@ -158,10 +257,24 @@ def main() -> int:
     run = commands.add_parser("backup")
     run.add_argument("--scribble", default="")
     run.add_argument("--hold", action="store_true")
+    run.add_argument("--at-readable", default="")
+    run.add_argument("--at-read", default="")
     run.add_argument("argv", nargs=argparse.REMAINDER)
+    repeat = commands.add_parser("trials")
+    repeat.add_argument("--trials", type=int, required=True)
+    repeat.add_argument("--check", default="")
+    repeat.add_argument("argv", nargs=argparse.REMAINDER)
+    kill = commands.add_parser("kill-in-suspend")
+    kill.add_argument("mount")
+    kill.add_argument("--timeout", type=float, default=240.0)
+    kill.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     if args.command == "backup":
         return backup(args)
+    if args.command == "trials":
+        return trials(args)
+    if args.command == "kill-in-suspend":
+        return kill_in_suspend(args)
     try:
         return snapshot(args) if args.command == "snapshot" else cleanup(args)
     except FreezeframeError as exc:
