@@ -269,13 +269,13 @@ class Capture:
         failed with a device error: a snapshot that could not be read whole is damaged (on
         a live source those are only the files' own errors)."""
         hooks.reached(hooks.Point.SNAPSHOTS_READ)
+        for view in self.views:  # first: a provider names the cause (a store overflowed...)
+            BY_NAME[view.provider].confirm(view)
         if self.views and io_errors:
             raise SnapshotDamaged(
                 f"reading the snapshots failed with I/O errors on {len(io_errors)} path(s), "
                 f"first {io_errors[0]}; nothing read from them is kept"
             )
-        for view in self.views:
-            BY_NAME[view.provider].confirm(view)
 
     def _remove_staging(self) -> None:
         if self._staging is not None:

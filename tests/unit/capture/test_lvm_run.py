@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,3 +38,10 @@ def test_a_failure_is_one_error_with_its_last_complaint() -> None:
     script = "import sys; sys.stderr.write('first\\n  Volume group full\\n'); sys.exit(5)"
     with pytest.raises(FreezeframeError, match=r"^lvcreate x failed: Volume group full$"):
         run_to_its_end(sys.executable, "-c", script, what="lvcreate x")
+
+
+def test_its_output_never_touches_a_file_system(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TMPDIR may be on the very LV lvcreate freezes (or read-only): a write there would
+    wait for a thaw only lvcreate itself can do."""
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/tmp")
+    assert run_to_its_end(sys.executable, "-c", "print('made')", what="lvcreate") == "made\n"

@@ -32,7 +32,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -263,11 +262,14 @@ def run_to_its_end(*argv: str, what: str) -> str:
     """Run an lvm command that suspends devices (lvcreate and lvremove of a snapshot) in a
     session of its own, and never stop it halfway: one killed between its suspend and its
     resume leaves the origin suspended (its file system frozen) or mapped onto layers not
-    (or no longer) active. A Ctrl-C to the run's
-    process group does not reach it; the run's death does not end it (its output goes to
-    files, not pipes whose reader's death would kill it with SIGPIPE); an interrupt here
-    (Ctrl-C, SIGTERM) waits for it, then is raised. Its stdout, or one FreezeframeError."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    (or no longer) active. A Ctrl-C to the run's process group does not reach it; the run's
+    death does not end it: its output goes to memory files (memfd), not to pipes whose
+    reader's death would kill it with SIGPIPE, nor to a file system (TMPDIR may be on the
+    very LV it freezes, and a write there would wait for a thaw only it can do). An
+    interrupt here (Ctrl-C, SIGTERM) waits for it, then is raised. Its stdout, or one
+    FreezeframeError."""
+    out, err = os.memfd_create("lvm-stdout"), os.memfd_create("lvm-stderr")
+    try:
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
@@ -289,14 +291,20 @@ def run_to_its_end(*argv: str, what: str) -> str:
                 interrupt = interrupt or exc
         if interrupt is not None:
             raise interrupt
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = (f.read().decode(errors="replace") for f in (out, err))
+        stdout, stderr = (_memfd_text(fd) for fd in (out, err))
+    finally:
+        os.close(out)
+        os.close(err)
     if proc.returncode != 0:
         complaint = (stderr or stdout).strip().splitlines()
         last = complaint[-1].strip() if complaint else f"exit status {proc.returncode}"
         raise FreezeframeError(f"{what} failed: {last}")
     return stdout
+
+
+def _memfd_text(fd: int) -> str:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0).decode(errors="replace") if size else ""
 
 
 class SuspendWindow:
