@@ -119,6 +119,17 @@ def test_the_record_and_the_backup_hold_the_label_and_the_wal_to_its_end(
             assert "application" in shown
 
 
+def _starts_from_its_label_balanced(restored: Path, stop_lsn: str) -> None:
+    """The restored cluster starts in backup recovery (never crash recovery), is consistent
+    at the backup's end record, and keeps pgbench's balances."""
+    with postgres_server(restored, fresh=False) as copy:
+        recovery = recovery_of(copy.log_text())
+        assert recovery.backup_recovery and not recovery.crash_recovery
+        assert recovery.consistent_at == stop_lsn
+        a, t, b, h = balances(copy)
+        assert a == t == b == h
+
+
 def test_a_sql_ascii_cluster_reaches_application_and_restores_from_its_label(
     repo: Path, cli: Cli
 ) -> None:
@@ -146,12 +157,7 @@ def test_a_sql_ascii_cluster_reaches_application_and_restores_from_its_label(
             restored = target / str(data_dir).lstrip("/")
             label = (restored / "backup_label").read_text()
             assert f"START WAL LOCATION: {positions['start_lsn']}" in label
-            with postgres_server(restored, fresh=False) as copy:
-                recovery = recovery_of(copy.log_text())
-                assert recovery.backup_recovery and not recovery.crash_recovery
-                assert recovery.consistent_at == positions["stop_lsn"]
-                a, t, b, h = balances(copy)
-                assert a == t == b == h
+            _starts_from_its_label_balanced(restored, positions["stop_lsn"])
 
 
 def test_wal_on_a_volume_of_its_own_is_added_there_and_the_restore_starts_clean(
@@ -188,12 +194,7 @@ def test_wal_on_a_volume_of_its_own_is_added_there_and_the_restore_starts_clean(
                 assert os.readlink(link) == str(wal / "pg_wal")
                 link.unlink()
                 link.symlink_to(target / str(wal / "pg_wal").lstrip("/"))
-                with postgres_server(restored, fresh=False) as copy:
-                    recovery = recovery_of(copy.log_text())
-                    assert recovery.backup_recovery and not recovery.crash_recovery
-                    assert recovery.consistent_at == positions["stop_lsn"]
-                    a, t, b, h = balances(copy)
-                    assert a == t == b == h
+                _starts_from_its_label_balanced(restored, positions["stop_lsn"])
 
 
 def test_sigkill_during_the_hold_ends_the_backup_and_writes_never_stop(repo: Path) -> None:

@@ -84,16 +84,22 @@ def test_backup_of_an_lv_records_filesystem_and_restores_it(lab: Vm, name: str) 
     assert leftovers(lab) == []
 
 
-@pytest.fixture
-def workload(lab: Vm) -> Iterator[Vm]:
-    """DEPENDENT_WRITES flat out: the log on a thick LV, the commit on a thin one."""
-    start_dependent_writes(lab, LOG_LV, COMMIT_LV)
+def _writing(lab: Vm, log_volume: str) -> Iterator[Vm]:
+    """DEPENDENT_WRITES flat out, the log on /mnt/lv/LOG_VOLUME and the commit on COMMIT_LV,
+    once it has committed a few records; stopped when the fixture ends."""
+    start_dependent_writes(lab, log_volume, COMMIT_LV)
     deadline = time.monotonic() + 120
     while committed(lab, COMMIT_LV) < 64 * 5:
         assert time.monotonic() < deadline, "the workload did not commit"
         time.sleep(0.5)
     yield lab
     stop_dependent_writes(lab)
+
+
+@pytest.fixture
+def workload(lab: Vm) -> Iterator[Vm]:
+    """DEPENDENT_WRITES flat out: the log on a thick LV, the commit on a thin one."""
+    yield from _writing(lab, LOG_LV)
 
 
 @pytest.mark.parametrize("level", ["crash", "filesystem"])
@@ -140,13 +146,7 @@ def mixed_workload(lab: Vm) -> Iterator[Vm]:
     """DEPENDENT_WRITES flat out: the log on btrfs, the commit on a thin XFS LV."""
     if guest_sh(lab, f"mountpoint -q /mnt/lv/{BTRFS}").exitcode != 0:
         must(lab, BTRFS_SETUP)
-    start_dependent_writes(lab, BTRFS, COMMIT_LV)
-    deadline = time.monotonic() + 120
-    while committed(lab, COMMIT_LV) < 64 * 5:
-        assert time.monotonic() < deadline, "the workload did not commit"
-        time.sleep(0.5)
-    yield lab
-    stop_dependent_writes(lab)
+    yield from _writing(lab, BTRFS)
 
 
 @pytest.mark.parametrize("level", ["crash", "filesystem"])
